@@ -1,0 +1,221 @@
+// Package connectortest gives tests a real embedded NATS server with JetStream,
+// a provisioned Runtime and helpers to read what landed in the streams.
+package connectortest
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/embednats"
+)
+
+// Env is one test's NATS server, connection and runtime.
+type Env struct {
+	T        testing.TB
+	Server   *embednats.Server
+	StoreDir string
+	Conn     *nats.Conn
+	JS       jetstream.JetStream
+	Runtime  *connector.Runtime
+	Registry *prometheus.Registry
+	Log      zerolog.Logger
+}
+
+// Options tweak the runtime a test gets.
+type Options struct {
+	// StoreDir reuses a JetStream directory (to test a restart); empty = t.TempDir().
+	StoreDir string
+	// Window, AckTimeout, DrainTimeout, CommandTimeout as in connector.Options.
+	Window         int
+	AckTimeout     time.Duration
+	DrainTimeout   time.Duration
+	CommandTimeout time.Duration
+}
+
+// Start starts an embedded server on a free loopback port and a runtime on it.
+// Everything is stopped by t.Cleanup.
+func Start(t testing.TB, opts Options) *Env {
+	t.Helper()
+	if opts.StoreDir == "" {
+		opts.StoreDir = t.TempDir()
+	}
+	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: opts.StoreDir})
+	if err != nil {
+		t.Fatalf("embedded NATS: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	env := &Env{T: t, Server: srv, StoreDir: opts.StoreDir, Log: Logger(t)}
+	env.Conn = env.Connect()
+	env.JS, err = jetstream.New(env.Conn)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	env.Registry = prometheus.NewRegistry()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	env.Runtime, err = connector.New(ctx, connector.Options{
+		HighConn: env.Connect(), LowConn: env.Connect(),
+		Window: opts.Window, AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
+		CommandTimeout: opts.CommandTimeout,
+		Metrics:        connector.NewMetrics(env.Registry), Log: env.Log,
+	})
+	if err != nil {
+		t.Fatalf("runtime: %v", err)
+	}
+	return env
+}
+
+// Logger writes the connector's logs through t.Log, shown only on failure.
+func Logger(t testing.TB) zerolog.Logger {
+	return zerolog.New(zerolog.ConsoleWriter{Out: testWriter{t}, NoColor: true}).Level(zerolog.DebugLevel).With().Timestamp().Logger()
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// Connect opens a new client connection that reconnects forever, closed at cleanup.
+func (e *Env) Connect() *nats.Conn {
+	e.T.Helper()
+	nc, err := nats.Connect(e.Server.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		e.T.Fatalf("connect to NATS: %v", err)
+	}
+	e.T.Cleanup(nc.Close)
+	return nc
+}
+
+// Run runs the sources on the runtime in the background. The returned stop
+// function cancels them and waits for the runtime to drain; it is also called
+// at cleanup.
+func (e *Env) Run(sources ...connector.Source) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Runtime.Run(ctx, sources...) }()
+	var err error
+	stopped := false
+	stop = func() error {
+		if !stopped {
+			stopped = true
+			cancel()
+			err = <-done
+		}
+		return err
+	}
+	e.T.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// Fetch reads up to n messages of stream whose subject matches filter, waiting at
+// most timeout for them to arrive. It returns what it found (possibly fewer).
+func (e *Env) Fetch(stream, filter string, n int, timeout time.Duration) []jetstream.Msg {
+	e.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cons, err := e.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	if err != nil {
+		e.T.Fatalf("consumer on %s: %v", stream, err)
+	}
+	var out []jetstream.Msg
+	for len(out) < n {
+		batch, err := cons.FetchNoWait(n - len(out))
+		if err != nil {
+			e.T.Fatalf("fetch from %s: %v", stream, err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			out = append(out, m)
+			got++
+		}
+		if got == 0 {
+			select {
+			case <-ctx.Done():
+				return out
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return out
+}
+
+// Count returns how many messages stream holds for subject filter.
+func (e *Env) Count(stream, filter string) uint64 {
+	e.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := e.JS.Stream(ctx, stream)
+	if err != nil {
+		e.T.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		e.T.Fatalf("stream %s info: %v", stream, err)
+	}
+	var total uint64
+	for _, c := range info.State.Subjects {
+		total += c
+	}
+	return total
+}
+
+// WaitCount waits until stream holds at least want messages on filter.
+func (e *Env) WaitCount(stream, filter string, want uint64, timeout time.Duration) uint64 {
+	e.T.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := e.Count(stream, filter)
+		if got >= want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Reply is a decoded command reply.
+type Reply struct {
+	OK    bool `json:"ok"`
+	Error *struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	Raw map[string]any `json:"-"`
+}
+
+// Request sends a command and decodes the reply.
+func (e *Env) Request(subject string, body string, timeout time.Duration) Reply {
+	e.T.Helper()
+	msg, err := e.Conn.Request(subject, []byte(body), timeout)
+	if err != nil {
+		e.T.Fatalf("request %s: %v", subject, err)
+	}
+	var r Reply
+	if err := json.Unmarshal(msg.Data, &r); err != nil {
+		e.T.Fatalf("reply of %s is not JSON: %v: %q", subject, err, msg.Data)
+	}
+	_ = json.Unmarshal(msg.Data, &r.Raw)
+	return r
+}
+
+// Eventually polls cond every 10 ms until it holds or timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

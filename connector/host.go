@@ -1,0 +1,215 @@
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/subjects"
+)
+
+// LaneSizes bounds the two queues of one session.
+type LaneSizes struct {
+	// High is the high-lane capacity; when full, Emit blocks the upstream reader.
+	High int
+	// Low is the low-lane capacity; when full, the oldest event is dropped.
+	Low int
+}
+
+// Lane sizes used for zero LaneSizes fields.
+const (
+	DefaultHighLane = 1024
+	DefaultLowLane  = 1024
+)
+
+// Host is what the runtime gives one source session: emitting events into the
+// lanes, publishing status, state in KV, metrics and a logger. A source keeps
+// its *Host from construction; everything on it is safe for concurrent use.
+type Host struct {
+	kind, name string
+	rt         *Runtime
+	log        zerolog.Logger
+	metrics    SessionMetrics
+
+	high    *highQueue
+	low     *lowQueue
+	highM   laneMetrics
+	lowM    laneMetrics
+	highSeq atomic.Uint64
+	lowSeq  atomic.Uint64
+
+	// Header values shared read-only by every message of this session.
+	sourceHdr, sessionHdr []string
+	// idPrefix makes synthetic Nats-Msg-Ids unique per process run.
+	idPrefix string
+
+	statusMu   sync.Mutex
+	lastStatus map[string]any
+	statusKV   chan []byte // latest-wins slot for the status bucket writer
+}
+
+// Kind returns the source kind this host serves.
+func (h *Host) Kind() string { return h.kind }
+
+// Name returns the session or robot name this host serves.
+func (h *Host) Name() string { return h.name }
+
+// Log returns the session's logger (fields source and session set).
+func (h *Host) Log() zerolog.Logger { return h.log }
+
+// Metrics returns the series the source updates itself.
+func (h *Host) Metrics() SessionMetrics { return h.metrics }
+
+// Emit queues one event in its lane. On the high lane it blocks while the lane
+// is full (backpressure to the caller, the upstream reader) and fails only when
+// ctx ends or the connector shuts down. On the low lane it never blocks: a full
+// lane drops its oldest event, counted in connector_lane_dropped_total.
+func (h *Host) Emit(ctx context.Context, ev Event) error {
+	if ev.Received.IsZero() {
+		ev.Received = time.Now()
+	}
+	if ev.Lane == LaneLow {
+		h.low.put(queued{Event: ev, seq: h.lowSeq.Add(1)})
+		h.lowM.events.Inc()
+		return nil
+	}
+	if err := h.high.put(ctx, queued{Event: ev, seq: h.highSeq.Add(1)}); err != nil {
+		return fmt.Errorf("emit %s: %w", ev.Subject, err)
+	}
+	h.highM.events.Inc()
+	return nil
+}
+
+// SetStatus publishes a lifecycle event on <kind>.<name>.status (high lane) and
+// records it, with the time, as the session's entry in the status KV bucket.
+func (h *Host) SetStatus(ctx context.Context, st Status) error {
+	now := time.Now()
+	doc := map[string]any{
+		"source":  h.kind,
+		"session": h.name,
+		"time":    now.UTC().Format(time.RFC3339Nano),
+		"state":   st.State,
+	}
+	if st.Reason != "" {
+		doc["reason"] = st.Reason
+	}
+	if st.Attempt != 0 {
+		doc["attempt"] = st.Attempt
+	}
+	if st.BackoffMS != 0 {
+		doc["backoff_ms"] = st.BackoffMS
+	}
+	if st.UpstreamSession != "" {
+		doc["upstream_session"] = st.UpstreamSession
+	}
+	if st.Detail != nil {
+		doc["detail"] = st.Detail
+	}
+	payload, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("encode status: %w", err)
+	}
+	h.statusMu.Lock()
+	h.lastStatus = doc
+	h.statusMu.Unlock()
+	h.offerStatus(payload)
+	return h.Emit(ctx, Event{
+		Subject:         subjects.Status(h.kind, h.name),
+		Lane:            LaneHigh,
+		Payload:         payload,
+		Type:            "status",
+		UpstreamSession: st.UpstreamSession,
+		Received:        now,
+	})
+}
+
+// offerStatus replaces whatever status is still waiting for the KV writer:
+// only the latest matters there (every status is also in the stream).
+func (h *Host) offerStatus(payload []byte) {
+	for {
+		select {
+		case h.statusKV <- payload:
+			return
+		default:
+		}
+		select {
+		case <-h.statusKV:
+		default:
+		}
+	}
+}
+
+// LastStatus returns the last status document, for health reports.
+func (h *Host) LastStatus() map[string]any {
+	h.statusMu.Lock()
+	defer h.statusMu.Unlock()
+	return h.lastStatus
+}
+
+// State returns the session's view of a KV bucket: keys are scoped under
+// <kind>.<name>. so sessions never see each other's entries.
+func (h *Host) State(bucket string) *Store {
+	return &Store{kv: h.rt.buckets[bucket], bucket: bucket, prefix: subjects.StatusKey(h.kind, h.name) + "."}
+}
+
+// message turns a queued event into the NATS message stored in JetStream.
+func (h *Host) message(it queued) *nats.Msg {
+	hdr := make(nats.Header, 8)
+	hdr[subjects.HeaderSource] = h.sourceHdr
+	hdr[subjects.HeaderSession] = h.sessionHdr
+	if it.Type != "" {
+		hdr[subjects.HeaderType] = []string{it.Type}
+	}
+	hdr[subjects.HeaderReceived] = []string{it.Received.UTC().Format(time.RFC3339Nano)}
+	if it.UpstreamSession != "" {
+		hdr[subjects.HeaderUpstreamSession] = []string{it.UpstreamSession}
+	}
+	hdr[subjects.HeaderSeq] = []string{strconv.FormatUint(it.seq, 10)}
+	id := it.MsgID
+	if id == "" && it.Lane == LaneHigh {
+		// A synthetic id keeps retries of identity-less high-lane events idempotent.
+		id = h.idPrefix + strconv.FormatUint(it.seq, 10)
+	}
+	if id != "" {
+		hdr[subjects.HeaderMsgID] = []string{id}
+	}
+	return &nats.Msg{Subject: it.Subject, Data: it.Payload, Header: hdr}
+}
+
+// flushStatus writes a status still waiting for the KV writer, at shutdown.
+func (h *Host) flushStatus() {
+	select {
+	case payload := <-h.statusKV:
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := h.rt.buckets[subjects.BucketStatus].Put(ctx, subjects.StatusKey(h.kind, h.name), payload); err != nil {
+			h.log.Warn().Err(err).Msg("could not record the final status in KV")
+		}
+	default:
+	}
+}
+
+// writeStatus keeps the status bucket entry current; it runs until ctx ends.
+func (h *Host) writeStatus(ctx context.Context) {
+	key := subjects.StatusKey(h.kind, h.name)
+	kv := h.rt.buckets[subjects.BucketStatus]
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case payload := <-h.statusKV:
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if _, err := kv.Put(pctx, key, payload); err != nil && ctx.Err() == nil {
+				h.log.Warn().Err(err).Msg("could not record status in KV")
+			}
+			cancel()
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package connector
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+var errQueueClosed = errors.New("lane closed: the connector is shutting down")
+
+// queued is an event with the runtime's per-session fields filled in.
+type queued struct {
+	Event
+	seq uint64
+}
+
+// laneQueue is what the publisher drains. Both implementations are
+// multi-producer, single-consumer.
+type laneQueue interface {
+	// take blocks until at least one item is queued or ctx ends, then appends up
+	// to max items to buf. It returns false once the queue is closed and empty.
+	take(ctx context.Context, buf []queued, max int) ([]queued, bool)
+	close()
+	depth() int
+}
+
+// highQueue never drops: a full queue blocks the producer, which is how
+// backpressure reaches the upstream reader.
+type highQueue struct {
+	ch      chan queued
+	closing chan struct{}
+	once    sync.Once
+}
+
+func newHighQueue(capacity int) *highQueue {
+	return &highQueue{ch: make(chan queued, capacity), closing: make(chan struct{})}
+}
+
+// put blocks while the queue is full; it fails only when ctx ends or the queue
+// is closed.
+func (q *highQueue) put(ctx context.Context, it queued) error {
+	select {
+	case q.ch <- it:
+		return nil
+	default:
+	}
+	select {
+	case q.ch <- it:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-q.closing:
+		return errQueueClosed
+	}
+}
+
+func (q *highQueue) take(ctx context.Context, buf []queued, max int) ([]queued, bool) {
+	select {
+	case it := <-q.ch:
+		buf = append(buf, it)
+	case <-ctx.Done():
+		return buf, false
+	case <-q.closing:
+		// Closed: hand out what is left, then report the end.
+		select {
+		case it := <-q.ch:
+			buf = append(buf, it)
+		default:
+			return buf, false
+		}
+	}
+	for len(buf) < max {
+		select {
+		case it := <-q.ch:
+			buf = append(buf, it)
+		default:
+			return buf, true
+		}
+	}
+	return buf, true
+}
+
+func (q *highQueue) close()     { q.once.Do(func() { close(q.closing) }) }
+func (q *highQueue) depth() int { return len(q.ch) }
+
+// lowQueue is a bounded ring: when full, put overwrites the oldest item and
+// counts a drop, so a telemetry burst never blocks the upstream reader.
+type lowQueue struct {
+	mu     sync.Mutex
+	items  []queued
+	head   int // index of the oldest item
+	n      int
+	closed bool
+	wake   chan struct{} // capacity 1: "something was queued"
+	onDrop func()
+}
+
+func newLowQueue(capacity int, onDrop func()) *lowQueue {
+	return &lowQueue{items: make([]queued, capacity), wake: make(chan struct{}, 1), onDrop: onDrop}
+}
+
+// put never blocks. It reports whether an older item was dropped to make room.
+func (q *lowQueue) put(it queued) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	dropped := false
+	if q.n == len(q.items) {
+		q.items[q.head] = queued{}
+		q.head = (q.head + 1) % len(q.items)
+		q.n--
+		dropped = true
+	}
+	q.items[(q.head+q.n)%len(q.items)] = it
+	q.n++
+	q.mu.Unlock()
+	if dropped && q.onDrop != nil {
+		q.onDrop()
+	}
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return dropped
+}
+
+func (q *lowQueue) take(ctx context.Context, buf []queued, max int) ([]queued, bool) {
+	for {
+		q.mu.Lock()
+		if q.n > 0 {
+			for q.n > 0 && len(buf) < max {
+				buf = append(buf, q.items[q.head])
+				q.items[q.head] = queued{}
+				q.head = (q.head + 1) % len(q.items)
+				q.n--
+			}
+			q.mu.Unlock()
+			return buf, true
+		}
+		closed := q.closed
+		q.mu.Unlock()
+		if closed {
+			return buf, false
+		}
+		select {
+		case <-q.wake:
+		case <-ctx.Done():
+			return buf, false
+		}
+	}
+}
+
+func (q *lowQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *lowQueue) depth() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
+}

@@ -1,0 +1,105 @@
+package connector
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetbridge/connector/subjects"
+)
+
+// Retention is the configurable part of a stream's configuration.
+type Retention struct {
+	MaxAge   time.Duration
+	MaxBytes int64
+	Replicas int
+	// Storage is "file" or "memory".
+	Storage string
+	// Duplicates is the Nats-Msg-Id deduplication window. It must cover the
+	// longest upstream outage after which re-emitted facts should still be
+	// recognised as copies.
+	Duplicates time.Duration
+}
+
+// DefaultRetention is the retention a stream gets when configuration is silent:
+// high-lane history is kept for weeks, telemetry for a day; both capped in bytes.
+func DefaultRetention(spec subjects.StreamSpec) Retention {
+	r := Retention{MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicates: 2 * time.Minute}
+	if spec.Lane == LaneLow {
+		r.MaxAge = 24 * time.Hour
+	}
+	if spec.Name == subjects.StreamLaserSellEvents {
+		// position_opened and balance_update are re-emitted after every reconnect.
+		r.Duplicates = time.Hour
+	}
+	return r
+}
+
+// Validate reports a retention that the server would refuse, naming the field.
+func (r Retention) Validate() error {
+	switch {
+	case r.MaxAge < 0:
+		return fmt.Errorf("max age %s is negative", r.MaxAge)
+	case r.MaxBytes == 0 || r.MaxBytes < -1:
+		return fmt.Errorf("max bytes %d must be positive (or -1 for unlimited)", r.MaxBytes)
+	case r.Replicas < 1 || r.Replicas > 5:
+		return fmt.Errorf("replicas %d must be 1..5", r.Replicas)
+	case r.Storage != "file" && r.Storage != "memory":
+		return fmt.Errorf("storage %q must be file or memory", r.Storage)
+	case r.Duplicates < 0:
+		return fmt.Errorf("duplicates window %s is negative", r.Duplicates)
+	case r.MaxAge > 0 && r.Duplicates > r.MaxAge:
+		return fmt.Errorf("duplicates window %s exceeds max age %s", r.Duplicates, r.MaxAge)
+	}
+	return nil
+}
+
+// StreamConfig turns a spec and its retention into the JetStream configuration.
+func StreamConfig(spec subjects.StreamSpec, r Retention) jetstream.StreamConfig {
+	storage := jetstream.FileStorage
+	if strings.EqualFold(r.Storage, "memory") {
+		storage = jetstream.MemoryStorage
+	}
+	return jetstream.StreamConfig{
+		Name:        spec.Name,
+		Description: spec.Description,
+		Subjects:    spec.Subjects,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      r.MaxAge,
+		MaxBytes:    r.MaxBytes,
+		Replicas:    r.Replicas,
+		Storage:     storage,
+		Duplicates:  r.Duplicates,
+	}
+}
+
+// Provision creates or updates every stream and KV bucket. It is idempotent: run
+// at every start, it converges existing streams on the configured retention.
+func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.StreamSpec,
+	retention func(subjects.StreamSpec) Retention, buckets []subjects.BucketSpec, replicas int,
+) (map[string]jetstream.KeyValue, error) {
+	for _, spec := range streams {
+		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(spec, retention(spec))); err != nil {
+			return nil, fmt.Errorf("create or update stream %s: %w", spec.Name, err)
+		}
+	}
+	kvs := make(map[string]jetstream.KeyValue, len(buckets))
+	for _, b := range buckets {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      b.Name,
+			Description: b.Description,
+			History:     b.History,
+			Replicas:    max(replicas, 1),
+			Storage:     jetstream.FileStorage,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("create or update KV bucket %s: %w", b.Name, err)
+		}
+		kvs[b.Name] = kv
+	}
+	return kvs, nil
+}

@@ -1,0 +1,396 @@
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/nats-io/nuid"
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/subjects"
+)
+
+// Options configure a Runtime.
+type Options struct {
+	// HighConn carries high-lane publishes and the command services; LowConn
+	// carries low-lane publishes. Separate connections keep a telemetry burst
+	// from queueing in front of an exit signal in one socket buffer. They may be
+	// the same connection.
+	HighConn, LowConn *nats.Conn
+	// Kinds limits provisioning to the streams of these source kinds (all if empty).
+	Kinds []string
+	// Retention returns the retention of a stream; nil means DefaultRetention.
+	Retention func(subjects.StreamSpec) Retention
+	// KVReplicas is the replica count of the KV buckets.
+	KVReplicas int
+	// Window is the number of unacknowledged publishes per lane (default 512).
+	Window int
+	// AckTimeout bounds the wait for one publish ack before it is retried (default 5 s).
+	AckTimeout time.Duration
+	// DrainTimeout bounds how long shutdown waits for queued events to be stored
+	// (default 10 s).
+	DrainTimeout time.Duration
+	// CommandTimeout bounds one command's execution (default 10 s).
+	CommandTimeout time.Duration
+	// Version is reported by the command services.
+	Version string
+	Metrics *Metrics
+	Log     zerolog.Logger
+}
+
+// Runtime owns everything that is the same for every source: lanes, publishing,
+// acks and retries, dedup ids, command services, KV state and metrics.
+type Runtime struct {
+	opts          Options
+	highJS, lowJS jetstream.JetStream
+	buckets       map[string]jetstream.KeyValue
+	runID         string
+
+	mu    sync.Mutex
+	hosts map[string]*Host
+
+	// pubCtx outlives the sources: the lanes keep publishing while they drain.
+	pubCtx         context.Context
+	stopPublishing context.CancelFunc
+	lanesDone      sync.WaitGroup
+	statusDone     sync.WaitGroup
+}
+
+// New connects the runtime to JetStream and provisions the streams and buckets.
+func New(ctx context.Context, opts Options) (*Runtime, error) {
+	if opts.HighConn == nil {
+		return nil, errors.New("connector: a NATS connection is required")
+	}
+	if opts.LowConn == nil {
+		opts.LowConn = opts.HighConn
+	}
+	if opts.Window <= 0 {
+		opts.Window = 512
+	}
+	if opts.AckTimeout <= 0 {
+		opts.AckTimeout = 5 * time.Second
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 10 * time.Second
+	}
+	if opts.CommandTimeout <= 0 {
+		opts.CommandTimeout = 10 * time.Second
+	}
+	if opts.Retention == nil {
+		opts.Retention = DefaultRetention
+	}
+	if opts.Metrics == nil {
+		return nil, errors.New("connector: metrics are required")
+	}
+	if opts.Version == "" {
+		opts.Version = "0.1.0"
+	}
+	jsOpts := func() []jetstream.JetStreamOpt {
+		// nats.go's own window is set above ours so that our window, not its
+		// stall timer, is what bounds in-flight publishes.
+		return []jetstream.JetStreamOpt{
+			jetstream.WithPublishAsyncMaxPending(opts.Window + 1),
+			jetstream.WithPublishAsyncTimeout(opts.AckTimeout),
+		}
+	}
+	highJS, err := jetstream.New(opts.HighConn, jsOpts()...)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	lowJS, err := jetstream.New(opts.LowConn, jsOpts()...)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	buckets, err := Provision(ctx, highJS, subjects.Streams(opts.Kinds...), opts.Retention, subjects.Buckets(), opts.KVReplicas)
+	if err != nil {
+		return nil, err
+	}
+	pubCtx, stop := context.WithCancel(context.Background())
+	return &Runtime{
+		opts: opts, highJS: highJS, lowJS: lowJS, buckets: buckets,
+		hosts: map[string]*Host{}, runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop,
+	}, nil
+}
+
+// JetStream returns the runtime's JetStream context (high-lane connection).
+func (r *Runtime) JetStream() jetstream.JetStream { return r.highJS }
+
+// NewHost creates the host of one source session and starts its publishers.
+// Kind and name must be valid subject tokens.
+func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
+	if !subjects.ValidToken(kind) || !subjects.ValidToken(name) {
+		return nil, fmt.Errorf("session %q of %q: names may not contain '.', '*', '>' or whitespace", name, kind)
+	}
+	if sizes.High <= 0 {
+		sizes.High = DefaultHighLane
+	}
+	if sizes.Low <= 0 {
+		sizes.Low = DefaultLowLane
+	}
+	key := kind + "." + name
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.hosts[key]; dup {
+		return nil, fmt.Errorf("session %s is configured twice", key)
+	}
+	log := r.opts.Log.With().Str("source", kind).Str("session", name).Logger()
+	dropped := r.opts.Metrics.dropped.WithLabelValues(kind, name)
+	h := &Host{
+		kind: kind, name: name, rt: r, log: log,
+		metrics:    r.opts.Metrics.session(kind, name),
+		high:       newHighQueue(sizes.High),
+		low:        newLowQueue(sizes.Low, dropped.Inc),
+		highM:      r.opts.Metrics.lane(kind, name, LaneHigh),
+		lowM:       r.opts.Metrics.lane(kind, name, LaneLow),
+		sourceHdr:  []string{kind},
+		sessionHdr: []string{name},
+		idPrefix:   kind + "." + name + "." + r.runID + ".",
+		statusKV:   make(chan []byte, 1),
+	}
+	r.hosts[key] = h
+	for _, p := range []*publisher{
+		{js: r.highJS, queue: h.high, metrics: h.highM, log: log.With().Str("lane", "high").Logger()},
+		{js: r.lowJS, queue: h.low, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()},
+	} {
+		p.window, p.ackTimeout, p.build = r.opts.Window, r.opts.AckTimeout, h.message
+		r.lanesDone.Add(1)
+		go func() {
+			defer r.lanesDone.Done()
+			p.run(r.pubCtx)
+		}()
+	}
+	r.statusDone.Add(1)
+	go func() {
+		defer r.statusDone.Done()
+		h.writeStatus(r.pubCtx)
+	}()
+	return h, nil
+}
+
+// Statuses returns every session's last status, keyed by <kind>.<name>.
+func (r *Runtime) Statuses() map[string]map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]map[string]any, len(r.hosts))
+	for k, h := range r.hosts {
+		out[k] = h.LastStatus()
+	}
+	return out
+}
+
+// Run serves the sources' commands and runs the sources until ctx ends, then
+// shuts down in order: sources stop, command services stop, the lanes drain
+// into JetStream (bounded by DrainTimeout). A source that fails stops them all;
+// its error is returned.
+func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var services []micro.Service
+	defer func() {
+		for _, svc := range services {
+			_ = svc.Stop()
+		}
+	}()
+	for _, src := range sources {
+		svc, err := r.serveCommands(ctx, src)
+		if err != nil {
+			cancel()
+			r.drain()
+			return err
+		}
+		services = append(services, svc)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(sources))
+	for _, src := range sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := src.Run(ctx); err != nil && ctx.Err() == nil {
+				errs <- fmt.Errorf("%s %s: %w", src.Kind(), src.Name(), err)
+				cancel()
+			}
+		}()
+	}
+	<-ctx.Done()
+	wg.Wait()
+	for _, svc := range services {
+		_ = svc.Stop()
+	}
+	services = nil
+	r.drain()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+// drain closes every lane and waits for the publishers to store what is queued,
+// at most DrainTimeout; then it abandons the rest (each abandoned event is
+// logged and counted as failed).
+func (r *Runtime) drain() {
+	r.mu.Lock()
+	hosts := make([]*Host, 0, len(r.hosts))
+	for _, h := range r.hosts {
+		h.high.close()
+		h.low.close()
+		hosts = append(hosts, h)
+	}
+	r.mu.Unlock()
+	lanes := make(chan struct{})
+	go func() {
+		r.lanesDone.Wait()
+		close(lanes)
+	}()
+	select {
+	case <-lanes:
+	case <-time.After(r.opts.DrainTimeout):
+		r.opts.Log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("lanes did not drain in time; abandoning unpublished events")
+	}
+	r.stopPublishing()
+	<-lanes
+	r.statusDone.Wait()
+	for _, h := range hosts {
+		h.flushStatus()
+	}
+}
+
+// serveCommands registers one NATS micro service per source session, with one
+// endpoint per command on <kind>.<name>.cmd.<command>. Requests of one command
+// are handled in arrival order (CONTROL trajectories depend on it).
+func (r *Runtime) serveCommands(ctx context.Context, src Source) (micro.Service, error) {
+	h := r.host(src.Kind(), src.Name())
+	if h == nil {
+		return nil, fmt.Errorf("%s %s has no host: create it with NewHost", src.Kind(), src.Name())
+	}
+	svc, err := micro.AddService(r.opts.HighConn, micro.Config{
+		Name:        "connector-" + src.Kind(),
+		Version:     r.opts.Version,
+		Description: fmt.Sprintf("commands for %s session %s", src.Kind(), src.Name()),
+		Metadata:    map[string]string{"source": src.Kind(), "session": src.Name()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("command service for %s %s: %w", src.Kind(), src.Name(), err)
+	}
+	for _, name := range src.Commands() {
+		subject := subjects.Command(src.Kind(), src.Name(), name)
+		if err := svc.AddEndpoint(name, r.commandHandler(ctx, h, src, name), micro.WithEndpointSubject(subject)); err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("command endpoint %s: %w", subject, err)
+		}
+	}
+	return svc, nil
+}
+
+func (r *Runtime) host(kind, name string) *Host {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hosts[kind+"."+name]
+}
+
+func (r *Runtime) commandHandler(ctx context.Context, h *Host, src Source, name string) micro.HandlerFunc {
+	return func(req micro.Request) {
+		received := time.Now()
+		cmd := Command{Name: name, Body: req.Data(), WantsReply: req.Reply() != ""}
+		cctx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
+		result, err := src.Handle(cctx, cmd)
+		cancel()
+		reply, refusal := encodeReply(result, err)
+		outcome := "ok"
+		if refusal != nil {
+			outcome = refusal.Code
+		}
+		r.opts.Metrics.commands.WithLabelValues(h.kind, h.name, name, outcome).Inc()
+		ev := h.log.Debug()
+		if refusal != nil {
+			ev = h.log.Warn().Str("code", refusal.Code).Str("reason", refusal.Message)
+		}
+		ev.Str("command", name).Dur("took", time.Since(received)).Msg("command handled")
+		r.audit(ctx, h, cmd, received, reply)
+		if !cmd.WantsReply {
+			return
+		}
+		var rerr error
+		switch {
+		case refusal == nil:
+			rerr = req.Respond(reply)
+		case refusal.Code == CodeInternal:
+			rerr = req.Error("500", refusal.Message, reply)
+		default:
+			rerr = req.Error("400", refusal.Message, reply)
+		}
+		if rerr != nil {
+			h.log.Warn().Err(rerr).Str("command", name).Msg("could not send the command reply")
+		}
+	}
+}
+
+// encodeReply builds {"ok":true,...fields of result} or {"ok":false,"error":{...}}.
+func encodeReply(result any, err error) ([]byte, *CommandError) {
+	if err != nil {
+		var ce *CommandError
+		if !errors.As(err, &ce) {
+			ce = &CommandError{Code: CodeInternal, Message: err.Error()}
+		}
+		b, _ := json.Marshal(struct {
+			OK    bool          `json:"ok"`
+			Error *CommandError `json:"error"`
+		}{false, ce})
+		return b, ce
+	}
+	if result == nil {
+		return []byte(`{"ok":true}`), nil
+	}
+	body, merr := json.Marshal(result)
+	if merr != nil || len(body) < 2 || body[0] != '{' {
+		return encodeReply(nil, fmt.Errorf("command result is not a JSON object: %v", merr))
+	}
+	if len(body) == 2 { // {}
+		return []byte(`{"ok":true}`), nil
+	}
+	out := make([]byte, 0, len(body)+10)
+	out = append(out, `{"ok":true,`...)
+	return append(out, body[1:]...), nil
+}
+
+// audit records a command, its request and its reply on
+// <kind>.<name>.audit.<command> (stream CONNECTOR_AUDIT).
+func (r *Runtime) audit(ctx context.Context, h *Host, cmd Command, received time.Time, reply []byte) {
+	request := json.RawMessage(cmd.Body)
+	if len(cmd.Body) == 0 {
+		request = json.RawMessage("{}")
+	} else if !json.Valid(cmd.Body) {
+		quoted, _ := json.Marshal(string(cmd.Body))
+		request = quoted
+	}
+	payload, err := json.Marshal(struct {
+		Command    string          `json:"command"`
+		Received   string          `json:"received"`
+		DurationMS float64         `json:"duration_ms"`
+		WantsReply bool            `json:"wants_reply"`
+		Request    json.RawMessage `json:"request"`
+		Reply      json.RawMessage `json:"reply"`
+	}{cmd.Name, received.UTC().Format(time.RFC3339Nano), float64(time.Since(received).Microseconds()) / 1000,
+		cmd.WantsReply, request, reply})
+	if err != nil {
+		h.log.Error().Err(err).Str("command", cmd.Name).Msg("could not encode the audit record")
+		return
+	}
+	if err := h.Emit(ctx, Event{
+		Subject: subjects.Audit(h.kind, h.name, cmd.Name), Lane: LaneHigh,
+		Payload: payload, Type: "audit", Received: received,
+	}); err != nil {
+		h.log.Error().Err(err).Str("command", cmd.Name).Msg("could not record the command in the audit stream")
+	}
+}

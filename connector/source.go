@@ -1,0 +1,128 @@
+// Package connector is the protocol-agnostic core: the Source contract, the two
+// publishing lanes, the JetStream publisher, command routing, KV state and metrics.
+// It knows no upstream protocol; a source knows no stream, only subjects and lanes.
+package connector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jetbridge/connector/subjects"
+)
+
+// Lane re-exports subjects.Lane so sources need only this package to emit.
+type Lane = subjects.Lane
+
+// The two lanes.
+const (
+	LaneHigh = subjects.LaneHigh
+	LaneLow  = subjects.LaneLow
+)
+
+// Source keeps its upstream session(s) alive, emits every upstream event through
+// the Host it was built with, and executes commands. It reconnects by itself; Run
+// returns when ctx ends (nil) or on an error that retrying cannot fix.
+type Source interface {
+	// Kind is the first subject token, for example "lasersell".
+	Kind() string
+	// Name is the session or robot name, the second subject token.
+	Name() string
+	// Commands lists the command names served on <kind>.<name>.cmd.<command>.
+	Commands() []string
+	Run(ctx context.Context) error
+	// Handle executes one command. It returns a JSON object (struct or map) merged
+	// into the {"ok":true} reply, or an error: a *CommandError is refused with its
+	// code, anything else is reported as an internal error.
+	Handle(ctx context.Context, cmd Command) (any, error)
+}
+
+// Command is one request received on a command subject.
+type Command struct {
+	Name string
+	Body []byte
+	// WantsReply is false for a plain publish without reply subject (for example
+	// CONTROL trajectory streaming): the source may skip waiting for confirmation.
+	WantsReply bool
+}
+
+// Event is one upstream message on its way to JetStream.
+type Event struct {
+	Subject string
+	Lane    Lane
+	// Payload is the upstream frame's bytes exactly as received. The runtime owns
+	// it after Emit: the source must not reuse the slice.
+	Payload []byte
+	// MsgID is the natural identity of the event, sent as Nats-Msg-Id so that
+	// JetStream drops the duplicates a reconnect re-emits. Empty when it has none.
+	MsgID string
+	// Type is the upstream message type (Connector-Type header).
+	Type string
+	// UpstreamSession is the upstream's own session id, if it has one.
+	UpstreamSession string
+	// Received is when the frame was read; zero means now.
+	Received time.Time
+}
+
+// Status is a session's connector-lifecycle state, published on
+// <kind>.<name>.status and kept in the status KV bucket.
+type Status struct {
+	State           string `json:"state"`
+	Reason          string `json:"reason,omitempty"`
+	Attempt         int    `json:"attempt,omitempty"`
+	BackoffMS       int64  `json:"backoff_ms,omitempty"`
+	UpstreamSession string `json:"upstream_session,omitempty"`
+	// Detail carries source-specific facts (limits, gap, monitor name...).
+	Detail any `json:"detail,omitempty"`
+}
+
+// Status states shared by all sources.
+const (
+	StateConnecting   = "connecting"
+	StateConnected    = "connected"
+	StateDisconnected = "disconnected"
+	StateReconnecting = "reconnecting"
+	StateStopped      = "stopped"
+)
+
+// CommandError refuses a command with a stable machine-readable code.
+type CommandError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *CommandError) Error() string { return e.Code + ": " + e.Message }
+
+// Refuse builds a *CommandError.
+func Refuse(code, format string, args ...any) *CommandError {
+	return &CommandError{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Codes shared by every source.
+const (
+	CodeInvalidJSON    = "invalid_json"
+	CodeUnknownCommand = "unknown_command"
+	CodeInternal       = "internal_error"
+	CodeTimeout        = "timeout"
+	CodeShuttingDown   = "shutting_down"
+)
+
+// DecodeStrict unmarshals a command body into v, refusing non-objects, unknown
+// fields and trailing data with CodeInvalidJSON. An empty body counts as {}.
+func DecodeStrict(body []byte, v any) error {
+	body = bytes.TrimSpace(body)
+	if len(body) == 0 {
+		body = []byte("{}")
+	}
+	if body[0] != '{' || !json.Valid(body) {
+		return Refuse(CodeInvalidJSON, "body must be one JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return Refuse(CodeInvalidJSON, "body does not match the command: %v", err)
+	}
+	return nil
+}
