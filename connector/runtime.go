@@ -61,6 +61,9 @@ type Runtime struct {
 	stopPublishing context.CancelFunc
 	lanesDone      sync.WaitGroup
 	statusDone     sync.WaitGroup
+
+	serving     chan struct{} // closed once Run has registered the command services
+	servingOnce sync.Once
 }
 
 // New connects the runtime to JetStream and provisions the streams and buckets.
@@ -116,6 +119,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	return &Runtime{
 		opts: opts, highJS: highJS, lowJS: lowJS, buckets: buckets,
 		hosts: map[string]*Host{}, runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop,
+		serving: make(chan struct{}),
 	}, nil
 }
 
@@ -185,6 +189,10 @@ func (r *Runtime) Statuses() map[string]map[string]any {
 	return out
 }
 
+// Serving is closed once Run has registered every command subject, so a
+// request sent after it gets an answer.
+func (r *Runtime) Serving() <-chan struct{} { return r.serving }
+
 // Run serves the sources' commands and runs the sources until ctx ends, then
 // shuts down in order: sources stop, command services stop, the lanes drain
 // into JetStream (bounded by DrainTimeout). A source that fails stops them all;
@@ -208,6 +216,8 @@ func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
 		}
 		services = append(services, svc)
 	}
+
+	r.servingOnce.Do(func() { close(r.serving) })
 
 	var wg sync.WaitGroup
 	errs := make(chan error, len(sources))

@@ -115,6 +115,13 @@ func (e *Env) Run(sources ...connector.Source) (stop func() error) {
 		return err
 	}
 	e.T.Cleanup(func() { _ = stop() })
+	select {
+	case <-e.Runtime.Serving():
+	case err := <-done:
+		e.T.Fatalf("runtime stopped at start: %v", err)
+	case <-time.After(10 * time.Second):
+		e.T.Fatal("runtime did not start serving commands")
+	}
 	return stop
 }
 
@@ -218,4 +225,28 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Metric sums every series of the named metric in the runtime's registry.
+func (e *Env) Metric(name string) float64 {
+	e.T.Helper()
+	families, err := e.Registry.Gather()
+	if err != nil {
+		e.T.Fatalf("gather metrics: %v", err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			}
+		}
+	}
+	return sum
 }

@@ -1,0 +1,59 @@
+package connector_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/connector/connectortest"
+	"github.com/jetbridge/connector/embednats"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// A dead NATS must not lose high-lane events: unacknowledged publishes are
+// retried until the server is back.
+func TestHighLaneSurvivesNATSOutage(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 20 * time.Second})
+	src := newEcho(t, env, "out", connector.LaneSizes{High: 16})
+	stop := env.Run(src)
+	ctx := context.Background()
+	emit := func(i int) {
+		if err := src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellExit("out", "W"), Lane: connector.LaneHigh,
+			Payload: []byte(`{"i":` + strconv.Itoa(i) + `}`), MsgID: fmt.Sprintf("e-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	emit(0)
+	if n := env.WaitCount(subjects.StreamLaserSellExit, ">", 1, 3*time.Second); n != 1 {
+		t.Fatalf("first event not stored: %d", n)
+	}
+	_, port, _ := net.SplitHostPort(env.Server.Addr().String())
+	env.Server.Shutdown()
+	env.Server.WaitForShutdown()
+	for i := 1; i <= 10; i++ {
+		emit(i)
+	}
+	time.Sleep(500 * time.Millisecond) // let at least one ack time out
+	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:" + port, StoreDir: env.StoreDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	env.Server = srv
+	if n := env.WaitCount(subjects.StreamLaserSellExit, ">", 11, 15*time.Second); n != 11 {
+		t.Fatalf("after the outage the stream holds %d of 11 events", n)
+	}
+	if r := env.Metric("connector_publish_retries_total"); r == 0 {
+		t.Fatal("no retry was counted during the outage")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if f := env.Metric("connector_publish_failed_total"); f != 0 {
+		t.Fatalf("%v events were abandoned", f)
+	}
+}
