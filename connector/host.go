@@ -50,6 +50,8 @@ type Host struct {
 	// idPrefix makes synthetic Nats-Msg-Ids unique per process run.
 	idPrefix string
 
+	singleLane bool
+
 	statusMu   sync.Mutex
 	lastStatus map[string]any
 	statusKV   chan []byte // latest-wins slot for the status bucket writer
@@ -75,7 +77,7 @@ func (h *Host) Emit(ctx context.Context, ev Event) error {
 	if ev.Received.IsZero() {
 		ev.Received = time.Now()
 	}
-	if ev.Lane == LaneLow {
+	if ev.Lane == LaneLow && !h.singleLane {
 		h.low.put(queued{Event: ev, seq: h.lowSeq.Add(1)})
 		h.lowM.events.Inc()
 		return nil

@@ -39,6 +39,9 @@ type Options struct {
 	DrainTimeout time.Duration
 	// CommandTimeout bounds one command's execution (default 10 s).
 	CommandTimeout time.Duration
+	// SingleLane sends low-lane events through the high lane (one FIFO, never
+	// dropped). It exists to measure what the lanes buy; do not use it in production.
+	SingleLane bool
 	// Version is reported by the command services.
 	Version string
 	Metrics *Metrics
@@ -157,6 +160,7 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 		sessionHdr: []string{name},
 		idPrefix:   kind + "." + name + "." + r.runID + ".",
 		statusKV:   make(chan []byte, 1),
+		singleLane: r.opts.SingleLane,
 	}
 	r.hosts[key] = h
 	for _, p := range []*publisher{

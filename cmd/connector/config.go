@@ -1,0 +1,171 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// Config is the process-wide configuration. Source-specific variables live in
+// each source's own Config; every variable is listed in the README.
+type Config struct {
+	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
+	LogFormat string `envconfig:"LOG_FORMAT" default:"auto" desc:"json, console, or auto (console when stdout is a terminal)"`
+	HTTPAddr  string `envconfig:"CONNECTOR_HTTP_ADDR" default:"127.0.0.1:9090" desc:"address of /metrics, /healthz and /statusz; empty disables"`
+	Sources   string `envconfig:"CONNECTOR_SOURCES" default:"auto" desc:"sources to run: lasersell, openstream, both comma-separated, or auto (each source whose upstream is configured)"`
+
+	NATS     NATSConfig
+	Embedded EmbeddedConfig
+
+	PublishWindow  int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged JetStream publishes per lane"`
+	AckTimeout     time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
+	DrainTimeout   time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
+	CommandTimeout time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`
+	KVReplicas     int           `envconfig:"CONNECTOR_KV_REPLICAS" default:"1" desc:"replicas of the connector's KV buckets"`
+}
+
+// NATSConfig uses the nats CLI's variable names, so one environment serves both.
+type NATSConfig struct {
+	URL      string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty starts an embedded server"`
+	Creds    string `envconfig:"NATS_CREDS" desc:"user credentials file (JWT + NKey seed)"`
+	NKey     string `envconfig:"NATS_NKEY" desc:"NKey seed file"`
+	User     string `envconfig:"NATS_USER" desc:"user name"`
+	Password string `envconfig:"NATS_PASSWORD" desc:"password"`
+	Token    string `envconfig:"NATS_TOKEN" desc:"authentication token"`
+	CA       string `envconfig:"NATS_CA" desc:"CA certificate file for TLS"`
+	Cert     string `envconfig:"NATS_CERT" desc:"client certificate file for TLS"`
+	Key      string `envconfig:"NATS_KEY" desc:"client key file for TLS"`
+}
+
+// EmbeddedConfig applies when NATS_URL is empty.
+type EmbeddedConfig struct {
+	Listen   string `envconfig:"CONNECTOR_NATS_LISTEN" default:"127.0.0.1:4222" desc:"listen address of the embedded NATS server"`
+	StoreDir string `envconfig:"CONNECTOR_NATS_STORE_DIR" default:"./data/nats" desc:"JetStream data directory of the embedded server"`
+}
+
+// streamEnv is the per-stream retention, read from STREAM_<NAME>_<FIELD>.
+type streamEnv struct {
+	MaxAge     time.Duration `envconfig:"MAX_AGE"`
+	MaxBytes   int64         `envconfig:"MAX_BYTES"`
+	Replicas   int           `envconfig:"REPLICAS"`
+	Storage    string        `envconfig:"STORAGE"`
+	Duplicates time.Duration `envconfig:"DUPLICATES"`
+}
+
+// configError is a bad configuration: the process exits with one line saying it.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return "configuration: " + e.msg }
+
+func badConfig(format string, args ...any) error {
+	return &configError{msg: fmt.Sprintf(format, args...)}
+}
+
+// loadEnv fills spec from the environment, turning envconfig's errors into one
+// line naming the variable.
+func loadEnv(prefix string, spec any) error {
+	if err := envconfig.Process(prefix, spec); err != nil {
+		var pe *envconfig.ParseError
+		if errors.As(err, &pe) {
+			return badConfig("%s=%q is not a valid %s", pe.KeyName, pe.Value, typeName(pe.TypeName))
+		}
+		return badConfig("%v", err)
+	}
+	return nil
+}
+
+func typeName(t string) string {
+	switch t {
+	case "time.Duration":
+		return "duration (for example 500ms, 5s, 24h)"
+	case "int", "int64", "uint64", "uint16", "uint32":
+		return "whole number"
+	case "float64":
+		return "number"
+	case "bool":
+		return "boolean (true or false)"
+	}
+	return t
+}
+
+func loadConfig() (Config, error) {
+	var cfg Config
+	if err := loadEnv("", &cfg); err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.validate()
+}
+
+func (c Config) validate() error {
+	switch strings.ToLower(c.LogLevel) {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return badConfig("LOG_LEVEL=%q must be trace, debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "auto", "json", "console":
+	default:
+		return badConfig("LOG_FORMAT=%q must be auto, json or console", c.LogFormat)
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return badConfig("CONNECTOR_HTTP_ADDR=%q is not host:port", c.HTTPAddr)
+		}
+	}
+	if _, _, err := net.SplitHostPort(c.Embedded.Listen); err != nil {
+		return badConfig("CONNECTOR_NATS_LISTEN=%q is not host:port", c.Embedded.Listen)
+	}
+	if c.PublishWindow < 1 || c.PublishWindow > 65536 {
+		return badConfig("CONNECTOR_PUBLISH_WINDOW=%d must be 1..65536", c.PublishWindow)
+	}
+	for name, d := range map[string]time.Duration{
+		"CONNECTOR_ACK_TIMEOUT": c.AckTimeout, "CONNECTOR_DRAIN_TIMEOUT": c.DrainTimeout, "CONNECTOR_COMMAND_TIMEOUT": c.CommandTimeout,
+	} {
+		if d <= 0 {
+			return badConfig("%s=%s must be positive", name, d)
+		}
+	}
+	if c.KVReplicas < 1 || c.KVReplicas > 5 {
+		return badConfig("CONNECTOR_KV_REPLICAS=%d must be 1..5", c.KVReplicas)
+	}
+	if (c.NATS.Cert == "") != (c.NATS.Key == "") {
+		return badConfig("NATS_CERT and NATS_KEY must be set together")
+	}
+	for name, path := range map[string]string{"NATS_CREDS": c.NATS.Creds, "NATS_NKEY": c.NATS.NKey, "NATS_CA": c.NATS.CA, "NATS_CERT": c.NATS.Cert, "NATS_KEY": c.NATS.Key} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			return badConfig("%s=%q cannot be read: %v", name, path, errors.Unwrap(err))
+		}
+	}
+	return nil
+}
+
+// retention reads STREAM_<NAME>_* over the defaults of every stream, so a bad
+// value stops start-up instead of surfacing when the stream is created.
+func retention() (func(subjects.StreamSpec) connector.Retention, error) {
+	byName := map[string]connector.Retention{}
+	for _, spec := range subjects.Streams() {
+		d := connector.DefaultRetention(spec)
+		env := streamEnv{MaxAge: d.MaxAge, MaxBytes: d.MaxBytes, Replicas: d.Replicas, Storage: d.Storage, Duplicates: d.Duplicates}
+		prefix := "STREAM_" + spec.Name
+		if err := loadEnv(prefix, &env); err != nil {
+			return nil, err
+		}
+		r := connector.Retention{MaxAge: env.MaxAge, MaxBytes: env.MaxBytes, Replicas: env.Replicas, Storage: strings.ToLower(env.Storage), Duplicates: env.Duplicates}
+		if err := r.Validate(); err != nil {
+			return nil, badConfig("%s_*: %v", prefix, err)
+		}
+		byName[spec.Name] = r
+	}
+	return func(spec subjects.StreamSpec) connector.Retention { return byName[spec.Name] }, nil
+}

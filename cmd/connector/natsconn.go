@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/embednats"
+)
+
+// startNATS returns the URL to connect to: NATS_URL when set, otherwise an
+// embedded JetStream server that the caller must stop.
+func startNATS(cfg Config, log zerolog.Logger) (url string, embedded *embednats.Server, err error) {
+	if cfg.NATS.URL != "" {
+		return cfg.NATS.URL, nil, nil
+	}
+	dir, err := filepath.Abs(cfg.Embedded.StoreDir)
+	if err != nil {
+		return "", nil, fmt.Errorf("embedded NATS store directory: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", nil, fmt.Errorf("embedded NATS store directory: %w", err)
+	}
+	srv, err := embednats.Start(embednats.Options{Listen: cfg.Embedded.Listen, StoreDir: dir})
+	if err != nil {
+		return "", nil, err
+	}
+	log.Info().Str("url", srv.URL()).Str("store_dir", dir).
+		Msg("NATS_URL is not set: started an embedded NATS server with JetStream; point the nats CLI and your services at this URL")
+	return srv.URL(), srv, nil
+}
+
+// connectNATS opens a client connection that reconnects forever and logs its
+// state changes. Credentials come from the nats CLI's variables; none of them is
+// ever logged.
+func connectNATS(url string, nc NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) {
+	log = log.With().Str("nats_connection", name).Logger()
+	opts := []nats.Option{
+		nats.Name("connector " + name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(32 << 20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn().Err(err).Msg("disconnected from NATS; reconnecting")
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info().Str("url", c.ConnectedUrlRedacted()).Msg("reconnected to NATS")
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			ev := log.Error().Err(err)
+			if sub != nil {
+				ev = ev.Str("subject", sub.Subject)
+			}
+			ev.Msg("NATS asynchronous error")
+		}),
+	}
+	switch {
+	case nc.Creds != "":
+		opts = append(opts, nats.UserCredentials(nc.Creds))
+	case nc.NKey != "":
+		opt, err := nats.NkeyOptionFromSeed(nc.NKey)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY: %w", err)
+		}
+		opts = append(opts, opt)
+	}
+	if nc.User != "" {
+		opts = append(opts, nats.UserInfo(nc.User, nc.Password))
+	}
+	if nc.Token != "" {
+		opts = append(opts, nats.Token(nc.Token))
+	}
+	if nc.CA != "" {
+		opts = append(opts, nats.RootCAs(nc.CA))
+	}
+	if nc.Cert != "" {
+		opts = append(opts, nats.ClientCert(nc.Cert, nc.Key))
+	}
+	conn, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	return conn, nil
+}
+
+// waitConnected waits until the connection is up, logging while it is not, so
+// a dead NATS at start-up is visible instead of a silent hang.
+func waitConnected(ctx context.Context, conn *nats.Conn, log zerolog.Logger) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	nextLog := time.Now().Add(2 * time.Second)
+	for !conn.IsConnected() {
+		if time.Now().After(nextLog) {
+			log.Warn().Str("status", conn.Status().String()).Msg("waiting for NATS")
+			nextLog = time.Now().Add(10 * time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// sourceFactory builds the sources of one kind on a runtime (creating their hosts).
+type sourceFactory struct {
+	kind  string
+	build func(rt *connector.Runtime) ([]connector.Source, error)
+}
+
+// runConnector is `connector run`: everything from the environment.
+func runConnector(ctx context.Context) error {
+	cfg, err := loadConfig()
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogLevel, cfg.LogFormat, stdoutFile())
+	factories, err := configuredSources(cfg)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, cfg, factories, log, nil)
+}
+
+// serve starts NATS (or connects to it), provisions streams and buckets, builds
+// the sources and runs them until ctx ends. ready, if set, is called once the
+// command subjects are served.
+func serve(ctx context.Context, cfg Config, factories []sourceFactory, log zerolog.Logger,
+	ready func(rt *connector.Runtime, natsURL string),
+) error {
+	ret, err := retention()
+	if err != nil {
+		return err
+	}
+	url, embedded, err := startNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	if embedded != nil {
+		defer embedded.Stop()
+	}
+	high, err := connectNATS(url, cfg.NATS, "high", log)
+	if err != nil {
+		return err
+	}
+	defer high.Close()
+	low, err := connectNATS(url, cfg.NATS, "low", log)
+	if err != nil {
+		return err
+	}
+	defer low.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kinds := make([]string, 0, len(factories))
+	for _, f := range factories {
+		kinds = append(kinds, f.kind)
+	}
+	rt, err := provision(ctx, connector.Options{
+		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
+		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
+		CommandTimeout: cfg.CommandTimeout, Version: version,
+		Metrics: connector.NewMetrics(reg), Log: log,
+	}, log)
+	if err != nil {
+		return err
+	}
+	var sources []connector.Source
+	for _, f := range factories {
+		built, err := f.build(rt)
+		if err != nil {
+			return err
+		}
+		sources = append(sources, built...)
+	}
+	if len(sources) == 0 {
+		return badConfig("no source is configured: set LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE) and/or OPENSTREAM_ROBOTS, or CONNECTOR_SOURCES")
+	}
+	if cfg.HTTPAddr != "" {
+		stopHTTP, err := startHTTP(cfg.HTTPAddr, reg, rt, []*nats.Conn{high, low}, log)
+		if err != nil {
+			return err
+		}
+		defer stopHTTP()
+	}
+	for _, s := range sources {
+		log.Info().Str("source", s.Kind()).Str("session", s.Name()).
+			Str("commands", subjects.Command(s.Kind(), s.Name(), "*")).Msg("starting source")
+	}
+	if ready != nil {
+		go func() {
+			select {
+			case <-rt.Serving():
+				ready(rt, url)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	err = rt.Run(ctx, sources...)
+	log.Info().Msg("connector stopped")
+	return err
+}
+
+// provision creates the runtime, retrying while NATS or JetStream is not
+// reachable yet, so the connector can start before its server.
+func provision(ctx context.Context, opts connector.Options, log zerolog.Logger) (*connector.Runtime, error) {
+	if err := waitConnected(ctx, opts.HighConn, log); err != nil {
+		return nil, err
+	}
+	wait := 100 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		rt, err := connector.New(pctx, opts)
+		cancel()
+		if err == nil {
+			return rt, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		log.Warn().Err(err).Dur("retry_in", wait).Msg("could not provision streams and KV buckets; is JetStream enabled?")
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("provisioning: %w", ctx.Err())
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
