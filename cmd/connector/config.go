@@ -30,6 +30,7 @@ type Config struct {
 	DrainTimeout   time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
 	CommandTimeout time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`
 	KVReplicas     int           `envconfig:"CONNECTOR_KV_REPLICAS" default:"1" desc:"replicas of the connector's KV buckets"`
+	SingleLane     bool          `envconfig:"CONNECTOR_SINGLE_LANE" default:"false" desc:"measurement only: one FIFO for every event, no priority, nothing dropped"`
 }
 
 // NATSConfig uses the nats CLI's variable names, so one environment serves both.

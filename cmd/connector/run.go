@@ -71,7 +71,7 @@ func serve(ctx context.Context, cfg Config, factories []sourceFactory, log zerol
 	rt, err := provision(ctx, connector.Options{
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
-		CommandTimeout: cfg.CommandTimeout, Version: version,
+		CommandTimeout: cfg.CommandTimeout, Version: version, SingleLane: cfg.SingleLane,
 		Metrics: connector.NewMetrics(reg), Log: log,
 	}, log)
 	if err != nil {
