@@ -288,13 +288,17 @@ func (s *Server) urlLocked() string {
 // Handler returns the HTTP handler: the WebSocket endpoint at Config.Path and a
 // "/healthz" probe. Use it to mount the simulator in another server (httptest).
 func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc(s.cfg.Path, s.handleWS)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = w.Write([]byte("ok\n"))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case s.cfg.Path:
+			s.handleWS(w, r)
+		case "/healthz":
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write([]byte("ok\n"))
+		default:
+			http.NotFound(w, r)
+		}
 	})
-	return mux
 }
 
 // Close stops the listener, closes every session (close frame 1001, then the socket)
@@ -384,7 +388,7 @@ func (s *Server) background() {
 	}
 }
 
-var exitReasons = []string{"target_profit", "stop_loss", "trailing_stop", "graduation", "timeout"}
+var exitReasons = [...]string{"target_profit", "stop_loss", "trailing_stop", "graduation", "timeout"}
 
 func (s *Server) scheduledExit() {
 	s.mu.Lock()
@@ -568,7 +572,7 @@ func (s *Server) exitLocked(p *position, reason string, target *conn, level *uin
 		}
 		m.SessionID = c.sessionID
 		b := mustJSON(m)
-		c.enqueueLocked(outItem{op: opText, payload: b, stamp: s.cfg.StampSendTime})
+		c.enqueueLocked(outItem{op: opText, payload: b, stamp: s.cfg.StampSendTime, exit: true})
 		n++
 	}
 	if target != nil {
@@ -769,10 +773,11 @@ func (s *Server) sendAll(op byte, b []byte) {
 // DropConnections closes every open connection abruptly (no close frame) and returns
 // how many it dropped. Queued frames are lost, as on a real network failure.
 func (s *Server) DropConnections() int {
-	for _, c := range s.snapshotConns() {
+	conns := s.snapshotConns()
+	for _, c := range conns {
 		c.drop("DropConnections")
 	}
-	return len(s.snapshotConns()) // normally 0; non-zero only if a client raced in
+	return len(conns)
 }
 
 // Stall makes every open connection stop sending, processing commands and answering
@@ -817,7 +822,9 @@ func (s *Server) record(f ClientFrame) {
 	defer s.recMu.Unlock()
 	s.recCounter++
 	s.received = append(s.received, f)
-	if over := len(s.received) - s.cfg.MaxRecorded; over > 0 {
+	// Trim in chunks (down to 3/4 of the bound) so a chatty client costs O(1) per frame.
+	if len(s.received) > s.cfg.MaxRecorded {
+		over := len(s.received) - s.cfg.MaxRecorded*3/4
 		s.received = slices.Delete(s.received, 0, over)
 		s.recBase += over
 	}
@@ -825,7 +832,8 @@ func (s *Server) record(f ClientFrame) {
 	s.recNotify = make(chan struct{})
 }
 
-// Received returns a copy of every client frame received so far (bounded by MaxRecorded).
+// Received returns a copy of the client frames received so far, oldest first (at most
+// Config.MaxRecorded; the oldest are forgotten beyond that).
 func (s *Server) Received() []ClientFrame {
 	s.recMu.Lock()
 	defer s.recMu.Unlock()

@@ -41,12 +41,16 @@ func appendFrame(buf []byte, op byte, payload []byte) []byte {
 	return append(buf, payload...)
 }
 
-// appendTextFrameWith appends a text frame whose payload (< 64 KiB) is produced by fn
-// directly into buf, with no intermediate allocation.
-func appendTextFrameWith(buf []byte, fn func([]byte) []byte) []byte {
+// beginTextFrame reserves a 4-byte text frame header at the end of buf; the caller
+// appends a payload (< 64 KiB) and calls endTextFrame with the returned start.
+func beginTextFrame(buf []byte) ([]byte, int) {
 	start := len(buf)
-	buf = append(buf, 0x80|opText, 126, 0, 0)
-	buf = fn(buf)
+	return append(buf, 0x80|opText, 126, 0, 0), start
+}
+
+// endTextFrame fixes the header reserved by beginTextFrame, so payloads are written in
+// place with no intermediate allocation.
+func endTextFrame(buf []byte, start int) []byte {
 	n := len(buf) - start - 4
 	if n < 126 {
 		buf[start+1] = byte(n)
