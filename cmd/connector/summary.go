@@ -58,10 +58,14 @@ func (s *summary) draw(out io.Writer, header string, interval time.Duration) {
 		subjects = append(subjects, k)
 	}
 	sort.Strings(subjects)
+	width := len("subject")
+	for _, subj := range subjects {
+		width = max(width, len(subj))
+	}
 	var b strings.Builder
 	b.WriteString("\033[H\033[2J") // home + clear: redraw in place
 	b.WriteString(header)
-	fmt.Fprintf(&b, "\n%-60s %10s %10s\n", "subject", "total", "per s")
+	fmt.Fprintf(&b, "\n%-*s %10s %10s\n", width, "subject", "total", "per s")
 	var total, rate uint64
 	for _, subj := range subjects {
 		n := s.counts[subj]
@@ -69,9 +73,9 @@ func (s *summary) draw(out io.Writer, header string, interval time.Duration) {
 		s.last[subj] = n
 		total += n
 		rate += d
-		fmt.Fprintf(&b, "%-60s %10d %10.0f\n", subj, n, float64(d)/interval.Seconds())
+		fmt.Fprintf(&b, "%-*s %10d %10.0f\n", width, subj, n, float64(d)/interval.Seconds())
 	}
-	fmt.Fprintf(&b, "%-60s %10d %10.0f\n", "all", total, float64(rate)/interval.Seconds())
+	fmt.Fprintf(&b, "%-*s %10d %10.0f\n", width, "all", total, float64(rate)/interval.Seconds())
 	s.mu.Unlock()
 	_, _ = io.WriteString(out, b.String())
 }
