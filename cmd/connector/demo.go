@@ -44,6 +44,10 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ret, err := retention()
+	if err != nil {
+		return err
+	}
 	if _, set := os.LookupEnv("LOG_LEVEL"); !set {
 		cfg.LogLevel = "warn" // keep the table readable; LOG_LEVEL=info shows everything
 	}
@@ -116,7 +120,7 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 			log.Error().Err(err).Msg("demo summary stopped")
 		}
 	}
-	return serve(ctx, cfg, factories, log, ready)
+	return serve(ctx, cfg, ret, factories, log, ready)
 }
 
 func demoHeader(natsURL string) string {

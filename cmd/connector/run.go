@@ -27,23 +27,23 @@ func runConnector(ctx context.Context) error {
 		return err
 	}
 	log := newLogger(cfg.LogLevel, cfg.LogFormat, stdoutFile())
+	ret, err := retention()
+	if err != nil {
+		return err
+	}
 	factories, err := configuredSources(cfg)
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, factories, log, nil)
+	return serve(ctx, cfg, ret, factories, log, nil)
 }
 
 // serve starts NATS (or connects to it), provisions streams and buckets, builds
 // the sources and runs them until ctx ends. ready, if set, is called once the
 // command subjects are served.
-func serve(ctx context.Context, cfg Config, factories []sourceFactory, log zerolog.Logger,
-	ready func(rt *connector.Runtime, natsURL string),
+func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connector.Retention,
+	factories []sourceFactory, log zerolog.Logger, ready func(rt *connector.Runtime, natsURL string),
 ) error {
-	ret, err := retention()
-	if err != nil {
-		return err
-	}
 	url, embedded, err := startNATS(cfg, log)
 	if err != nil {
 		return err
@@ -84,9 +84,6 @@ func serve(ctx context.Context, cfg Config, factories []sourceFactory, log zerol
 			return err
 		}
 		sources = append(sources, built...)
-	}
-	if len(sources) == 0 {
-		return badConfig("no source is configured: set LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE) and/or OPENSTREAM_ROBOTS, or CONNECTOR_SOURCES")
 	}
 	if cfg.HTTPAddr != "" {
 		stopHTTP, err := startHTTP(cfg.HTTPAddr, reg, rt, []*nats.Conn{high, low}, log)

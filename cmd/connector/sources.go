@@ -13,7 +13,7 @@ import (
 // the sources selected by CONNECTOR_SOURCES.
 func configuredSources(cfg Config) ([]sourceFactory, error) {
 	ls := lasersell.DefaultConfig()
-	if err := loadEnv("", &ls); err != nil {
+	if err := loadEnv(lasersell.EnvPrefix, &ls); err != nil {
 		return nil, err
 	}
 	os := openstream.Defaults()
@@ -49,6 +49,9 @@ func configuredSources(cfg Config) ([]sourceFactory, error) {
 			return nil, badConfig("%v", err)
 		}
 		out = append(out, openStreamFactory(os))
+	}
+	if len(out) == 0 {
+		return nil, badConfig("no source is configured: set LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE) and/or OPENSTREAM_ROBOTS, or CONNECTOR_SOURCES")
 	}
 	return out, nil
 }
