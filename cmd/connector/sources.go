@@ -17,7 +17,7 @@ func configuredSources(cfg Config) ([]sourceFactory, error) {
 		return nil, err
 	}
 	os := openstream.Defaults()
-	if err := loadEnv(openstream.EnvPrefix, &os); err != nil {
+	if err := loadEnv("", &os); err != nil {
 		return nil, err
 	}
 	want := map[string]bool{}

@@ -14,42 +14,59 @@ import (
 	"github.com/jetbridge/connector/connector"
 )
 
-// EnvPrefix is the prefix main gives envconfig for Config.
+// Keepalive modes (OPENSTREAM_KEEPALIVE_MODE).
+const (
+	// KeepaliveStop sends STOP control on a monitor connection, where no
+	// CONTROL is ever active: the controller acts on it (nothing_to_stop),
+	// which refreshes its watchdog, and the data stream is untouched.
+	KeepaliveStop = "stop"
+	// KeepaliveMonitor re-sends the active MONITOR, which replaces it with
+	// itself; the stream restarts (first data at once), so periods longer than
+	// the keepalive interval are distorted. For controllers that do not count
+	// nothing_to_stop as activity.
+	KeepaliveMonitor = "monitor"
+)
+
+// EnvPrefix starts every Open Stream variable. The envconfig tags carry the
+// full names and Config is read with an empty prefix: with a prefix, envconfig
+// would fall back to the bare name (ROBOTS, ACK_TIMEOUT...) when the prefixed
+// variable is unset.
 const EnvPrefix = "OPENSTREAM"
 
 // DefaultPort is the Open Stream port of the vendor's example client.
 const DefaultPort = 49000
 
-// Config is the Open Stream part of the connector's configuration, read with
-// envconfig under the prefix OPENSTREAM (so ROBOTS is OPENSTREAM_ROBOTS).
-// Robots, Monitors and ControlAllow are compact strings parsed by Robots.
+// Config is the Open Stream part of the connector's configuration, read by
+// envconfig from the OPENSTREAM_* variables named in its tags.
+// Robots, Monitors and ControlAllow are compact strings parsed by ParseRobots.
 type Config struct {
-	Robots       string `envconfig:"ROBOTS" desc:"robots as name=host[:port], comma-separated (port defaults to 49000), e.g. cell1=10.0.0.5:49000,cell2=10.0.0.6"`
-	Monitors     string `envconfig:"MONITORS" desc:"initial MONITORs: robot/name=url@period (e.g. cell1/joints=/project/robot/joints/joint_states@2ms), comma-separated, or JSON {\"robot\":{\"name\":{\"url\":..,\"period_ms\":..,\"args\":{..}}}}; KV desired state wins after the first start"`
-	ControlAllow string `envconfig:"CONTROL_ALLOW" desc:"CONTROL allow-list: robot=pattern,pattern;robot2=pattern (path.Match patterns, * within one segment); a robot without a list refuses CONTROL"`
-	Major        int    `envconfig:"MAJOR" default:"1" desc:"protocol MAJOR version sent in HANDSHAKE"`
+	Robots       string `envconfig:"OPENSTREAM_ROBOTS" desc:"robots as name=host[:port], comma-separated (port defaults to 49000), e.g. cell1=10.0.0.5:49000,cell2=10.0.0.6"`
+	Monitors     string `envconfig:"OPENSTREAM_MONITORS" desc:"initial MONITORs: robot/name=url@period (e.g. cell1/joints=/project/robot/joints/joint_states@2ms), comma-separated, or JSON {\"robot\":{\"name\":{\"url\":..,\"period_ms\":..,\"args\":{..}}}}; KV desired state wins after the first start"`
+	ControlAllow string `envconfig:"OPENSTREAM_CONTROL_ALLOW" desc:"CONTROL allow-list: robot=pattern,pattern;robot2=pattern (path.Match patterns, * within one segment); a robot without a list refuses CONTROL"`
+	Major        int    `envconfig:"OPENSTREAM_MAJOR" default:"1" desc:"protocol MAJOR version sent in HANDSHAKE"`
 
-	MaxLine       int           `envconfig:"MAX_LINE" default:"65536" desc:"longest accepted NDJSON line in bytes; longer lines are published as malformed"`
-	DialTimeout   time.Duration `envconfig:"DIAL_TIMEOUT" default:"5s" desc:"TCP connect timeout"`
-	TCPKeepAlive  time.Duration `envconfig:"TCP_KEEPALIVE" default:"15s" desc:"TCP keep-alive probe interval"`
-	WriteTimeout  time.Duration `envconfig:"WRITE_TIMEOUT" default:"5s" desc:"a write to the controller that takes longer ends the connection"`
-	AckTimeout    time.Duration `envconfig:"ACK_TIMEOUT" default:"3s" desc:"wait for handshake_ack, monitor_ack and stop_ack (or an error)"`
-	ControlWindow time.Duration `envconfig:"CONTROL_ERR_WINDOW" default:"100ms" desc:"after a CONTROL request is written, wait this long for a control_err before replying"`
-	StopTimeout   time.Duration `envconfig:"STOP_TIMEOUT" default:"500ms" desc:"at shutdown, wait this long for stop_ack of STOP session before closing"`
+	MaxLine       int           `envconfig:"OPENSTREAM_MAX_LINE" default:"65536" desc:"longest accepted NDJSON line in bytes; longer lines are published as malformed"`
+	DialTimeout   time.Duration `envconfig:"OPENSTREAM_DIAL_TIMEOUT" default:"5s" desc:"TCP connect timeout"`
+	TCPKeepAlive  time.Duration `envconfig:"OPENSTREAM_TCP_KEEPALIVE" default:"15s" desc:"TCP keep-alive probe interval"`
+	WriteTimeout  time.Duration `envconfig:"OPENSTREAM_WRITE_TIMEOUT" default:"5s" desc:"a write to the controller that takes longer ends the connection"`
+	AckTimeout    time.Duration `envconfig:"OPENSTREAM_ACK_TIMEOUT" default:"3s" desc:"wait for handshake_ack, monitor_ack and stop_ack (or an error)"`
+	ControlWindow time.Duration `envconfig:"OPENSTREAM_CONTROL_ERR_WINDOW" default:"100ms" desc:"after a CONTROL request is written, wait this long for a control_err before replying"`
+	StopTimeout   time.Duration `envconfig:"OPENSTREAM_STOP_TIMEOUT" default:"500ms" desc:"when a connection ends on purpose (shutdown, STOP session, monitor removed), wait this long for the stop_ack of STOP session before closing"`
 
-	Keepalive     time.Duration `envconfig:"KEEPALIVE" default:"2s" desc:"re-send the active MONITOR when no other command was sent for this long (keeps the armed 5 s watchdog satisfied); 0 disables"`
-	IdleKeepalive time.Duration `envconfig:"IDLE_KEEPALIVE" default:"60s" desc:"on the control connection (no MONITOR, 180 s watchdog), send a harmless STOP control after this long without commands; 0 disables"`
-	StallPeriods  int           `envconfig:"STALL_PERIODS" default:"10" desc:"a monitor connection without data for this many periods is stalled and reconnected"`
-	StallMin      time.Duration `envconfig:"STALL_MIN" default:"1s" desc:"lower bound of the stall timeout"`
+	Keepalive     time.Duration `envconfig:"OPENSTREAM_KEEPALIVE" default:"2s" desc:"on a monitor connection, send a keepalive command when no other command was written for this long (the armed watchdog closes after 5 s); 0 disables"`
+	KeepaliveMode string        `envconfig:"OPENSTREAM_KEEPALIVE_MODE" default:"stop" desc:"keepalive on monitor connections: stop (STOP control, answered nothing_to_stop; leaves the data stream alone) or monitor (re-send the active MONITOR; restarts its period)"`
+	IdleKeepalive time.Duration `envconfig:"OPENSTREAM_IDLE_KEEPALIVE" default:"120s" desc:"on the control connection (no MONITOR, 180 s watchdog), send STOP monitor (answered nothing_to_stop) after this long without commands; 0 disables"`
+	StallPeriods  int           `envconfig:"OPENSTREAM_STALL_PERIODS" default:"10" desc:"a monitor connection without data for this many periods is stalled and reconnected"`
+	StallMin      time.Duration `envconfig:"OPENSTREAM_STALL_MIN" default:"1s" desc:"lower bound of the stall timeout"`
 
-	BackoffMin          time.Duration `envconfig:"BACKOFF_MIN" default:"200ms" desc:"first delay after the immediate first reconnect; doubles per failed attempt"`
-	BackoffMax          time.Duration `envconfig:"BACKOFF_MAX" default:"10s" desc:"reconnect delay cap"`
-	HealthyAfter        time.Duration `envconfig:"HEALTHY_AFTER" default:"10s" desc:"a session that lived this long resets the reconnect backoff"`
-	HandshakeRetryMin   time.Duration `envconfig:"HANDSHAKE_RETRY_MIN" default:"5s" desc:"delay after version_mismatch or handshake_rejected; doubles per refusal"`
-	HandshakeRetryMax   time.Duration `envconfig:"HANDSHAKE_RETRY_MAX" default:"30s" desc:"cap of the handshake refusal delay"`
-	ControlQueue        int           `envconfig:"CONTROL_QUEUE" default:"256" desc:"CONTROL commands waiting to be written per robot; a full queue blocks the command handler"`
-	HighLane            int           `envconfig:"HIGH_LANE" default:"1024" desc:"high-lane capacity per robot (acks, errors, status)"`
-	LowLane             int           `envconfig:"LOW_LANE" default:"8192" desc:"low-lane capacity per robot (MONITOR data); oldest dropped when full"`
+	BackoffMin        time.Duration `envconfig:"OPENSTREAM_BACKOFF_MIN" default:"200ms" desc:"first delay after the immediate first reconnect; doubles per failed attempt"`
+	BackoffMax        time.Duration `envconfig:"OPENSTREAM_BACKOFF_MAX" default:"10s" desc:"reconnect delay cap"`
+	HealthyAfter      time.Duration `envconfig:"OPENSTREAM_HEALTHY_AFTER" default:"2s" desc:"a session that lived this long (and streamed, on a monitor connection) makes the next reconnect immediate again"`
+	HandshakeRetryMin time.Duration `envconfig:"OPENSTREAM_HANDSHAKE_RETRY_MIN" default:"5s" desc:"delay after version_mismatch or handshake_rejected; doubles per refusal"`
+	HandshakeRetryMax time.Duration `envconfig:"OPENSTREAM_HANDSHAKE_RETRY_MAX" default:"30s" desc:"cap of the handshake refusal delay"`
+	ControlQueue      int           `envconfig:"OPENSTREAM_CONTROL_QUEUE" default:"256" desc:"CONTROL commands waiting to be written per robot; a full queue blocks the command handler"`
+	HighLane          int           `envconfig:"OPENSTREAM_HIGH_LANE" default:"1024" desc:"high-lane capacity per robot (acks, errors, status)"`
+	LowLane           int           `envconfig:"OPENSTREAM_LOW_LANE" default:"8192" desc:"low-lane capacity per robot (MONITOR data); oldest dropped when full"`
 }
 
 // RobotConfig is one robot: its address, initial monitors and CONTROL allow-list.
@@ -81,9 +98,9 @@ func Defaults() Config {
 	return Config{
 		Major: 1, MaxLine: 64 << 10, DialTimeout: 5 * time.Second, TCPKeepAlive: 15 * time.Second,
 		WriteTimeout: 5 * time.Second, AckTimeout: 3 * time.Second, ControlWindow: 100 * time.Millisecond,
-		StopTimeout: 500 * time.Millisecond, Keepalive: 2 * time.Second, IdleKeepalive: 60 * time.Second,
+		StopTimeout: 500 * time.Millisecond, Keepalive: 2 * time.Second, KeepaliveMode: KeepaliveStop, IdleKeepalive: 120 * time.Second,
 		StallPeriods: 10, StallMin: time.Second, BackoffMin: 200 * time.Millisecond, BackoffMax: 10 * time.Second,
-		HealthyAfter: 10 * time.Second, HandshakeRetryMin: 5 * time.Second, HandshakeRetryMax: 30 * time.Second,
+		HealthyAfter: 2 * time.Second, HandshakeRetryMin: 5 * time.Second, HandshakeRetryMax: 30 * time.Second,
 		ControlQueue: 256, HighLane: 1024, LowLane: 8192,
 	}
 }
@@ -110,6 +127,7 @@ func (c Config) Validate() error {
 		{"CONTROL_ERR_WINDOW", c.ControlWindow >= 0 && c.ControlWindow <= 5*time.Second, "between 0 and 5s"},
 		{"STOP_TIMEOUT", c.StopTimeout >= 0, ">= 0"},
 		{"KEEPALIVE", c.Keepalive >= 0, ">= 0 (0 disables)"},
+		{"KEEPALIVE_MODE", c.KeepaliveMode == KeepaliveStop || c.KeepaliveMode == KeepaliveMonitor, `"stop" or "monitor"`},
 		{"IDLE_KEEPALIVE", c.IdleKeepalive >= 0, ">= 0 (0 disables)"},
 		{"STALL_PERIODS", c.StallPeriods >= 1, ">= 1"},
 		{"STALL_MIN", c.StallMin > 0, "> 0"},

@@ -1,0 +1,351 @@
+package openstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// StateStreaming is published (besides the core's states) when the first data
+// of a monitor connection arrives after a (re)connect; its detail carries
+// gap_ms, the time without data across the reconnect.
+const StateStreaming = "streaming"
+
+// StateIdle is published when a robot has no connection to keep: no monitor
+// and CONTROL disabled.
+const StateIdle = "idle"
+
+// DefaultMonitor is the monitor name used when a command or the
+// configuration gives none.
+const DefaultMonitor = "default"
+
+// KV keys in subjects.BucketDesired (scoped by the host to openstream.<robot>.).
+const (
+	keyMonitorPrefix = "monitor."
+	// keySeeded marks that the configured monitors were stored once: from then
+	// on the KV is the desired state and the environment is not read again, so
+	// a monitor stopped by command stays stopped across restarts.
+	keySeeded = "seeded"
+)
+
+// Robot is the connector.Source of one Hi6 controller. It owns one TCP
+// connection per named monitor (the protocol allows one MONITOR per
+// connection) and, when CONTROL is allowed, one control connection that
+// carries CONTROL and STOP control. It assumes the controller accepts that many
+// concurrent connections; a refusal shows as a "reconnecting" status of the
+// refused connection with the reason.
+type Robot struct {
+	cfg          RobotConfig
+	common       Config
+	host         *connector.Host
+	log          zerolog.Logger
+	malformedLog zerolog.Logger // sampled: a garbage stream must not flood the log
+	desiredKV    *connector.Store
+
+	ready   chan struct{} // closed once Run has loaded the desired state
+	cmdMu   sync.Mutex    // serializes monitor and stop: they change desired state
+	runDone chan struct{}
+
+	mu         sync.Mutex
+	runCtx     context.Context
+	closing    bool
+	stopped    bool // after STOP session, until a monitor command
+	desired    map[string]Recipe
+	monitors   map[string]*conn
+	control    *conn
+	connStates map[string]string
+	connOwner  map[string]*conn // which conn owns an id in connStates (ids are reused)
+	wg         sync.WaitGroup
+}
+
+// New builds the source of one robot. Validate the Config first.
+func New(robot RobotConfig, common Config, host *connector.Host) (*Robot, error) {
+	if host == nil {
+		return nil, errors.New("openstream: a host is required")
+	}
+	if !validName(robot.Name) {
+		return nil, fmt.Errorf("openstream: robot name %q may hold only letters, digits, '-' and '_'", robot.Name)
+	}
+	if host.Kind() != subjects.KindOpenStream || host.Name() != robot.Name {
+		return nil, fmt.Errorf("openstream: host %s.%s does not serve robot %s", host.Kind(), host.Name(), robot.Name)
+	}
+	if robot.Addr == "" {
+		return nil, fmt.Errorf("openstream: robot %s has no address", robot.Name)
+	}
+	if common.MaxLine <= 0 || common.AckTimeout <= 0 || common.ControlQueue <= 0 || common.StallPeriods <= 0 ||
+		common.StallMin <= 0 || common.BackoffMin <= 0 || common.HandshakeRetryMin <= 0 || common.WriteTimeout <= 0 ||
+		common.DialTimeout <= 0 {
+		return nil, errors.New("openstream: configuration is incomplete (start from Defaults or envconfig, then Validate)")
+	}
+	log := host.Log().With().Str("robot", robot.Name).Logger()
+	return &Robot{
+		cfg: robot, common: common, host: host, log: log,
+		malformedLog: log.Sample(&zerolog.BurstSampler{Burst: 5, Period: time.Second}),
+		desiredKV:    host.State(subjects.BucketDesired),
+		ready:        make(chan struct{}),
+		runDone:      make(chan struct{}),
+		desired:      map[string]Recipe{},
+		monitors:     map[string]*conn{},
+		connStates:   map[string]string{},
+		connOwner:    map[string]*conn{},
+	}, nil
+}
+
+// NewAll builds one source per robot of cfg, creating each robot's host on rt.
+func NewAll(cfg Config, rt *connector.Runtime) ([]*Robot, error) {
+	robots, err := cfg.ParseRobots()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Robot, 0, len(robots))
+	for _, rc := range robots {
+		h, err := rt.NewHost(subjects.KindOpenStream, rc.Name, cfg.LaneSizes())
+		if err != nil {
+			return nil, fmt.Errorf("openstream robot %s: %w", rc.Name, err)
+		}
+		r, err := New(rc, cfg, h)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Kind implements connector.Source.
+func (r *Robot) Kind() string { return subjects.KindOpenStream }
+
+// Name implements connector.Source.
+func (r *Robot) Name() string { return r.cfg.Name }
+
+// Command names, served on openstream.<robot>.cmd.<command>.
+const (
+	CommandMonitor = "monitor"
+	CommandControl = "control"
+	CommandStop    = "stop"
+)
+
+// Commands implements connector.Source.
+func (r *Robot) Commands() []string { return []string{CommandMonitor, CommandControl, CommandStop} }
+
+// Run loads the desired monitors, keeps every connection up until ctx ends,
+// then stops them gracefully (STOP session on each).
+func (r *Robot) Run(ctx context.Context) error {
+	defer close(r.runDone)
+	desired, err := r.loadDesired(ctx)
+	if err != nil {
+		return nil // ctx ended while KV was unreachable
+	}
+	r.mu.Lock()
+	r.runCtx = ctx
+	r.desired = desired
+	idle := r.startAllLocked()
+	r.mu.Unlock()
+	close(r.ready)
+	if idle {
+		r.setStatus(connector.Status{State: StateIdle, Reason: "no monitor configured and CONTROL disabled"})
+	}
+
+	<-ctx.Done()
+	r.mu.Lock()
+	r.closing = true
+	for _, c := range r.allConnsLocked() {
+		c.cancel()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	r.setStatus(connector.Status{State: connector.StateStopped, Reason: "shutdown"})
+	return nil
+}
+
+// loadDesired reads the desired monitors from KV, seeding them from the
+// configuration on the very first start. KV errors are retried until ctx ends.
+func (r *Robot) loadDesired(ctx context.Context) (map[string]Recipe, error) {
+	for attempt := 0; ; attempt++ {
+		desired, err := r.tryLoadDesired(ctx)
+		if err == nil {
+			return desired, nil
+		}
+		r.log.Error().Err(err).Msg("cannot read the desired monitors from KV; retrying")
+		if attempt == 0 {
+			r.setStatus(connector.Status{State: connector.StateDisconnected, Reason: "desired state unavailable: " + err.Error()})
+		}
+		if !sleep(ctx, min(time.Second*time.Duration(attempt+1), 10*time.Second)) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (r *Robot) tryLoadDesired(ctx context.Context) (map[string]Recipe, error) {
+	kctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	entries, err := r.desiredKV.List(kctx)
+	if err != nil {
+		return nil, err
+	}
+	desired := map[string]Recipe{}
+	if _, seeded := entries[keySeeded]; !seeded {
+		for name, rec := range r.cfg.Monitors {
+			if err := r.putDesired(kctx, name, rec); err != nil {
+				return nil, err
+			}
+			desired[name] = rec
+		}
+		if err := r.desiredKV.Put(kctx, keySeeded, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+			return nil, err
+		}
+		r.log.Info().Int("monitors", len(desired)).Msg("desired monitors seeded from the configuration")
+		return desired, nil
+	}
+	for key, val := range entries {
+		name, ok := strings.CutPrefix(key, keyMonitorPrefix)
+		if !ok {
+			continue
+		}
+		var rec Recipe
+		if err := json.Unmarshal(val, &rec); err != nil || !validName(name) {
+			r.log.Error().Str("key", key).Msg("ignoring an unreadable desired monitor in KV")
+			continue
+		}
+		norm, _, cerr := rec.normalize()
+		if cerr != nil {
+			r.log.Error().Str("key", key).Str("problem", cerr.Message).Msg("ignoring an invalid desired monitor in KV")
+			continue
+		}
+		desired[name] = norm
+	}
+	r.log.Info().Int("monitors", len(desired)).Msg("desired monitors restored from KV")
+	return desired, nil
+}
+
+func (r *Robot) putDesired(ctx context.Context, name string, rec Recipe) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode monitor %s: %w", name, err)
+	}
+	return r.desiredKV.Put(ctx, keyMonitorPrefix+name, b)
+}
+
+// startAllLocked starts the control connection and one connection per
+// desired monitor. r.mu is held. It reports whether the robot has nothing to
+// keep open.
+func (r *Robot) startAllLocked() (idle bool) {
+	if len(r.cfg.ControlAllow) > 0 && r.control == nil {
+		r.control = r.launchLocked(newConn(r, "", Recipe{}))
+	}
+	for _, name := range sortedKeys(r.desired) {
+		if r.monitors[name] == nil {
+			r.monitors[name] = r.launchLocked(newConn(r, name, r.desired[name]))
+		}
+	}
+	return r.control == nil && len(r.monitors) == 0
+}
+
+// launchLocked starts the goroutine of c. r.mu is held and r is not closing.
+func (r *Robot) launchLocked(c *conn) *conn {
+	ctx, cancel := context.WithCancel(r.runCtx)
+	c.cancel = cancel
+	r.connStates[c.id] = connector.StateConnecting
+	r.connOwner[c.id] = c
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer cancel()
+		c.run(ctx)
+	}()
+	return c
+}
+
+func (r *Robot) allConnsLocked() []*conn {
+	var out []*conn
+	if r.control != nil {
+		out = append(out, r.control)
+	}
+	for _, c := range r.monitors {
+		out = append(out, c)
+	}
+	return out
+}
+
+// report publishes one connection's lifecycle change; the detail carries the
+// state of every connection of the robot.
+func (r *Robot) report(c *conn, state, reason string, attempt int, backoffD time.Duration, extra map[string]any) {
+	r.mu.Lock()
+	switch {
+	case r.connOwner[c.id] != c:
+		// A successor with the same id runs already; this one only reports.
+	case state == connector.StateStopped:
+		delete(r.connStates, c.id)
+		delete(r.connOwner, c.id)
+	default:
+		r.connStates[c.id] = state
+	}
+	conns := maps.Clone(r.connStates)
+	all := len(conns) > 0
+	for _, s := range conns {
+		all = all && (s == connector.StateConnected || s == StateStreaming)
+	}
+	r.mu.Unlock()
+	if all {
+		r.host.Metrics().Connected.Set(1)
+	} else {
+		r.host.Metrics().Connected.Set(0)
+	}
+	detail := map[string]any{"conn": c.id, "connections": conns}
+	if c.monitor != "" {
+		detail["monitor"] = c.monitor
+	}
+	maps.Copy(detail, extra)
+	r.setStatus(connector.Status{
+		State: state, Reason: reason, Attempt: attempt, BackoffMS: backoffD.Milliseconds(), Detail: detail,
+	})
+}
+
+func (r *Robot) setStatus(st connector.Status) {
+	// Status must get out even while shutting down; the lanes drain after Run.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.host.SetStatus(ctx, st); err != nil {
+		r.log.Warn().Err(err).Str("state", st.State).Msg("could not publish status")
+	}
+}
+
+// Handle implements connector.Source.
+func (r *Robot) Handle(ctx context.Context, cmd connector.Command) (any, error) {
+	select {
+	case <-r.ready:
+	case <-r.runDone:
+		return nil, connector.Refuse(connector.CodeShuttingDown, "robot %s is shutting down", r.cfg.Name)
+	case <-ctx.Done():
+		return nil, connector.Refuse(connector.CodeTimeout, "robot %s is still starting", r.cfg.Name)
+	}
+	switch cmd.Name {
+	case CommandMonitor:
+		return r.cmdMonitor(ctx, cmd.Body)
+	case CommandControl:
+		return r.cmdControl(ctx, cmd)
+	case CommandStop:
+		return r.cmdStop(ctx, cmd.Body)
+	}
+	return nil, connector.Refuse(connector.CodeUnknownCommand, "unknown command %q", cmd.Name)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
