@@ -22,8 +22,10 @@ type Config struct {
 	HTTPAddr  string `envconfig:"CONNECTOR_HTTP_ADDR" default:"127.0.0.1:9090" desc:"address of /metrics, /healthz and /statusz; empty disables"`
 	Sources   string `envconfig:"CONNECTOR_SOURCES" default:"auto" desc:"sources to run: lasersell, openstream, both comma-separated, or auto (each source whose upstream is configured)"`
 
-	NATS     NATSConfig
-	Embedded EmbeddedConfig
+	// Embedded (anonymous) so envconfig reads their tags as they are, without
+	// prefixing the field name.
+	NATSConfig
+	EmbeddedConfig
 
 	PublishWindow  int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged JetStream publishes per lane"`
 	AckTimeout     time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
@@ -121,8 +123,8 @@ func (c Config) validate() error {
 			return badConfig("CONNECTOR_HTTP_ADDR=%q is not host:port", c.HTTPAddr)
 		}
 	}
-	if _, _, err := net.SplitHostPort(c.Embedded.Listen); err != nil {
-		return badConfig("CONNECTOR_NATS_LISTEN=%q is not host:port", c.Embedded.Listen)
+	if _, _, err := net.SplitHostPort(c.EmbeddedConfig.Listen); err != nil {
+		return badConfig("CONNECTOR_NATS_LISTEN=%q is not host:port", c.EmbeddedConfig.Listen)
 	}
 	if c.PublishWindow < 1 || c.PublishWindow > 65536 {
 		return badConfig("CONNECTOR_PUBLISH_WINDOW=%d must be 1..65536", c.PublishWindow)
@@ -137,10 +139,10 @@ func (c Config) validate() error {
 	if c.KVReplicas < 1 || c.KVReplicas > 5 {
 		return badConfig("CONNECTOR_KV_REPLICAS=%d must be 1..5", c.KVReplicas)
 	}
-	if (c.NATS.Cert == "") != (c.NATS.Key == "") {
+	if (c.NATSConfig.Cert == "") != (c.NATSConfig.Key == "") {
 		return badConfig("NATS_CERT and NATS_KEY must be set together")
 	}
-	for name, path := range map[string]string{"NATS_CREDS": c.NATS.Creds, "NATS_NKEY": c.NATS.NKey, "NATS_CA": c.NATS.CA, "NATS_CERT": c.NATS.Cert, "NATS_KEY": c.NATS.Key} {
+	for name, path := range map[string]string{"NATS_CREDS": c.NATSConfig.Creds, "NATS_NKEY": c.NATSConfig.NKey, "NATS_CA": c.NATSConfig.CA, "NATS_CERT": c.NATSConfig.Cert, "NATS_KEY": c.NATSConfig.Key} {
 		if path == "" {
 			continue
 		}

@@ -52,13 +52,13 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.LogLevel = "warn" // keep the table readable; LOG_LEVEL=info shows everything
 	}
 	log := newLogger(cfg.LogLevel, "console", os.Stderr)
-	if _, set := os.LookupEnv("CONNECTOR_NATS_STORE_DIR"); !set && cfg.NATS.URL == "" {
+	if _, set := os.LookupEnv("CONNECTOR_NATS_STORE_DIR"); !set && cfg.NATSConfig.URL == "" {
 		dir, err := os.MkdirTemp("", "connector-demo-*")
 		if err != nil {
 			return fmt.Errorf("demo store directory: %w", err)
 		}
 		defer os.RemoveAll(dir)
-		cfg.Embedded.StoreDir = dir
+		cfg.EmbeddedConfig.StoreDir = dir
 	}
 	simLog := log.With().Str("component", "sim").Logger()
 

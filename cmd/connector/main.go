@@ -40,12 +40,13 @@ func main() {
 	os.Exit(1)
 }
 
-const usage = `usage: connector [run | demo | sim lasersell | sim openstream | version | help]
+const usage = `usage: connector [run | demo | sim lasersell | sim openstream | env | version | help]
 
   run              run the connector, configured by environment variables (default)
   demo             embedded NATS + both simulators + both sources, with a live summary
   sim lasersell    run the LaserSell Exit Intelligence Stream simulator (-h for flags)
   sim openstream   run the Hi6 Open Stream robot-controller simulator (-h for flags)
+  env              list every configuration variable with its default and meaning
 
 Configuration variables are listed in README.md.`
 
@@ -64,6 +65,8 @@ func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 			return badConfig("sim needs a simulator name: lasersell or openstream")
 		}
 		return runSim(ctx, args[0], args[1:])
+	case "env":
+		return printEnv(stdout)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil

@@ -16,17 +16,17 @@ import (
 // startNATS returns the URL to connect to: NATS_URL when set, otherwise an
 // embedded JetStream server that the caller must stop.
 func startNATS(cfg Config, log zerolog.Logger) (url string, embedded *embednats.Server, err error) {
-	if cfg.NATS.URL != "" {
-		return cfg.NATS.URL, nil, nil
+	if cfg.NATSConfig.URL != "" {
+		return cfg.NATSConfig.URL, nil, nil
 	}
-	dir, err := filepath.Abs(cfg.Embedded.StoreDir)
+	dir, err := filepath.Abs(cfg.EmbeddedConfig.StoreDir)
 	if err != nil {
 		return "", nil, fmt.Errorf("embedded NATS store directory: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", nil, fmt.Errorf("embedded NATS store directory: %w", err)
 	}
-	srv, err := embednats.Start(embednats.Options{Listen: cfg.Embedded.Listen, StoreDir: dir})
+	srv, err := embednats.Start(embednats.Options{Listen: cfg.EmbeddedConfig.Listen, StoreDir: dir})
 	if err != nil {
 		return "", nil, err
 	}

@@ -51,12 +51,12 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	if embedded != nil {
 		defer embedded.Stop()
 	}
-	high, err := connectNATS(url, cfg.NATS, "high", log)
+	high, err := connectNATS(url, cfg.NATSConfig, "high", log)
 	if err != nil {
 		return err
 	}
 	defer high.Close()
-	low, err := connectNATS(url, cfg.NATS, "low", log)
+	low, err := connectNATS(url, cfg.NATSConfig, "low", log)
 	if err != nil {
 		return err
 	}
