@@ -55,12 +55,14 @@ type EmbeddedConfig struct {
 }
 
 // streamEnv is the per-stream retention, read from STREAM_<NAME>_<FIELD>.
+// split_words rather than name tags: with a prefix, a name tag would make
+// envconfig fall back to the bare name (MAX_AGE...) when the prefixed one is unset.
 type streamEnv struct {
-	MaxAge     time.Duration `envconfig:"MAX_AGE"`
-	MaxBytes   int64         `envconfig:"MAX_BYTES"`
-	Replicas   int           `envconfig:"REPLICAS"`
-	Storage    string        `envconfig:"STORAGE"`
-	Duplicates time.Duration `envconfig:"DUPLICATES"`
+	MaxAge     time.Duration `split_words:"true"`
+	MaxBytes   int64         `split_words:"true"`
+	Replicas   int           `split_words:"true"`
+	Storage    string        `split_words:"true"`
+	Duplicates time.Duration `split_words:"true"`
 }
 
 // configError is a bad configuration: the process exits with one line saying it.

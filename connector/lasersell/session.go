@@ -1,0 +1,385 @@
+package lasersell
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/jetbridge/connector/connector"
+)
+
+// errConnLost is what a queued frame gets when its connection ends first.
+var errConnLost = errors.New("the upstream connection ended before the frame was written")
+
+// conn is one WebSocket connection. The fields after mu-guarded are guarded by
+// Source.mu; the rest are set at creation.
+type conn struct {
+	ws     *websocket.Conn
+	out    chan outFrame
+	cancel context.CancelFunc
+
+	causeMu sync.Mutex
+	cause   string // why the connection was torn down from our side
+
+	// Guarded by Source.mu.
+	ready     bool // hello_ok received
+	helloAt   time.Time
+	sessionID string
+	pings     []*pingWait     // application pings written and not answered yet, oldest first
+	overrides map[uint64]bool // per-position strategies re-sent on this connection
+}
+
+// outFrame is one text frame for the writer. done, when set, receives the
+// write's outcome; ping, when set, is registered just before the write so
+// the RTT excludes queueing.
+type outFrame struct {
+	data []byte
+	done chan error
+	ping *pingWait
+}
+
+// pingWait is one application ping waiting for its pong.
+type pingWait struct {
+	sent  time.Time
+	reply chan time.Duration // capacity 1; nil for the periodic keep-alive pings
+}
+
+// maxPendingPings bounds the pings remembered while the server stays silent.
+const maxPendingPings = 16
+
+// fail tears the connection down, remembering the first reason.
+func (c *conn) fail(reason string) {
+	c.causeMu.Lock()
+	if c.cause == "" {
+		c.cause = reason
+	}
+	c.causeMu.Unlock()
+	c.cancel()
+}
+
+func (c *conn) failure() string {
+	c.causeMu.Lock()
+	defer c.causeMu.Unlock()
+	return c.cause
+}
+
+// session dials, runs one connection until it ends and reports whether it was
+// healthy (hello_ok received and alive for HealthyAfter) and why it ended.
+func (s *Source) session(ctx context.Context) (healthy bool, reason string) {
+	dctx, cancelDial := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	ws, resp, err := s.dialer.DialContext(dctx, s.cfg.URL, s.header)
+	cancelDial()
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		return false, dialFailure(err, resp)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	c := &conn{ws: ws, out: make(chan outFrame, writeQueue), cancel: cancel, overrides: map[uint64]bool{}}
+	s.log.Info().Str("url", redactURL(s.cfg.URL)).Msg("upstream connected; waiting for hello_ok")
+
+	ws.SetReadLimit(readLimit)
+	_ = ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+	// Protocol-level pings and pongs prove the peer alive: extend the deadline,
+	// and answer pings like gorilla's default handler does.
+	ws.SetPingHandler(func(data string) error {
+		_ = ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
+		var ne net.Error
+		if err == nil || errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		return err
+	})
+	ws.SetPongHandler(func(string) error {
+		return ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+	})
+
+	var wg sync.WaitGroup
+	wg.Go(func() { s.writeLoop(cctx, c) })
+	wg.Go(func() {
+		// The only way to interrupt a blocked read is to close the socket.
+		<-cctx.Done()
+		code := websocket.CloseNormalClosure
+		if ctx.Err() != nil {
+			code = websocket.CloseGoingAway
+		}
+		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(250*time.Millisecond))
+		_ = ws.Close()
+	})
+
+	s.attach(c)
+	readErr := s.readLoop(ctx, c)
+	// Read the cause before tearing down: closing the socket makes a write in
+	// flight fail too, and that is a consequence, not the reason.
+	cause := c.failure()
+	cancel()
+	s.detach(c)
+	wg.Wait()
+	// Frames nobody will write: tell their waiters.
+	for drained := false; !drained; {
+		select {
+		case f := <-c.out:
+			if f.done != nil {
+				f.done <- errConnLost
+			}
+		default:
+			drained = true
+		}
+	}
+
+	s.mu.Lock()
+	healthy = !c.helloAt.IsZero() && time.Since(c.helloAt) >= s.cfg.HealthyAfter
+	s.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
+		reason = "connector shutting down"
+	case cause != "":
+		reason = cause
+	default:
+		reason = readFailure(readErr, s.cfg.ReadTimeout)
+	}
+	return healthy, reason
+}
+
+// attach makes c the current connection and queues the desired configure as
+// its first frame, so commands queued afterwards always follow it.
+func (s *Source) attach(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conn = c
+	if s.desired == nil {
+		return
+	}
+	data, err := json.Marshal(configureFrame{Type: typeConfigure, Configure: *s.desired})
+	if err != nil { // cannot happen: the value was validated and encoded before
+		s.log.Error().Err(err).Msg("could not encode the desired configure")
+		return
+	}
+	c.out <- outFrame{data: data} // the queue is new and empty: never blocks
+	s.log.Info().Int("wallets", len(s.desired.WalletPubkeys)).Msg("configure queued for the new connection")
+}
+
+// detach forgets c and fails the pings still waiting on it.
+func (s *Source) detach(c *conn) {
+	s.mu.Lock()
+	if s.conn == c {
+		s.conn = nil
+	}
+	wasReady := c.ready
+	c.ready = false
+	c.pings = nil
+	s.mu.Unlock()
+	if wasReady {
+		s.host.Metrics().Connected.Set(0)
+	}
+}
+
+// enqueueLocked queues a frame on c without blocking. s.mu must be held.
+func (c *conn) enqueueLocked(f outFrame) bool {
+	select {
+	case c.out <- f:
+		return true
+	default:
+		return false
+	}
+}
+
+// writeLoop is the only writer of data frames (gorilla allows one); it also
+// sends the periodic application ping once the session is established.
+func (s *Source) writeLoop(ctx context.Context, c *conn) {
+	ticker := time.NewTicker(s.cfg.PingInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case f := <-c.out:
+			err := s.write(c, f)
+			if f.done != nil {
+				f.done <- err
+			}
+			if err != nil {
+				if ctx.Err() == nil { // else the socket was closed under us
+					c.fail("write failed: " + err.Error())
+				}
+				return
+			}
+		case <-ticker.C:
+			s.mu.Lock()
+			ready := c.ready
+			s.mu.Unlock()
+			if !ready {
+				continue
+			}
+			if err := s.write(c, pingOut(nil)); err != nil {
+				if ctx.Err() == nil {
+					c.fail("write failed: " + err.Error())
+				}
+				return
+			}
+		}
+	}
+}
+
+// pingOut builds an application ping frame.
+func pingOut(reply chan time.Duration) outFrame {
+	data, _ := json.Marshal(pingFrame{Type: typePing, ClientTimeMS: time.Now().UnixMilli()})
+	return outFrame{data: data, ping: &pingWait{reply: reply}}
+}
+
+func (s *Source) write(c *conn, f outFrame) error {
+	if f.ping != nil {
+		s.mu.Lock()
+		f.ping.sent = time.Now()
+		if len(c.pings) >= maxPendingPings {
+			c.pings = c.pings[1:]
+		}
+		c.pings = append(c.pings, f.ping)
+		s.mu.Unlock()
+	}
+	if err := c.ws.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil {
+		return fmt.Errorf("set write deadline: %w", err)
+	}
+	if err := c.ws.WriteMessage(websocket.TextMessage, f.data); err != nil {
+		return fmt.Errorf("write frame: %w", err)
+	}
+	return nil
+}
+
+// readLoop reads and routes frames until the connection fails. Publishing
+// happens inline: a full high lane stops the reading, which is the
+// backpressure the design asks for.
+func (s *Source) readLoop(ctx context.Context, c *conn) error {
+	for {
+		mt, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		_ = c.ws.SetReadDeadline(now.Add(s.cfg.ReadTimeout))
+		if err := s.handleFrame(ctx, c, mt, data, now); err != nil {
+			return err
+		}
+	}
+}
+
+// onHello records the session id and limits and announces the connection.
+func (s *Source) onHello(ctx context.Context, c *conn, data []byte, now time.Time) {
+	var h struct {
+		SessionID json.RawMessage `json:"session_id"`
+		Limits    json.RawMessage `json:"limits"`
+	}
+	_ = json.Unmarshal(data, &h) // the frame is a valid object; a wrong field type leaves it empty
+	var lim Limits
+	// Unknown limit fields are ignored; a known one of the wrong type stays zero (not enforced).
+	_ = json.Unmarshal(h.Limits, &lim)
+	id := scalarText(h.SessionID)
+
+	s.mu.Lock()
+	c.ready = true
+	c.helloAt = now
+	c.sessionID = id
+	s.limits = lim
+	desired := s.desired
+	s.mu.Unlock()
+
+	s.host.Metrics().Connected.Set(1)
+	detail := map[string]any{"configured": desired != nil, "url": redactURL(s.cfg.URL)}
+	if len(h.Limits) > 0 && json.Valid(h.Limits) {
+		detail["limits"] = h.Limits
+	}
+	s.log.Info().Str("upstream_session", id).RawJSON("limits", validOrNull(h.Limits)).
+		Bool("configured", desired != nil).Msg("upstream session established (hello_ok)")
+	if desired != nil {
+		if err := validateWallets(desired.WalletPubkeys, lim); err != nil {
+			s.log.Warn().Str("problem", err.Message).Msg("the desired configure exceeds the limits this session advertises; the server may refuse it")
+		} else if err := validateWatchWallets(desired.WatchWallets, lim); err != nil {
+			s.log.Warn().Str("problem", err.Message).Msg("the desired configure exceeds the limits this session advertises; the server may refuse it")
+		}
+	}
+	s.setStatus(ctx, connector.Status{State: connector.StateConnected, UpstreamSession: id, Detail: detail})
+	// Deadlines that passed while disconnected can be requested now.
+	s.wakeDeadlines()
+}
+
+// onPong completes the oldest outstanding ping. The protocol's pong carries
+// only server_time_ms, so pongs are matched to pings in order.
+func (s *Source) onPong(c *conn, now time.Time) {
+	s.mu.Lock()
+	if len(c.pings) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	p := c.pings[0]
+	c.pings = c.pings[1:]
+	s.mu.Unlock()
+	rtt := now.Sub(p.sent)
+	s.host.Metrics().RTT.Set(rtt.Seconds())
+	if p.reply != nil {
+		p.reply <- rtt
+	}
+}
+
+// scalarText renders a JSON number or string as text ("" for anything else).
+func scalarText(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	if raw[0] == '"' {
+		var s string
+		if json.Unmarshal(raw, &s) == nil && safeHeader(s) {
+			return s
+		}
+		return ""
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	return ""
+}
+
+func validOrNull(raw json.RawMessage) []byte {
+	if len(raw) == 0 || !json.Valid(raw) {
+		return []byte("null")
+	}
+	return raw
+}
+
+// dialFailure describes a failed dial without ever quoting request headers.
+func dialFailure(err error, resp *http.Response) string {
+	if resp != nil {
+		msg := "upgrade refused: HTTP " + strconv.Itoa(resp.StatusCode)
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			msg += " (check the API key)"
+		}
+		return msg
+	}
+	return "dial failed: " + err.Error()
+}
+
+func readFailure(err error, timeout time.Duration) string {
+	var ce *websocket.CloseError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "connection ended"
+	case errors.As(err, &ce):
+		return fmt.Sprintf("closed by upstream: %d %s", ce.Code, ce.Text)
+	case errors.As(err, &ne) && ne.Timeout():
+		return fmt.Sprintf("read timeout: nothing received for %s", timeout)
+	case errors.Is(err, websocket.ErrReadLimit):
+		return fmt.Sprintf("frame larger than %d bytes", readLimit)
+	}
+	return "read failed: " + err.Error()
+}
