@@ -314,6 +314,9 @@ func (r *Runtime) host(kind, name string) *Host {
 }
 
 func (r *Runtime) commandHandler(ctx context.Context, h *Host, src Source, name string) micro.HandlerFunc {
+	// Refusals are logged, but sampled: a 500 Hz stream of refused no-reply
+	// CONTROLs must not flood the log (the metric and the audit keep them all).
+	refusedLog := h.log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})
 	return func(req micro.Request) {
 		received := time.Now()
 		cmd := Command{Name: name, Body: req.Data(), WantsReply: req.Reply() != ""}
@@ -328,7 +331,7 @@ func (r *Runtime) commandHandler(ctx context.Context, h *Host, src Source, name 
 		r.opts.Metrics.commands.WithLabelValues(h.kind, h.name, name, outcome).Inc()
 		ev := h.log.Debug()
 		if refusal != nil {
-			ev = h.log.Warn().Str("code", refusal.Code).Str("reason", refusal.Message)
+			ev = refusedLog.Warn().Str("code", refusal.Code).Str("reason", refusal.Message)
 		}
 		ev.Str("command", name).Dur("took", time.Since(received)).Msg("command handled")
 		r.audit(ctx, h, cmd, received, reply)
