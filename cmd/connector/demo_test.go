@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// syncBuffer is a bytes.Buffer safe for the demo goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The demo's printed `nats req` commands must work as pasted (sent here with
+// nats.go, since the nats CLI is not installed in CI).
+func TestDemoPrintedCommandsWork(t *testing.T) {
+	natsAddr := freePort(t)
+	t.Setenv("CONNECTOR_NATS_LISTEN", natsAddr)
+	t.Setenv("CONNECTOR_HTTP_ADDR", "")
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runDemo(ctx, []string{"-no-table"}, &out) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("demo returned %v", err)
+		}
+	}()
+
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.String(), "nats -s") {
+		if time.Now().After(deadline) {
+			t.Fatal("demo never printed its commands")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	nc, err := nats.Connect("nats://" + natsAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	req := regexp.MustCompile(`nats -s \S+ req (\S+) '(.*)'`)
+	sent := 0
+	for _, line := range strings.Split(out.String(), "\n") {
+		m := req.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		var reply struct {
+			OK    bool            `json:"ok"`
+			Error json.RawMessage `json:"error"`
+		}
+		// The sources connect to their simulators in the background: retry
+		// one-shot commands refused with not_connected for a moment.
+		for attempt := 0; ; attempt++ {
+			msg, err := nc.Request(m[1], []byte(m[2]), 10*time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			reply.OK, reply.Error = false, nil
+			if err := json.Unmarshal(msg.Data, &reply); err != nil {
+				t.Fatalf("%s: reply %s", line, msg.Data)
+			}
+			if reply.OK || attempt > 50 || !strings.Contains(string(reply.Error), "not_connected") {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if !reply.OK {
+			t.Errorf("%s: refused: %s", strings.TrimSpace(line), reply.Error)
+		}
+		sent++
+	}
+	if sent < 4 {
+		t.Fatalf("only %d request commands printed:\n%s", sent, out.String())
+	}
+}
