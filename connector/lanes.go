@@ -30,22 +30,30 @@ type highQueue struct {
 	ch      chan queued
 	closing chan struct{}
 	once    sync.Once
+	// putMu makes "number, then enqueue" atomic, so Connector-Seq follows
+	// queue (and so publish) order even with several producers.
+	putMu sync.Mutex
+	seq   uint64
 }
 
 func newHighQueue(capacity int) *highQueue {
 	return &highQueue{ch: make(chan queued, capacity), closing: make(chan struct{})}
 }
 
-// put blocks while the queue is full; it fails only when ctx ends or the queue
-// is closed.
+// put numbers the item and blocks while the queue is full; it fails only when
+// ctx ends or the queue is closed.
 func (q *highQueue) put(ctx context.Context, it queued) error {
+	q.putMu.Lock()
+	defer q.putMu.Unlock()
 	select {
-	case q.ch <- it:
-		return nil
+	case <-q.closing:
+		return errQueueClosed
 	default:
 	}
+	it.seq = q.seq + 1
 	select {
 	case q.ch <- it:
+		q.seq++
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -93,6 +101,7 @@ type lowQueue struct {
 	closed bool
 	wake   chan struct{} // capacity 1: "something was queued"
 	onDrop func()
+	seq    uint64 // numbered under mu, so Connector-Seq follows queue order
 }
 
 func newLowQueue(capacity int, onDrop func()) *lowQueue {
@@ -113,6 +122,8 @@ func (q *lowQueue) put(it queued) bool {
 		q.n--
 		dropped = true
 	}
+	q.seq++
+	it.seq = q.seq
 	q.items[(q.head+q.n)%len(q.items)] = it
 	q.n++
 	q.mu.Unlock()

@@ -3,6 +3,8 @@ package connector
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -10,15 +12,20 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// publisher drains one lane of one session into JetStream with asynchronous
-// publishes. At most window publishes are unacknowledged at a time; every ack is
-// checked in publish order, and a failed or timed-out one is republished (the
-// same Nats-Msg-Id makes the retry idempotent) until it is stored, the error is
+// publisher drains one lane of one session into JetStream. Every ack is checked
+// in publish order, and a failed or timed-out publish is republished (the same
+// Nats-Msg-Id makes the retry idempotent) until it is stored, the error is
 // permanent, or the drain deadline passes. While a retry is under way the lane
 // stops draining, so a dead NATS turns into backpressure (high lane) or drops of
 // the oldest telemetry (low lane), never into silent loss.
+//
+// With window 1 (the high lane's default) each event is stored before the next
+// is sent, so the stream order is the receive order even across a failure. With
+// a larger window, publishes are asynchronous with at most window unacknowledged:
+// much faster, but a publish lost in a dying connection can be stored after the
+// ones behind it (Connector-Seq shows the receive order).
 type publisher struct {
-	js         jetstream.JetStream
+	conn       *nats.Conn
 	queue      laneQueue
 	window     int
 	ackTimeout time.Duration
@@ -27,24 +34,79 @@ type publisher struct {
 	log        zerolog.Logger
 }
 
-type inflight struct {
-	msg *nats.Msg
-	fut jetstream.PubAckFuture
-	err error // the publish itself failed: retry without waiting for an ack
-}
-
 // batchSize is how many queued events one pass takes, to amortize locking.
 const batchSize = 128
 
 // run publishes until the queue is closed and drained, or until ctx ends (the
 // hard stop after the drain deadline).
-func (p *publisher) run(ctx context.Context) {
-	pending := make(chan inflight, p.window)
-	ackerDone := make(chan struct{})
+func (p *publisher) run(ctx context.Context) error {
+	if p.window <= 1 {
+		js, err := jetstream.New(p.conn)
+		if err != nil {
+			return fmt.Errorf("jetstream context: %w", err)
+		}
+		p.runOrdered(ctx, js)
+		return nil
+	}
+	return p.runAsync(ctx)
+}
+
+// runOrdered publishes one event at a time, waiting for its ack.
+func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
+	buf := make([]queued, 0, batchSize)
+	for {
+		var ok bool
+		buf, ok = p.queue.take(ctx, buf[:0], batchSize)
+		for i := range buf {
+			msg := p.build(buf[i])
+			buf[i] = queued{}
+			actx, cancel := context.WithTimeout(ctx, p.ackTimeout)
+			_, err := js.PublishMsg(actx, msg)
+			cancel()
+			if err == nil {
+				p.metrics.published.Inc()
+				continue
+			}
+			p.retry(ctx, js, msg, err)
+		}
+		p.metrics.depth.Set(float64(p.queue.depth()))
+		if !ok {
+			return
+		}
+	}
+}
+
+// runAsync publishes asynchronously with at most window acks outstanding. Acks
+// and failures arrive through nats.go callbacks (no per-message channels or
+// hand-offs); failed messages are republished in failure order by a retrier.
+func (p *publisher) runAsync(ctx context.Context) error {
+	failed := newFailedQueue()
+	js, err := jetstream.New(p.conn,
+		// nats.go's window is ours: PublishMsgAsync waits while it is full.
+		jetstream.WithPublishAsyncMaxPending(p.window),
+		jetstream.WithPublishAsyncTimeout(p.ackTimeout),
+		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) {
+			p.metrics.published.Inc()
+		}),
+		// Called with nats.go's lock held: must not block.
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
+			failed.add(msg, err)
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("jetstream context: %w", err)
+	}
+	retrierDone := make(chan struct{})
 	go func() {
-		defer close(ackerDone)
-		for f := range pending {
-			p.settle(ctx, f)
+		defer close(retrierDone)
+		for {
+			batch, open := failed.take(ctx)
+			for _, f := range batch {
+				p.retry(ctx, js, f.msg, f.err)
+			}
+			if !open {
+				return
+			}
 		}
 	}()
 
@@ -55,37 +117,94 @@ func (p *publisher) run(ctx context.Context) {
 		for i := range buf {
 			msg := p.build(buf[i])
 			buf[i] = queued{}
-			fut, err := p.js.PublishMsgAsync(msg)
-			select {
-			case pending <- inflight{msg: msg, fut: fut, err: err}:
-			case <-ctx.Done():
-				p.metrics.failed.Inc()
-				p.log.Error().Str("subject", msg.Subject).Msg("connector stopped before a queued event was published")
-			}
+			p.publishAsync(ctx, js, msg, failed)
 		}
 		p.metrics.depth.Set(float64(p.queue.depth()))
 		if !ok {
 			break
 		}
 	}
-	close(pending)
-	<-ackerDone
+	// Wait for the outstanding acks (failures land in the retry queue).
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+	}
+	failed.close()
+	<-retrierDone
+	return nil
 }
 
-// settle waits for one publish's ack and retries it until it is stored.
-func (p *publisher) settle(ctx context.Context, f inflight) {
-	err := f.err
-	if err == nil {
-		select {
-		case <-f.fut.Ok():
-			p.metrics.published.Inc()
+// publishAsync hands one message to nats.go, waiting while the window is full.
+func (p *publisher) publishAsync(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, failed *failedQueue) {
+	for {
+		_, err := js.PublishMsgAsync(msg)
+		switch {
+		case err == nil:
 			return
-		case err = <-f.fut.Err():
-		case <-ctx.Done():
-			err = ctx.Err()
+		case errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil:
+			continue // the window stayed full for the stall wait: keep waiting
+		default:
+			failed.add(msg, err)
+			return
 		}
 	}
-	p.retry(ctx, f.msg, err)
+}
+
+// failedQueue collects messages whose publish failed, in failure order.
+type failedQueue struct {
+	mu     sync.Mutex
+	items  []failedMsg
+	closed bool
+	wake   chan struct{}
+}
+
+type failedMsg struct {
+	msg *nats.Msg
+	err error
+}
+
+func newFailedQueue() *failedQueue { return &failedQueue{wake: make(chan struct{}, 1)} }
+
+func (q *failedQueue) add(msg *nats.Msg, err error) {
+	q.mu.Lock()
+	q.items = append(q.items, failedMsg{msg, err})
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take waits for failures and returns them all; open is false once the queue
+// is closed and empty (or ctx ended).
+func (q *failedQueue) take(ctx context.Context) (batch []failedMsg, open bool) {
+	for {
+		q.mu.Lock()
+		batch, q.items = q.items, nil
+		closed := q.closed
+		q.mu.Unlock()
+		if len(batch) > 0 {
+			return batch, true
+		}
+		if closed {
+			return nil, false
+		}
+		select {
+		case <-q.wake:
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
+}
+
+func (q *failedQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
 }
 
 const (
@@ -93,7 +212,7 @@ const (
 	retryMaxWait   = 2 * time.Second
 )
 
-func (p *publisher) retry(ctx context.Context, msg *nats.Msg, err error) {
+func (p *publisher) retry(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, err error) {
 	wait := retryFirstWait
 	for attempt := 1; ; attempt++ {
 		if permanentPublishError(err) {
@@ -117,7 +236,7 @@ func (p *publisher) retry(ctx context.Context, msg *nats.Msg, err error) {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, p.ackTimeout)
-		_, err = p.js.PublishMsg(actx, msg)
+		_, err = js.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
 			p.metrics.published.Inc()

@@ -30,8 +30,12 @@ type Options struct {
 	Retention func(subjects.StreamSpec) Retention
 	// KVReplicas is the replica count of the KV buckets.
 	KVReplicas int
-	// Window is the number of unacknowledged publishes per lane (default 512).
+	// Window is the number of unacknowledged low-lane publishes (default 512).
 	Window int
+	// HighWindow is the number of unacknowledged high-lane publishes (default 1:
+	// each high-lane event is stored before the next is sent, so the stream keeps
+	// the receive order even across a failed publish).
+	HighWindow int
 	// AckTimeout bounds the wait for one publish ack before it is retried (default 5 s).
 	AckTimeout time.Duration
 	// DrainTimeout bounds how long shutdown waits for queued events to be stored
@@ -52,7 +56,7 @@ type Options struct {
 // acks and retries, dedup ids, command services, KV state and metrics.
 type Runtime struct {
 	opts          Options
-	highJS, lowJS jetstream.JetStream
+	highJS        jetstream.JetStream // administration and KV
 	buckets       map[string]jetstream.KeyValue
 	runID         string
 
@@ -67,6 +71,11 @@ type Runtime struct {
 
 	serving     chan struct{} // closed once Run has registered the command services
 	servingOnce sync.Once
+	closeOnce   sync.Once
+
+	cmdMu    sync.Mutex
+	stopping bool           // new commands are refused with shutting_down
+	commands sync.WaitGroup // commands in progress
 }
 
 // New connects the runtime to JetStream and provisions the streams and buckets.
@@ -79,6 +88,13 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	if opts.Window <= 0 {
 		opts.Window = 512
+	}
+	if opts.HighWindow <= 0 {
+		opts.HighWindow = 1
+	}
+	if opts.SingleLane {
+		// One FIFO for everything: measure it with the telemetry window.
+		opts.HighWindow = opts.Window
 	}
 	if opts.AckTimeout <= 0 {
 		opts.AckTimeout = 5 * time.Second
@@ -98,19 +114,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if opts.Version == "" {
 		opts.Version = "0.1.0"
 	}
-	jsOpts := func() []jetstream.JetStreamOpt {
-		// nats.go's own window is set above ours so that our window, not its
-		// stall timer, is what bounds in-flight publishes.
-		return []jetstream.JetStreamOpt{
-			jetstream.WithPublishAsyncMaxPending(opts.Window + 1),
-			jetstream.WithPublishAsyncTimeout(opts.AckTimeout),
-		}
-	}
-	highJS, err := jetstream.New(opts.HighConn, jsOpts()...)
-	if err != nil {
-		return nil, fmt.Errorf("jetstream context: %w", err)
-	}
-	lowJS, err := jetstream.New(opts.LowConn, jsOpts()...)
+	highJS, err := jetstream.New(opts.HighConn)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
@@ -120,7 +124,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	pubCtx, stop := context.WithCancel(context.Background())
 	return &Runtime{
-		opts: opts, highJS: highJS, lowJS: lowJS, buckets: buckets,
+		opts: opts, highJS: highJS, buckets: buckets,
 		hosts: map[string]*Host{}, runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop,
 		serving: make(chan struct{}),
 	}, nil
@@ -164,14 +168,22 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 	}
 	r.hosts[key] = h
 	for _, p := range []*publisher{
-		{js: r.highJS, queue: h.high, metrics: h.highM, log: log.With().Str("lane", "high").Logger()},
-		{js: r.lowJS, queue: h.low, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()},
+		{queue: h.high, window: r.opts.HighWindow, metrics: h.highM, log: log.With().Str("lane", "high").Logger()},
+		{queue: h.low, window: r.opts.Window, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()},
 	} {
-		p.window, p.ackTimeout, p.build = r.opts.Window, r.opts.AckTimeout, h.message
+		// Each publisher has its own JetStream context: nats.go's async window
+		// is per context, and sessions must not stall each other.
+		p.conn = r.opts.HighConn
+		if p.queue == laneQueue(h.low) {
+			p.conn = r.opts.LowConn
+		}
+		p.ackTimeout, p.build = r.opts.AckTimeout, h.message
 		r.lanesDone.Add(1)
 		go func() {
 			defer r.lanesDone.Done()
-			p.run(r.pubCtx)
+			if err := p.run(r.pubCtx); err != nil {
+				p.log.Error().Err(err).Msg("lane publisher could not start; its events are not published")
+			}
 		}()
 	}
 	r.statusDone.Add(1)
@@ -198,57 +210,83 @@ func (r *Runtime) Statuses() map[string]map[string]any {
 func (r *Runtime) Serving() <-chan struct{} { return r.serving }
 
 // Run serves the sources' commands and runs the sources until ctx ends, then
-// shuts down in order: sources stop, command services stop, the lanes drain
-// into JetStream (bounded by DrainTimeout). A source that fails stops them all;
-// its error is returned.
+// shuts down in order: new commands are refused and those in progress finish
+// (they may need their source), the sources stop, the command services stop,
+// and the lanes drain into JetStream (bounded by DrainTimeout). A source that
+// fails stops them all; its error is returned. Run may be called once.
 func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// Sources outlive ctx until the commands in progress are done.
+	srcCtx, stopSources := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSources()
+	failed := make(chan error, len(sources))
 
 	var services []micro.Service
-	defer func() {
+	stopServices := func() {
 		for _, svc := range services {
 			_ = svc.Stop()
 		}
-	}()
+		services = nil
+	}
 	for _, src := range sources {
-		svc, err := r.serveCommands(ctx, src)
+		svc, err := r.serveCommands(srcCtx, src)
 		if err != nil {
-			cancel()
-			r.drain()
+			stopServices()
+			r.Close()
 			return err
 		}
 		services = append(services, svc)
 	}
-
+	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
+		r.opts.Log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
+	}
 	r.servingOnce.Do(func() { close(r.serving) })
 
 	var wg sync.WaitGroup
-	errs := make(chan error, len(sources))
 	for _, src := range sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := src.Run(ctx); err != nil && ctx.Err() == nil {
-				errs <- fmt.Errorf("%s %s: %w", src.Kind(), src.Name(), err)
-				cancel()
+			if err := src.Run(srcCtx); err != nil && srcCtx.Err() == nil {
+				failed <- fmt.Errorf("%s %s: %w", src.Kind(), src.Name(), err)
 			}
 		}()
 	}
-	<-ctx.Done()
-	wg.Wait()
-	for _, svc := range services {
-		_ = svc.Stop()
-	}
-	services = nil
-	r.drain()
+	var err error
 	select {
-	case err := <-errs:
-		return err
-	default:
-		return nil
+	case <-ctx.Done():
+	case err = <-failed:
 	}
+	r.refuseCommands()
+	stopSources()
+	wg.Wait()
+	stopServices()
+	r.Close()
+	return err
 }
+
+// refuseCommands makes new commands fail with shutting_down and waits for the
+// ones in progress.
+func (r *Runtime) refuseCommands() {
+	r.cmdMu.Lock()
+	r.stopping = true
+	r.cmdMu.Unlock()
+	r.commands.Wait()
+}
+
+// beginCommand registers a command in progress; false once shutting down.
+func (r *Runtime) beginCommand() bool {
+	r.cmdMu.Lock()
+	defer r.cmdMu.Unlock()
+	if r.stopping {
+		return false
+	}
+	r.commands.Add(1)
+	return true
+}
+
+// Close drains the lanes and stops the publishers. Run calls it; call it
+// yourself only when Run is never called (a start-up error after NewHost).
+func (r *Runtime) Close() { r.closeOnce.Do(r.drain) }
 
 // drain closes every lane and waits for the publishers to store what is queued,
 // at most DrainTimeout; then it abandons the rest (each abandoned event is
@@ -320,9 +358,16 @@ func (r *Runtime) commandHandler(ctx context.Context, h *Host, src Source, name 
 	return func(req micro.Request) {
 		received := time.Now()
 		cmd := Command{Name: name, Body: req.Data(), WantsReply: req.Reply() != ""}
-		cctx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
-		result, err := src.Handle(cctx, cmd)
-		cancel()
+		var result any
+		var err error
+		if r.beginCommand() {
+			cctx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
+			result, err = src.Handle(cctx, cmd)
+			cancel()
+			defer r.commands.Done()
+		} else {
+			err = Refuse(CodeShuttingDown, "the connector is shutting down")
+		}
 		reply, refusal := encodeReply(result, err)
 		outcome := "ok"
 		if refusal != nil {

@@ -27,7 +27,7 @@ type Config struct {
 	NATSConfig
 	EmbeddedConfig
 
-	PublishWindow  int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged JetStream publishes per lane"`
+	PublishWindow  int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged low-lane JetStream publishes per session (the high lane publishes one at a time)"`
 	AckTimeout     time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
 	DrainTimeout   time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
 	CommandTimeout time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`

@@ -5,11 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/jetbridge/connector/connector"
 	"github.com/jetbridge/connector/connector/lasersell"
@@ -105,12 +104,12 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	cfg.Sources = "lasersell,openstream"
 	factories := []sourceFactory{laserSellFactory(lcfg), openStreamFactory(ocfg)}
 	ready := func(rt *connector.Runtime, natsURL string) {
-		header := demoHeader(natsURL)
+		header := demoHeader(redactURL(natsURL))
 		if *quiet {
 			fmt.Fprint(stdout, header)
 			return
 		}
-		nc, err := nats.Connect(natsURL, nats.Name("connector demo summary"), nats.MaxReconnects(-1))
+		nc, err := connectNATS(natsURL, cfg.NATSConfig, "demo summary", log)
 		if err != nil {
 			log.Error().Err(err).Msg("demo summary cannot connect")
 			return
@@ -121,6 +120,18 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 	}
 	return serve(ctx, cfg, ret, factories, log, ready)
+}
+
+// redactURL hides credentials embedded in NATS URLs (nats://user:pass@host).
+func redactURL(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("redacted")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 func demoHeader(natsURL string) string {

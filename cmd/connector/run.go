@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -77,6 +78,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	if err != nil {
 		return err
 	}
+	defer rt.Close() // idempotent: covers the error returns before Run
 	var sources []connector.Source
 	for _, f := range factories {
 		built, err := f.build(rt)
@@ -96,8 +98,12 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		log.Info().Str("source", s.Kind()).Str("session", s.Name()).
 			Str("commands", subjects.Command(s.Kind(), s.Name(), "*")).Msg("starting source")
 	}
+	var readyDone sync.WaitGroup
+	defer readyDone.Wait()
 	if ready != nil {
+		readyDone.Add(1)
 		go func() {
+			defer readyDone.Done()
 			select {
 			case <-rt.Serving():
 				ready(rt, url)
