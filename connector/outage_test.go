@@ -47,6 +47,12 @@ func TestHighLaneSurvivesNATSOutage(t *testing.T) {
 	if n := env.WaitCount(subjects.StreamLaserSellExit, ">", 11, 15*time.Second); n != 11 {
 		t.Fatalf("after the outage the stream holds %d of 11 events", n)
 	}
+	// The high lane keeps the receive order across the outage.
+	for i, m := range env.Fetch(subjects.StreamLaserSellExit, ">", 11, 2*time.Second) {
+		if string(m.Data()) != `{"i":`+strconv.Itoa(i)+`}` {
+			t.Fatalf("event %d stored out of order: %s", i, m.Data())
+		}
+	}
 	if r := env.Metric("connector_publish_retries_total"); r == 0 {
 		t.Fatal("no retry was counted during the outage")
 	}

@@ -78,9 +78,15 @@ func TestEventsLandVerbatimWithHeaders(t *testing.T) {
 	_ = src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellPnL("s1", "7"), Lane: connector.LaneLow,
 		Payload: []byte(`{"type":"pnl_update"}`), Type: "pnl_update"})
 
+	// A marker behind the duplicate: once it is stored, the duplicate was handled.
+	_ = src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellExit("s1", "W1"), Lane: connector.LaneHigh,
+		Payload: []byte(`{"marker":true}`), MsgID: "exit-2", Type: "exit_signal_with_tx"})
+	if n := env.WaitCount(subjects.StreamLaserSellExit, "lasersell.s1.exit.W1", 2, 2*time.Second); n != 2 {
+		t.Fatalf("exit stream holds %d messages, want 2 (the duplicate dropped by Nats-Msg-Id)", n)
+	}
 	msgs := env.Fetch(subjects.StreamLaserSellExit, "lasersell.s1.exit.W1", 2, 2*time.Second)
-	if len(msgs) != 1 {
-		t.Fatalf("exit stream holds %d messages, want 1 (dedup by Nats-Msg-Id)", len(msgs))
+	if len(msgs) != 2 || string(msgs[1].Data()) != `{"marker":true}` {
+		t.Fatalf("exit stream content wrong: %d messages", len(msgs))
 	}
 	m := msgs[0]
 	if string(m.Data()) != string(payload) {
@@ -187,8 +193,6 @@ func TestStatusPublishedAndKeptInKV(t *testing.T) {
 func TestLowLaneDropsOldestWhileHighLaneKeepsEverything(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	src := newEcho(t, env, "s4", connector.LaneSizes{High: 4, Low: 8})
-	// The runtime is not running its publishers against a live queue yet, so
-	// stop the server to hold publishing and fill the lanes.
 	ctx := context.Background()
 	env.Run(src)
 	for i := 0; i < 5000; i++ {
@@ -210,9 +214,15 @@ func TestLowLaneDropsOldestWhileHighLaneKeepsEverything(t *testing.T) {
 			t.Fatalf("exit %d out of order: %s", i, m.Data())
 		}
 	}
-	// The low lane kept the newest events: the last one emitted is stored.
+	// The low lane kept the newest events: the last one emitted is stored,
+	// and the burst (5000 into a lane of 8) was thinned by counted drops.
 	connectortest.Eventually(t, 5*time.Second, "the newest pnl to be stored", func() bool {
 		msgs := env.Fetch(subjects.StreamLaserSellPnL, "lasersell.s4.pnl.1", 5000, 200*time.Millisecond)
 		return len(msgs) > 0 && string(msgs[len(msgs)-1].Data()) == `{"n":4999}`
 	})
+	stored := env.Count(subjects.StreamLaserSellPnL, "lasersell.s4.pnl.1")
+	dropped := env.Metric("connector_lane_dropped_total")
+	if dropped == 0 || stored >= 5000 || float64(stored)+dropped != 5000 {
+		t.Fatalf("stored %d + dropped %v should be 5000 with drops", stored, dropped)
+	}
 }
