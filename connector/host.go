@@ -37,10 +37,10 @@ type Host struct {
 	log        zerolog.Logger
 	metrics    SessionMetrics
 
-	high    *highQueue
-	low     *lowQueue
-	highM   laneMetrics
-	lowM    laneMetrics
+	high  *highQueue
+	low   *lowQueue
+	highM laneMetrics
+	lowM  laneMetrics
 
 	// Header values shared read-only by every message of this session.
 	sourceHdr, sessionHdr []string

@@ -55,10 +55,10 @@ type Options struct {
 // Runtime owns everything that is the same for every source: lanes, publishing,
 // acks and retries, dedup ids, command services, KV state and metrics.
 type Runtime struct {
-	opts          Options
-	highJS        jetstream.JetStream // administration and KV
-	buckets       map[string]jetstream.KeyValue
-	runID         string
+	opts    Options
+	highJS  jetstream.JetStream // administration and KV
+	buckets map[string]jetstream.KeyValue
+	runID   string
 
 	mu    sync.Mutex
 	hosts map[string]*Host

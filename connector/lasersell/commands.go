@@ -193,12 +193,13 @@ func (s *Source) applyState(ctx context.Context, command string,
 		return nil, err
 	}
 	s.mu.Lock()
+	dropped := s.dropWalletsLocked(s.desired, next)
 	s.desired = next
 	c := s.conn
 	var done chan error
 	if c != nil {
 		done = make(chan error, 1)
-		if !c.enqueueLocked(outFrame{data: data, done: done}) {
+		if !c.enqueueLocked(outFrame{data: data, done: done, configure: command == typeConfigure}) {
 			// The stored state must reach the server: a reconnect re-sends it.
 			c.fail("upstream write queue full")
 			c = nil
@@ -206,6 +207,11 @@ func (s *Source) applyState(ctx context.Context, command string,
 	}
 	s.mu.Unlock()
 	s.cmdMu.Unlock()
+	if len(dropped) > 0 {
+		s.log.Info().Str("command", command).Int("positions", len(dropped)).Interface("position_ids", dropped).
+			Msg("positions of wallets removed from the configure are no longer tracked")
+		s.wakePersist()
+	}
 	s.wakeDeadlines() // the deadline may have changed
 	return stateResult(ctx, c, done, data, next), nil
 }

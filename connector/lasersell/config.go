@@ -60,6 +60,8 @@ type Config struct {
 	BackoffMax   time.Duration `split_words:"true" default:"2s" desc:"largest reconnect delay"`
 	HealthyAfter time.Duration `split_words:"true" default:"5s" desc:"a session that received hello_ok and lived this long resets the reconnect backoff"`
 	PingTimeout  time.Duration `split_words:"true" default:"5s" desc:"how long the ping command waits for the pong"`
+	// ReconcileAfter is the settle window of position reconciliation: see Source.reconcile.
+	ReconcileAfter time.Duration `split_words:"true" default:"5s" desc:"after each (re)connect, once hello_ok is received and the configure written, the server gets this long (then one ping round trip) to re-announce the open positions; positions of configured wallets it did not re-announce are removed from LASERSELL_POSITIONS"`
 }
 
 // ConfigFromEnv reads the LASERSELL_* variables and validates them.
@@ -79,7 +81,7 @@ func DefaultConfig() Config {
 		HighLane: connector.DefaultHighLane, LowLane: connector.DefaultLowLane,
 		PingInterval: 30 * time.Second, ReadTimeout: 60 * time.Second, WriteTimeout: 10 * time.Second,
 		DialTimeout: 10 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second,
-		HealthyAfter: 5 * time.Second, PingTimeout: 5 * time.Second,
+		HealthyAfter: 5 * time.Second, PingTimeout: 5 * time.Second, ReconcileAfter: 5 * time.Second,
 	}
 }
 
@@ -159,6 +161,7 @@ func (c Config) Validate() error {
 		{"LASERSELL_WRITE_TIMEOUT", c.WriteTimeout}, {"LASERSELL_DIAL_TIMEOUT", c.DialTimeout},
 		{"LASERSELL_BACKOFF_BASE", c.BackoffBase}, {"LASERSELL_BACKOFF_MAX", c.BackoffMax},
 		{"LASERSELL_HEALTHY_AFTER", c.HealthyAfter}, {"LASERSELL_PING_TIMEOUT", c.PingTimeout},
+		{"LASERSELL_RECONCILE_AFTER", c.ReconcileAfter},
 	} {
 		if d.v <= 0 {
 			bad("%s=%s must be positive", d.name, d.v)

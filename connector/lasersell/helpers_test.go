@@ -54,6 +54,7 @@ func testConfig(url string) Config {
 	c.BackoffMax = 50 * time.Millisecond
 	c.HealthyAfter = 50 * time.Millisecond
 	c.PingTimeout = 2 * time.Second
+	c.ReconcileAfter = 50 * time.Millisecond
 	return c
 }
 

@@ -47,6 +47,8 @@ func parseRoute(data []byte, r *route) string {
 			r.LevelIndex = atom(val)
 		case "opened_at_ms":
 			r.OpenedAtMS = atom(val)
+		case "tokens":
+			r.Tokens = val
 		}
 		i = skipSpace(data, valEnd)
 		if data[i] == ',' {

@@ -72,6 +72,8 @@ func (s *Source) positionOpened(c *conn, r *route, now time.Time) {
 	}
 	changed := old == nil || !samePosition(old, p)
 	s.positions[id] = p
+	_, seen := c.announced[id]
+	c.announced[id] = struct{}{}
 	var resend []byte
 	if p.Strategy != nil && s.conn == c && !c.overrides[id] {
 		resend, _ = json.Marshal(updatePositionStrategyFrame{Type: typeUpdatePositionStrategy, PositionID: id, Strategy: *p.Strategy})
@@ -86,6 +88,9 @@ func (s *Source) positionOpened(c *conn, r *route, now time.Time) {
 	}
 	if changed {
 		s.persistPosition(id)
+	}
+	if changed || !seen {
+		// Re-announced: confirmed open, its deadline may fire now.
 		s.wakeDeadlines()
 	}
 }
@@ -112,6 +117,148 @@ func (s *Source) positionClosed(r *route) {
 	}
 }
 
+// armSettleLocked starts the settle window of the reconciliation once the
+// connection is established (hello_ok) and its configure written, in either
+// order. s.mu must be held.
+func (c *conn) armSettleLocked() {
+	if c.ready && c.configured && !c.settling {
+		c.settling = true
+		close(c.settle)
+	}
+}
+
+// reconcileLoop runs the reconciliation of one connection: after the settle
+// window, one ping round trip, then reconcile. It ends with the connection.
+func (s *Source) reconcileLoop(ctx context.Context, c *conn) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-c.settle:
+	}
+	t := time.NewTimer(s.cfg.ReconcileAfter)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	// The server answers in order, so the pong comes after every
+	// re-announcement it queued before reading our ping, and the reader
+	// handles frames in order: once the pong is in, every re-announcement
+	// sent so far has been recorded, however long the reader waited on a
+	// full lane.
+	reply := make(chan time.Duration, 1)
+	f := pingOut(reply)
+	select {
+	case c.out <- f:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-reply:
+	case <-ctx.Done():
+		return
+	}
+	s.reconcile(c)
+}
+
+// reconcile removes the positions the server did not re-announce on c: after
+// hello_ok and configure the server re-emits position_opened for every open
+// position of the configured wallets, so a position of a configured wallet
+// that was not re-announced was closed while the connector was disconnected
+// or stopped (its position_closed was never received). Positions of wallets
+// outside the current configure are left alone. Until c is reconciled, only
+// positions announced on c can fire their deadline.
+//
+// When the server sent an error frame since the configure was written, the
+// configure may have been refused (then nothing is re-announced): the
+// reconciliation is skipped, and the next connection tries again.
+func (s *Source) reconcile(c *conn) {
+	s.mu.Lock()
+	if s.conn != c || !c.ready || c.reconciled {
+		s.mu.Unlock()
+		return
+	}
+	if c.upErrors > 0 {
+		n := c.upErrors
+		s.mu.Unlock()
+		s.log.Warn().Int("upstream_errors", n).
+			Msg("position reconciliation skipped: the server sent errors after the configure (it may have been refused); unconfirmed positions wait for the next connection")
+		return
+	}
+	configured := map[string]bool{}
+	if s.desired != nil {
+		for _, w := range s.desired.WalletPubkeys {
+			configured[w] = true
+		}
+	}
+	var stale []position
+	for id, p := range s.positions {
+		if _, ok := c.announced[id]; ok || !configured[p.WalletPubkey] {
+			continue
+		}
+		stale = append(stale, *p)
+		delete(s.positions, id)
+		s.dirty[id] = struct{}{}
+	}
+	c.reconciled = true
+	s.reconciledTotal += uint64(len(stale))
+	total := s.reconciledTotal
+	kept := len(s.positions)
+	s.mu.Unlock()
+
+	for _, p := range stale {
+		s.log.Warn().Uint64("position_id", p.PositionID).Str("wallet", p.WalletPubkey).Str("mint", p.Mint).
+			Int64("opened_at_ms", p.OpenedAtMS).
+			Msg("position not re-announced by the server after reconnecting: it was closed while disconnected; removed")
+	}
+	s.log.Info().Int("removed", len(stale)).Int("open", kept).Uint64("removed_total", total).
+		Msg("open positions reconciled with the server")
+	if len(stale) > 0 {
+		s.wakePersist()
+	}
+	s.wakeDeadlines() // unconfirmed positions that survived may fire now
+}
+
+// Reconciled returns how many positions reconciliation has removed since
+// the source was built.
+func (s *Source) Reconciled() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reconciledTotal
+}
+
+// dropWalletsLocked forgets the positions of the wallets that are in cur
+// but not in next (update_wallets, configure): the server no longer reports
+// on them. It returns their ids, to persist. s.mu must be held.
+func (s *Source) dropWalletsLocked(cur, next *Configure) []uint64 {
+	if cur == nil || next == nil {
+		return nil
+	}
+	kept := make(map[string]bool, len(next.WalletPubkeys))
+	for _, w := range next.WalletPubkeys {
+		kept[w] = true
+	}
+	removed := map[string]bool{}
+	for _, w := range cur.WalletPubkeys {
+		if !kept[w] {
+			removed[w] = true
+		}
+	}
+	if len(removed) == 0 {
+		return nil
+	}
+	var ids []uint64
+	for id, p := range s.positions {
+		if removed[p.WalletPubkey] {
+			ids = append(ids, id)
+			delete(s.positions, id)
+			s.dirty[id] = struct{}{}
+		}
+	}
+	return ids
+}
+
 // persistPosition schedules the in-memory state of one position for KV. The
 // reader never waits on KV: the persist loop writes in the background,
 // coalescing repeated changes of a position into one write.
@@ -119,6 +266,11 @@ func (s *Source) persistPosition(id uint64) {
 	s.mu.Lock()
 	s.dirty[id] = struct{}{}
 	s.mu.Unlock()
+	s.wakePersist()
+}
+
+// wakePersist nudges the persist loop.
+func (s *Source) wakePersist() {
 	select {
 	case s.persistWake <- struct{}{}:
 	default:
@@ -225,17 +377,28 @@ func (s *Source) fireDueDeadlines(ctx context.Context) time.Time {
 	if s.desired != nil {
 		deadline = time.Duration(s.desired.DeadlineTimeoutSec) * time.Second
 	}
-	connected := s.conn != nil && s.conn.ready
+	c := s.conn
+	connected := c != nil && c.ready
 	if deadline > 0 {
 		for id, p := range s.positions {
 			if p.DeadlineRequestedAtMS != 0 {
 				continue
 			}
 			at := time.UnixMilli(p.OpenedAtMS).Add(deadline)
-			if !at.After(now) {
+			if at.After(now) {
+				if next.IsZero() || at.Before(next) {
+					next = at
+				}
+				continue
+			}
+			// A position known only from before this connection may have
+			// closed meanwhile: it waits for its re-announcement or the
+			// reconciliation (both wake this loop).
+			if !connected {
+				continue
+			}
+			if _, announced := c.announced[id]; announced || c.reconciled {
 				due = append(due, id)
-			} else if next.IsZero() || at.Before(next) {
-				next = at
 			}
 		}
 	}

@@ -26,6 +26,9 @@ type route struct {
 	TriggeredAtMS string
 	LevelIndex    string
 	OpenedAtMS    string
+	// Tokens is the raw "tokens" value: only balance_update needs it (its
+	// dedup id), so the hot path keeps the slice and converts nothing.
+	Tokens []byte
 }
 
 // handleFrame publishes one upstream frame and applies what it means to the
@@ -103,8 +106,15 @@ func (s *Source) handleFrame(ctx context.Context, c *conn, mt int, data []byte, 
 
 	case typeBalanceUpdate:
 		ev.Subject, ev.Type = subjects.LaserSellEvent(name, typeBalanceUpdate, eventKey(&r)), typeBalanceUpdate
+		// Two real updates of one holding can share a slot (two transactions):
+		// the amount is part of the identity, so only an identical
+		// re-emission is deduplicated.
 		if r.WalletPubkey != "" && r.Mint != "" && r.Slot != "" {
-			ev.MsgID = msgID(name, "balance", r.WalletPubkey, r.Mint, r.Slot)
+			tokens := atom(r.Tokens)
+			if tokens == "" {
+				tokens = "-"
+			}
+			ev.MsgID = msgID(name, "balance", r.WalletPubkey, r.Mint, r.Slot, tokens)
 		}
 		return s.host.Emit(ctx, ev)
 	}
@@ -115,6 +125,9 @@ func (s *Source) handleFrame(ctx context.Context, c *conn, mt int, data []byte, 
 		var e struct{ Code, Message string }
 		_ = json.Unmarshal(data, &e)
 		s.log.Warn().Str("code", e.Code).Str("message", e.Message).Msg("upstream error")
+		s.mu.Lock()
+		c.upErrors++ // may be a refused configure: see Source.reconcile
+		s.mu.Unlock()
 	}
 	// error, liquidity_snapshot, trade_tick and types this connector does not
 	// know yet: published, never dropped.

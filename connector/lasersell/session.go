@@ -35,6 +35,14 @@ type conn struct {
 	sessionID string
 	pings     []*pingWait     // application pings written and not answered yet, oldest first
 	overrides map[uint64]bool // per-position strategies re-sent on this connection
+
+	// Position reconciliation (see Source.reconcile), guarded by Source.mu.
+	configured bool                // a configure was written on this connection
+	upErrors   int                 // upstream error frames since the last configure was written
+	announced  map[uint64]struct{} // positions announced (position_opened) on this connection
+	settle     chan struct{}       // closed once ready and configured: the settle window starts
+	settling   bool                // settle is closed
+	reconciled bool                // stale positions were removed: every position is confirmed
 }
 
 // outFrame is one text frame for the writer. done, when set, receives the
@@ -44,6 +52,8 @@ type outFrame struct {
 	data []byte
 	done chan error
 	ping *pingWait
+	// configure marks a configure frame: its write starts the reconciliation.
+	configure bool
 }
 
 // pingWait is one application ping waiting for its pong.
@@ -84,13 +94,16 @@ func (s *Source) session(ctx context.Context) (healthy bool, reason string) {
 		return false, dialFailure(err, resp)
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	c := &conn{ws: ws, out: make(chan outFrame, writeQueue), cancel: cancel, overrides: map[uint64]bool{}}
+	c := &conn{
+		ws: ws, out: make(chan outFrame, writeQueue), cancel: cancel, overrides: map[uint64]bool{},
+		announced: map[uint64]struct{}{}, settle: make(chan struct{}),
+	}
 	s.log.Info().Str("url", redactURL(s.cfg.URL)).Msg("upstream connected; waiting for hello_ok")
 
 	ws.SetReadLimit(readLimit)
-	_ = ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
-	// Protocol-level pings and pongs prove the peer alive: extend the deadline,
-	// and answer pings like gorilla's default handler does.
+	// The read deadline is set before every read (readLoop). Protocol-level
+	// pings and pongs, handled inside a read, prove the peer alive: they extend
+	// it, and pings are answered like gorilla's default handler does.
 	ws.SetPingHandler(func(data string) error {
 		_ = ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
@@ -106,6 +119,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, reason string) {
 
 	var wg sync.WaitGroup
 	wg.Go(func() { s.writeLoop(cctx, c) })
+	wg.Go(func() { s.reconcileLoop(cctx, c) })
 	wg.Go(func() {
 		// The only way to interrupt a blocked read is to close the socket.
 		<-cctx.Done()
@@ -165,7 +179,7 @@ func (s *Source) attach(c *conn) {
 		s.log.Error().Err(err).Msg("could not encode the desired configure")
 		return
 	}
-	c.out <- outFrame{data: data} // the queue is new and empty: never blocks
+	c.out <- outFrame{data: data, configure: true} // the queue is new and empty: never blocks
 	s.log.Info().Int("wallets", len(s.desired.WalletPubkeys)).Msg("configure queued for the new connection")
 }
 
@@ -247,27 +261,42 @@ func (s *Source) write(c *conn, f outFrame) error {
 		c.pings = append(c.pings, f.ping)
 		s.mu.Unlock()
 	}
+	if f.configure {
+		// Errors from here on may be the server refusing this configure.
+		s.mu.Lock()
+		c.upErrors = 0
+		s.mu.Unlock()
+	}
 	if err := c.ws.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout)); err != nil {
 		return fmt.Errorf("set write deadline: %w", err)
 	}
 	if err := c.ws.WriteMessage(websocket.TextMessage, f.data); err != nil {
 		return fmt.Errorf("write frame: %w", err)
 	}
+	if f.configure {
+		s.mu.Lock()
+		c.configured = true
+		c.armSettleLocked()
+		s.mu.Unlock()
+	}
 	return nil
 }
 
 // readLoop reads and routes frames until the connection fails. Publishing
 // happens inline: a full high lane stops the reading, which is the
-// backpressure the design asks for.
+// backpressure the design asks for. The read deadline is armed right before
+// each read, so the time spent waiting for the lane (NATS slow or down) never
+// counts as upstream silence: backpressure must not look like a dead peer.
 func (s *Source) readLoop(ctx context.Context, c *conn) error {
 	for {
+		if err := c.ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout)); err != nil {
+			return err
+		}
 		mt, data, err := c.ws.ReadMessage()
 		if err != nil {
 			return err
 		}
-		now := time.Now()
-		_ = c.ws.SetReadDeadline(now.Add(s.cfg.ReadTimeout))
-		if err := s.handleFrame(ctx, c, mt, data, now); err != nil {
+		if err := s.handleFrame(ctx, c, mt, data, time.Now()); err != nil {
 			return err
 		}
 	}
@@ -291,6 +320,7 @@ func (s *Source) onHello(ctx context.Context, c *conn, data []byte, now time.Tim
 	c.sessionID = id
 	s.limits = lim
 	desired := s.desired
+	c.armSettleLocked()
 	s.mu.Unlock()
 
 	s.host.Metrics().Connected.Set(1)

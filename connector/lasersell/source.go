@@ -21,10 +21,16 @@
 //	exit_signal_with_tx   S:exit:<session_id>:<position_id>:<triggered_at_ms>:<level_index|->
 //	position_opened       S:pos-open:<position_id>
 //	position_closed       S:pos-close:<position_id>
-//	balance_update        S:balance:<wallet_pubkey>:<mint>:<slot>
+//	balance_update        S:balance:<wallet_pubkey>:<mint>:<slot>:<tokens|->
 //
 // The session name leads every id because JetStream deduplicates per stream
-// and two sessions watching the same wallet receive the same facts.
+// and two sessions watching the same wallet receive the same facts. The
+// balance id carries the amount: two real updates in one slot are two facts.
+//
+// Positions closed while the connector was disconnected or stopped never get
+// their position_closed; after every (re)connect the server re-announces the
+// open ones, and the positions of configured wallets it does not re-announce
+// are removed (see reconcile).
 //
 // State in KV (keys scoped by the runtime under lasersell.S.):
 //
@@ -88,6 +94,8 @@ type Source struct {
 	conn      *conn // the current connection, nil while disconnected
 	positions map[uint64]*position
 	dirty     map[uint64]struct{} // positions whose KV entry is behind memory
+	// reconciledTotal counts the positions reconcile removed.
+	reconciledTotal uint64
 }
 
 // New builds the source for host, which must be the runtime's host for kind
@@ -198,14 +206,16 @@ func (s *Source) Run(ctx context.Context) error {
 // stopped records the final status. The runtime drains the lanes after Run
 // returns, so the event still reaches JetStream.
 func (s *Source) stopped(ctx context.Context) {
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	s.setStatus(sctx, connector.Status{State: connector.StateStopped})
+	s.setStatus(ctx, connector.Status{State: connector.StateStopped})
 }
 
+// setStatus publishes a status. Status events travel in the high lane and are
+// never dropped: the wait for lane space is not cut short by the source's own
+// shutdown (ctx), only by the runtime closing the lane, whose drain bounds
+// the shutdown.
 func (s *Source) setStatus(ctx context.Context, st connector.Status) {
-	if err := s.host.SetStatus(ctx, st); err != nil && ctx.Err() == nil {
-		s.log.Warn().Err(err).Str("state", st.State).Msg("could not publish status")
+	if err := s.host.SetStatus(context.WithoutCancel(ctx), st); err != nil {
+		s.log.Error().Err(err).Str("state", st.State).Str("reason", st.Reason).Msg("could not publish status")
 	}
 }
 

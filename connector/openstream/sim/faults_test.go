@@ -45,7 +45,7 @@ func TestFaultGarbage(t *testing.T) {
 	c := dial(t, addr)
 	c.handshake()
 	var bad, objects int
-	for bad < len(garbageLines) {
+	for bad < garbageKinds {
 		m, err := c.next(2 * time.Second)
 		if err != nil {
 			t.Fatal(err)

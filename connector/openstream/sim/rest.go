@@ -28,11 +28,22 @@ const (
 // maxIntervalSecond bounds one trajectory segment.
 const maxIntervalSecond = 60.0
 
-// getPaths and postPaths route by method; a known path with the wrong method is 405.
-var (
-	getPaths  = map[string]bool{PathHealth: true, PathJointStates: true, PathPoseCur: true, PathMotorOnState: true}
-	postPaths = map[string]bool{PathMotorOn: true, PathMotorOff: true, PathStart: true, PathStop: true, PathTrajInit: true, PathTrajInsertPt: true}
-)
+// isGetPath and isPostPath route by method; a known path with the wrong method is 405.
+func isGetPath(path string) bool {
+	switch path {
+	case PathHealth, PathJointStates, PathPoseCur, PathMotorOnState:
+		return true
+	}
+	return false
+}
+
+func isPostPath(path string) bool {
+	switch path {
+	case PathMotorOn, PathMotorOff, PathStart, PathStop, PathTrajInit, PathTrajInsertPt:
+		return true
+	}
+	return false
+}
 
 // getter produces one REST GET response: the body is appended to dst (nothing appended means an
 // empty body) and the HTTP status returned. MONITOR compiles its recipe into a getter once, so
@@ -86,7 +97,7 @@ func (s *Server) compileGet(path string, q map[string]string) getter {
 	case PathPoseCur:
 		return s.compilePose(q)
 	}
-	if postPaths[path] {
+	if isPostPath(path) {
 		return staticGetter(http.StatusMethodNotAllowed, nil)
 	}
 	return staticGetter(http.StatusNotFound, nil)
@@ -178,13 +189,13 @@ func (s *Server) compilePose(q map[string]string) getter {
 }
 
 // okBody is the body of a successful POST, as the REST API answers it.
-var okBody = []byte(`{"_type":"JObject"}`)
+const okBody = `{"_type":"JObject"}`
 
 // control executes one POST/PUT/DELETE REST call. It returns the status and, for failures, the
 // error body (nil when the REST API sends none).
 func (s *Server) control(now time.Time, method, path string, body json.RawMessage) (int, []byte) {
-	if !postPaths[path] {
-		if getPaths[path] {
+	if !isPostPath(path) {
+		if isGetPath(path) {
 			return http.StatusMethodNotAllowed, nil
 		}
 		return http.StatusNotFound, nil
@@ -293,7 +304,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		}
 		status, body = s.control(now, req.Method, req.URL.Path, raw)
 		if status == http.StatusOK {
-			body = okBody
+			body = []byte(okBody)
 		}
 	default:
 		status = http.StatusMethodNotAllowed

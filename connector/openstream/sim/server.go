@@ -250,7 +250,7 @@ func (s *Server) accept(c net.Conn) {
 // refuse answers a connection beyond MaxConns with one error line and closes it.
 func (s *Server) refuse(c net.Conn) {
 	defer s.sessWG.Done()
-	line := appendError(nil, ErrHandshakeRejected, "maximum number of sessions reached", hints[ErrHandshakeRejected])
+	line := appendError(nil, ErrHandshakeRejected, "maximum number of sessions reached", hint(ErrHandshakeRejected))
 	c.SetWriteDeadline(time.Now().Add(s.cfg.LingerTimeout))
 	c.Write(line)
 	lingerClose(s.ctx, c, s.cfg.LingerTimeout)

@@ -28,7 +28,7 @@ const (
 	writeBufSize     = 32 << 10
 )
 
-var monitorAck = []byte("{\"type\":\"monitor_ack\"}\n")
+const monitorAck = "{\"type\":\"monitor_ack\"}\n"
 
 // inbound is one client line, parsed by the reader goroutine.
 type inbound struct {
@@ -290,7 +290,7 @@ func (ss *session) flush() error {
 }
 
 func (ss *session) emitError(code, msg string) {
-	ss.line = appendError(ss.line[:0], code, msg, hints[code])
+	ss.line = appendError(ss.line[:0], code, msg, hint(code))
 	ss.emit(ss.line)
 }
 
@@ -332,21 +332,23 @@ func (ss *session) handle(in inbound) string {
 	return end
 }
 
-// notMeaningful are the outcomes that do not refresh the watchdog: malformed or invalid lines,
-// commands refused before execution, and CONTROL whose REST call failed (the vendor: "a
-// successful CONTROL refreshes"). Everything else is a valid command the server acted on, even
-// if the answer is an error such as nothing_to_stop.
-var notMeaningful = map[string]bool{
-	ErrInvalidNDJSON: true, ErrRxBufOverflow: true, ErrHandshakeRequired: true, ErrInvalidCmd: true,
-	ErrInvalidPayload: true, ErrMissingField: true, ErrInvalidType: true, ErrInvalidValue: true,
-	ErrMissingMajor: true, ErrInvalidMajorType: true, ErrInvalidVersion: true, ErrVersionMismatch: true,
-	ErrMissingURL: true, ErrInvalidURL: true, ErrURLTooLong: true, ErrMissingMethod: true,
-	ErrInvalidMethod: true, ErrMissingPeriodMS: true, ErrInvalidPeriod: true, ErrInvalidArgs: true,
-	ErrInvalidBody: true, ErrMissingTarget: true, ErrInvalidTarget: true, ErrMethodNotAllowed: true,
-	ErrControlBusy: true, "control_err": true,
+// meaningful reports whether a command's outcome refreshes the watchdog. Malformed or invalid
+// lines, commands refused before execution, and CONTROL whose REST call failed (the vendor: "a
+// successful CONTROL refreshes") do not. Everything else is a valid command the server acted on,
+// even if the answer is an error such as nothing_to_stop.
+func meaningful(code string) bool {
+	switch code {
+	case ErrInvalidNDJSON, ErrRxBufOverflow, ErrHandshakeRequired, ErrInvalidCmd,
+		ErrInvalidPayload, ErrMissingField, ErrInvalidType, ErrInvalidValue,
+		ErrMissingMajor, ErrInvalidMajorType, ErrInvalidVersion, ErrVersionMismatch,
+		ErrMissingURL, ErrInvalidURL, ErrURLTooLong, ErrMissingMethod,
+		ErrInvalidMethod, ErrMissingPeriodMS, ErrInvalidPeriod, ErrInvalidArgs,
+		ErrInvalidBody, ErrMissingTarget, ErrInvalidTarget, ErrMethodNotAllowed,
+		ErrControlBusy, "control_err":
+		return false
+	}
+	return true
 }
-
-func meaningful(code string) bool { return !notMeaningful[code] }
 
 func payloadCheck(in inbound) (string, string) {
 	if !in.hasPayload {
@@ -516,7 +518,7 @@ func (ss *session) monitor(p map[string]json.RawMessage, now time.Time) (string,
 	ss.mon = m
 	ss.lastData = now
 	if !m.ackPending {
-		ss.emit(monitorAck)
+		ss.emit([]byte(monitorAck))
 	}
 	ss.writeData() // the first data right away, then one per period
 	m.ticker = time.NewTicker(m.period)
@@ -570,14 +572,20 @@ func (ss *session) writeData() int64 {
 	ss.lastData = t0
 	if m.ackPending {
 		m.ackPending = false
-		ss.emit(monitorAck)
+		ss.emit([]byte(monitorAck))
 	}
 	return ss.dataLines.Add(1)
 }
 
-// nonControlMethods are real HTTP methods that CONTROL does not allow (method_not_allowed);
+// nonControlMethod reports real HTTP methods that CONTROL does not allow (method_not_allowed);
 // anything else unknown is invalid_method.
-var nonControlMethods = map[string]bool{"GET": true, "HEAD": true, "PATCH": true, "OPTIONS": true, "CONNECT": true, "TRACE": true}
+func nonControlMethod(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPatch, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return true
+	}
+	return false
+}
 
 func (ss *session) control(p map[string]json.RawMessage, now time.Time) (string, string) {
 	path, q, code, msg := checkURL(p)
@@ -594,7 +602,7 @@ func (ss *session) control(p map[string]json.RawMessage, now time.Time) (string,
 	}
 	switch {
 	case method == http.MethodPost || method == http.MethodPut || method == http.MethodDelete:
-	case nonControlMethods[method]:
+	case nonControlMethod(method):
 		return ErrMethodNotAllowed, method + " is not allowed for CONTROL; use POST, PUT or DELETE"
 	default:
 		return ErrInvalidMethod, fmt.Sprintf("unknown method %q", method)
@@ -732,17 +740,28 @@ func (ss *session) watchdog() string {
 	return "session_timeout: " + why
 }
 
-// garbageLines are the malformed lines the garbage fault cycles through.
-var garbageLines = [][]byte{
-	[]byte("this is not json\n"),
-	[]byte("{\"type\":\"data\",\"ts\":\n"),       // truncated object
-	[]byte("[1,2,3]\n"),                          // JSON, not an object
-	[]byte("\xff\xfe\x00 binary garbage\n"),      // invalid UTF-8 and a NUL
-	[]byte("{\"type\":\"data\" \"ts\":1}\n"),     // syntax error
-	[]byte("{\"neither\":\"type nor error\"}\n"), // an object that is no known message
+// garbageKinds is how many malformed lines the garbage fault cycles through.
+const garbageKinds = 6
+
+// garbageLine returns malformed line i (mod garbageKinds).
+func garbageLine(i int) []byte {
+	switch i % garbageKinds {
+	case 0:
+		return []byte("this is not json\n")
+	case 1:
+		return []byte("{\"type\":\"data\",\"ts\":\n") // truncated object
+	case 2:
+		return []byte("[1,2,3]\n") // JSON, not an object
+	case 3:
+		return []byte("\xff\xfe\x00 binary garbage\n") // invalid UTF-8 and a NUL
+	case 4:
+		return []byte("{\"type\":\"data\" \"ts\":1}\n") // syntax error
+	default:
+		return []byte("{\"neither\":\"type nor error\"}\n") // an object that is no known message
+	}
 }
 
 func (ss *session) garbage() {
-	ss.emit(garbageLines[ss.garbageN%len(garbageLines)])
+	ss.emit(garbageLine(ss.garbageN))
 	ss.garbageN++
 }

@@ -117,24 +117,45 @@ const (
 	ErrStopFailed           = "stop_failed"
 )
 
-// hints are the optional third field of error lines, per code.
-var hints = map[string]string{
-	ErrInvalidNDJSON:        "send exactly one compact JSON object per line, terminated by \\n",
-	ErrRxBufOverflow:        "reduce the message size or the send rate",
-	ErrHandshakeRequired:    "send HANDSHAKE right after connecting",
-	ErrVersionMismatch:      "use the server's MAJOR version",
-	ErrBusySessionActive:    "STOP the active MONITOR/CONTROL, then retry",
-	ErrSessionTimeout:       "keep sending commands or reconnect",
-	ErrInvalidCmd:           "cmd must be one of HANDSHAKE, MONITOR, CONTROL, STOP",
-	ErrInvalidPayload:       "payload must be a JSON object",
-	ErrHandshakeRejected:    "close existing sessions and retry",
-	ErrInvalidURL:           "url must start with / and contain no spaces",
-	ErrInvalidPeriod:        "period_ms must be an integer (2..30000)",
-	ErrInvalidArgs:          "args must be a JSON object",
-	ErrInvalidBody:          "body must be a JSON object or array",
-	ErrInvalidTarget:        "target must be session, control or monitor",
-	ErrMonitorAlreadyActive: "STOP the monitor first",
-	ErrMethodNotAllowed:     "use POST, PUT or DELETE",
-	ErrControlBusy:          "retry later",
-	ErrStopFailed:           "reconnect",
+// hint is the optional third field of error lines, per code ("" for none).
+func hint(code string) string {
+	switch code {
+	case ErrInvalidNDJSON:
+		return "send exactly one compact JSON object per line, terminated by \\n"
+	case ErrRxBufOverflow:
+		return "reduce the message size or the send rate"
+	case ErrHandshakeRequired:
+		return "send HANDSHAKE right after connecting"
+	case ErrVersionMismatch:
+		return "use the server's MAJOR version"
+	case ErrBusySessionActive:
+		return "STOP the active MONITOR/CONTROL, then retry"
+	case ErrSessionTimeout:
+		return "keep sending commands or reconnect"
+	case ErrInvalidCmd:
+		return "cmd must be one of HANDSHAKE, MONITOR, CONTROL, STOP"
+	case ErrInvalidPayload:
+		return "payload must be a JSON object"
+	case ErrHandshakeRejected:
+		return "close existing sessions and retry"
+	case ErrInvalidURL:
+		return "url must start with / and contain no spaces"
+	case ErrInvalidPeriod:
+		return "period_ms must be an integer (2..30000)"
+	case ErrInvalidArgs:
+		return "args must be a JSON object"
+	case ErrInvalidBody:
+		return "body must be a JSON object or array"
+	case ErrInvalidTarget:
+		return "target must be session, control or monitor"
+	case ErrMonitorAlreadyActive:
+		return "STOP the monitor first"
+	case ErrMethodNotAllowed:
+		return "use POST, PUT or DELETE"
+	case ErrControlBusy:
+		return "retry later"
+	case ErrStopFailed:
+		return "reconnect"
+	}
+	return ""
 }
