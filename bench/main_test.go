@@ -26,6 +26,10 @@ func TestMain(m *testing.M) {
 		err = roleRaw()
 	case "sim":
 		err = roleSim(os.Args[1:])
+	case roleOSSim:
+		err = roleOpenStreamSim(os.Args[1:])
+	case roleOSRaw:
+		err = roleOpenStreamRaw()
 	default:
 		err = fmt.Errorf("unknown %s=%q", roleEnv, role)
 	}
