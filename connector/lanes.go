@@ -20,6 +20,8 @@ type laneQueue interface {
 	// take blocks until at least one item is queued or ctx ends, then appends up
 	// to max items to buf. It returns false once the queue is closed and empty.
 	take(ctx context.Context, buf []queued, max int) ([]queued, bool)
+	// poll appends up to max queued items to buf without waiting.
+	poll(buf []queued, max int) []queued
 	close()
 	depth() int
 }
@@ -88,6 +90,18 @@ func (q *highQueue) take(ctx context.Context, buf []queued, max int) ([]queued, 
 	return buf, true
 }
 
+func (q *highQueue) poll(buf []queued, max int) []queued {
+	for len(buf) < max {
+		select {
+		case it := <-q.ch:
+			buf = append(buf, it)
+		default:
+			return buf
+		}
+	}
+	return buf
+}
+
 func (q *highQueue) close()     { q.once.Do(func() { close(q.closing) }) }
 func (q *highQueue) depth() int { return len(q.ch) }
 
@@ -141,12 +155,7 @@ func (q *lowQueue) take(ctx context.Context, buf []queued, max int) ([]queued, b
 	for {
 		q.mu.Lock()
 		if q.n > 0 {
-			for q.n > 0 && len(buf) < max {
-				buf = append(buf, q.items[q.head])
-				q.items[q.head] = queued{}
-				q.head = (q.head + 1) % len(q.items)
-				q.n--
-			}
+			buf = q.pollLocked(buf, max)
 			q.mu.Unlock()
 			return buf, true
 		}
@@ -161,6 +170,22 @@ func (q *lowQueue) take(ctx context.Context, buf []queued, max int) ([]queued, b
 			return buf, false
 		}
 	}
+}
+
+func (q *lowQueue) poll(buf []queued, max int) []queued {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pollLocked(buf, max)
+}
+
+func (q *lowQueue) pollLocked(buf []queued, max int) []queued {
+	for q.n > 0 && len(buf) < max {
+		buf = append(buf, q.items[q.head])
+		q.items[q.head] = queued{}
+		q.head = (q.head + 1) % len(q.items)
+		q.n--
+	}
+	return buf
 }
 
 func (q *lowQueue) close() {

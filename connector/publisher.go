@@ -32,6 +32,10 @@ type publisher struct {
 	build      func(queued) *nats.Msg
 	metrics    laneMetrics
 	log        zerolog.Logger
+	// linger lets a small batch wait for company before it is published, so a
+	// trickle of telemetry (500 Hz per robot) costs one wake-up and one socket
+	// write per linger period instead of one per event.
+	linger time.Duration
 }
 
 // batchSize is how many queued events one pass takes, to amortize locking.
@@ -114,6 +118,10 @@ func (p *publisher) runAsync(ctx context.Context) error {
 	for {
 		var ok bool
 		buf, ok = p.queue.take(ctx, buf[:0], batchSize)
+		if ok && p.linger > 0 && len(buf) < batchSize/4 {
+			time.Sleep(p.linger)
+			buf = p.queue.poll(buf, batchSize)
+		}
 		for i := range buf {
 			msg := p.build(buf[i])
 			buf[i] = queued{}

@@ -32,6 +32,10 @@ type Options struct {
 	KVReplicas int
 	// Window is the number of unacknowledged low-lane publishes (default 512).
 	Window int
+	// LowLinger is how long a small low-lane batch waits for more events before
+	// it is published (default 1 ms; negative disables). It trades that much
+	// telemetry latency for fewer wake-ups and socket writes.
+	LowLinger time.Duration
 	// HighWindow is the number of unacknowledged high-lane publishes (default 1:
 	// each high-lane event is stored before the next is sent, so the stream keeps
 	// the receive order even across a failed publish).
@@ -88,6 +92,9 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	if opts.Window <= 0 {
 		opts.Window = 512
+	}
+	if opts.LowLinger == 0 {
+		opts.LowLinger = time.Millisecond
 	}
 	if opts.HighWindow <= 0 {
 		opts.HighWindow = 1
@@ -169,7 +176,7 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 	r.hosts[key] = h
 	for _, p := range []*publisher{
 		{queue: h.high, window: r.opts.HighWindow, metrics: h.highM, log: log.With().Str("lane", "high").Logger()},
-		{queue: h.low, window: r.opts.Window, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()},
+		{queue: h.low, window: r.opts.Window, linger: max(r.opts.LowLinger, 0), metrics: h.lowM, log: log.With().Str("lane", "low").Logger()},
 	} {
 		// Each publisher has its own JetStream context: nats.go's async window
 		// is per context, and sessions must not stall each other.
