@@ -79,15 +79,7 @@ func (q *highQueue) take(ctx context.Context, buf []queued, max int) ([]queued, 
 			return buf, false
 		}
 	}
-	for len(buf) < max {
-		select {
-		case it := <-q.ch:
-			buf = append(buf, it)
-		default:
-			return buf, true
-		}
-	}
-	return buf, true
+	return q.poll(buf, max), true
 }
 
 func (q *highQueue) poll(buf []queued, max int) []queued {
