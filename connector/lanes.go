@@ -54,6 +54,12 @@ func (q *highQueue) put(ctx context.Context, it queued) error {
 	}
 	it.seq = q.seq + 1
 	select {
+	case q.ch <- it: // room: accepted even when ctx has already ended
+		q.seq++
+		return nil
+	default:
+	}
+	select {
 	case q.ch <- it:
 		q.seq++
 		return nil

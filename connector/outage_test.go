@@ -63,3 +63,41 @@ func TestHighLaneSurvivesNATSOutage(t *testing.T) {
 		t.Fatalf("%v events were abandoned", f)
 	}
 }
+
+// stubbornSource emits a final status with a context that never ends, as a
+// source that must not drop its last status does.
+type stubbornSource struct{ *echoSource }
+
+func (s stubbornSource) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return s.host.SetStatus(context.Background(), connector.Status{State: connector.StateStopped})
+}
+
+// With NATS down and the high lane full, shutdown still ends: after
+// DrainTimeout the lanes close and the blocked source returns.
+func TestShutdownEndsWithNATSDownAndFullLane(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{AckTimeout: 100 * time.Millisecond, DrainTimeout: 300 * time.Millisecond})
+	src := stubbornSource{newEcho(t, env, "stuck", connector.LaneSizes{High: 2})}
+	stop := env.Run(src)
+	env.Server.Shutdown()
+	env.Server.WaitForShutdown()
+	for i := 0; i < 4; i++ { // one in the publisher's retry, the rest fill the lane
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_ = src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellExit("stuck", "W"), Lane: connector.LaneHigh, Payload: []byte(`{}`)})
+		cancel()
+	}
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- stop() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("shutdown hung with NATS down")
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("shutdown took %s", took)
+	}
+	if env.Metric("connector_publish_failed_total") == 0 {
+		t.Fatal("abandoned events were not counted")
+	}
+}

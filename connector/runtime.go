@@ -265,7 +265,20 @@ func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
 	}
 	r.refuseCommands()
 	stopSources()
-	wg.Wait()
+	sourcesDone := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(sourcesDone)
+	}()
+	select {
+	case <-sourcesDone:
+	case <-time.After(r.opts.DrainTimeout):
+		// A source blocked on a full high lane (NATS down) cannot finish:
+		// closing the lanes makes its Emit fail so it can return.
+		r.opts.Log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("sources did not stop in time; closing the lanes")
+		r.closeLanes()
+		<-sourcesDone
+	}
 	stopServices()
 	r.Close()
 	return err
@@ -295,18 +308,25 @@ func (r *Runtime) beginCommand() bool {
 // yourself only when Run is never called (a start-up error after NewHost).
 func (r *Runtime) Close() { r.closeOnce.Do(r.drain) }
 
-// drain closes every lane and waits for the publishers to store what is queued,
-// at most DrainTimeout; then it abandons the rest (each abandoned event is
-// logged and counted as failed).
-func (r *Runtime) drain() {
+// closeLanes closes every lane (idempotent): Emit fails from now on, and the
+// publishers finish what is queued.
+func (r *Runtime) closeLanes() []*Host {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	hosts := make([]*Host, 0, len(r.hosts))
 	for _, h := range r.hosts {
 		h.high.close()
 		h.low.close()
 		hosts = append(hosts, h)
 	}
-	r.mu.Unlock()
+	return hosts
+}
+
+// drain closes every lane and waits for the publishers to store what is queued,
+// at most DrainTimeout; then it abandons the rest (each abandoned event is
+// logged and counted as failed).
+func (r *Runtime) drain() {
+	hosts := r.closeLanes()
 	lanes := make(chan struct{})
 	go func() {
 		r.lanesDone.Wait()

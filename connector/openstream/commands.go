@@ -118,28 +118,36 @@ func (r *Robot) cmdMonitor(ctx context.Context, body []byte) (any, error) {
 }
 
 // revertMonitor undoes a monitor command the controller refused: the previous
-// recipe comes back, or the new connection goes away.
+// recipe comes back, or the new connection goes away. The caller holds
+// r.cmdMu, so no other command changes the desired state meanwhile; r.mu is
+// held only for the in-memory change, not across KV I/O (status reports and
+// every other user of r.mu would wait up to the KV timeout).
 func (r *Robot) revertMonitor(ctx context.Context, name string, c *conn, prev Recipe, existed bool, refused Recipe) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if cur, ok := r.desired[name]; !ok || !recipeEqual(cur, refused) {
+		r.mu.Unlock()
 		return // changed meanwhile
 	}
 	if existed {
 		r.desired[name] = prev
+	} else {
+		delete(r.desired, name)
+		if r.monitors[name] == c {
+			delete(r.monitors, name)
+			c.cancel()
+		}
+	}
+	r.mu.Unlock()
+
+	if existed {
+		c.setRecipe(prev, false)
 		if err := r.putDesired(ctx, name, prev); err != nil {
 			r.log.Error().Err(err).Str("monitor", name).Msg("cannot restore the previous desired monitor")
 		}
-		c.setRecipe(prev, false)
 		return
 	}
-	delete(r.desired, name)
 	if err := r.desiredKV.Delete(ctx, keyMonitorPrefix+name); err != nil {
 		r.log.Error().Err(err).Str("monitor", name).Msg("cannot remove the refused monitor from KV")
-	}
-	if r.monitors[name] == c {
-		delete(r.monitors, name)
-		c.cancel()
 	}
 }
 

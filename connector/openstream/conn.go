@@ -24,6 +24,7 @@ type conn struct {
 	dataSubject string
 	log         zerolog.Logger
 	cancel      context.CancelFunc
+	emitCtx     context.Context // the robot's: upstream lines are emitted with it
 	done        chan struct{}
 	apply       chan struct{} // capacity 1: the desired recipe changed
 
@@ -271,11 +272,12 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	})
 
 	var (
-		armed     bool
-		armedAt   time.Time
-		armedVer  uint64
-		stall     time.Duration
-		firstData = s.firstData
+		armed        bool
+		armedAt      time.Time
+		armedBlocked int64 // s.blocked at armedAt
+		armedVer     uint64
+		stall        time.Duration
+		firstData    = s.firstData
 	)
 	sendMonitor := func(keepalive bool) {
 		rec, v := c.current()
@@ -289,7 +291,7 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 		}
 		if v != armedVer {
 			// A new recipe restarts the stall clock; a keepalive re-send does not.
-			armed, armedAt, armedVer, stall = true, time.Now(), v, c.stallTimeout(rec)
+			armed, armedAt, armedBlocked, armedVer, stall = true, time.Now(), s.blocked.Load(), v, c.stallTimeout(rec)
 		}
 	}
 	if c.monitor != "" {
@@ -321,12 +323,10 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 			firstData = nil
 			c.reportStreaming(s)
 		case now := <-tick.C:
+			// Time the reader spends waiting for room in the high lane is
+			// backpressure from NATS, not a stalled controller.
 			if armed {
-				last := armedAt
-				if ld := s.lastData.Load(); ld > last.UnixNano() {
-					last = time.Unix(0, ld)
-				}
-				if idle := now.Sub(last); idle > stall {
+				if idle := s.stallIdle(now, armedAt, armedBlocked); idle > stall {
 					return sessionEnd{reason: fmt.Sprintf("stalled: no data for %d ms", idle.Milliseconds())}
 				}
 			}

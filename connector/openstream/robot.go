@@ -59,6 +59,7 @@ type Robot struct {
 
 	mu         sync.Mutex
 	runCtx     context.Context
+	emitCtx    context.Context // Run's ctx, outlived by emitGrace at shutdown
 	closing    bool
 	stopped    bool // after STOP session, until a monitor command
 	desired    map[string]Recipe
@@ -147,8 +148,16 @@ func (r *Robot) Run(ctx context.Context) error {
 	if err != nil {
 		return nil // ctx ended while KV was unreachable
 	}
+	// Upstream lines are emitted with emitCtx: Run's ctx, extended at shutdown
+	// so that what the connections read while saying goodbye (stop_ack) is
+	// queued while the lanes still drain. A reader blocked on a full high lane
+	// gives up (logged) only emitGrace after shutdown began: by then NATS is
+	// not draining, and the core's drain would abandon the event anyway.
+	emitCtx, stopEmit := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEmit()
 	r.mu.Lock()
 	r.runCtx = ctx
+	r.emitCtx = emitCtx
 	r.desired = desired
 	idle := r.startAllLocked()
 	r.mu.Unlock()
@@ -158,6 +167,8 @@ func (r *Robot) Run(ctx context.Context) error {
 	}
 
 	<-ctx.Done()
+	grace := time.AfterFunc(r.emitGrace(), stopEmit)
+	defer grace.Stop()
 	r.mu.Lock()
 	r.closing = true
 	for _, c := range r.allConnsLocked() {
@@ -168,6 +179,10 @@ func (r *Robot) Run(ctx context.Context) error {
 	r.setStatus(connector.Status{State: connector.StateStopped, Reason: "shutdown"})
 	return nil
 }
+
+// emitGrace is how long upstream lines may still wait for room in the high
+// lane after shutdown began: the STOP session exchange, plus a second.
+func (r *Robot) emitGrace() time.Duration { return r.common.StopTimeout + time.Second }
 
 // loadDesired reads the desired monitors from KV, seeding them from the
 // configuration on the very first start. KV errors are retried until ctx ends.
@@ -255,7 +270,7 @@ func (r *Robot) startAllLocked() (idle bool) {
 // launchLocked starts the goroutine of c. r.mu is held and r is not closing.
 func (r *Robot) launchLocked(c *conn) *conn {
 	ctx, cancel := context.WithCancel(r.runCtx)
-	c.cancel = cancel
+	c.cancel, c.emitCtx = cancel, r.emitCtx
 	r.connStates[c.id] = connector.StateConnecting
 	r.connOwner[c.id] = c
 	r.wg.Add(1)
@@ -312,12 +327,14 @@ func (r *Robot) report(c *conn, state, reason string, attempt int, backoffD time
 	})
 }
 
+// setStatus publishes a status on the high lane. Status is never given up:
+// not at a deadline, not by the robot's own shutdown (its last word is
+// "stopped"). While the lane is full it waits (backpressure); it fails only
+// when the core closes the lane. Bounding a shutdown with NATS down and the
+// lane full is the core's job.
 func (r *Robot) setStatus(st connector.Status) {
-	// Status must get out even while shutting down; the lanes drain after Run.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.host.SetStatus(ctx, st); err != nil {
-		r.log.Warn().Err(err).Str("state", st.State).Msg("could not publish status")
+	if err := r.host.SetStatus(context.Background(), st); err != nil {
+		r.log.Error().Err(err).Str("state", st.State).Str("reason", st.Reason).Msg("status lost: could not publish it")
 	}
 }
 

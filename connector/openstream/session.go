@@ -27,7 +27,7 @@ type session struct {
 	lines    *ndjson.Reader
 	id       string // Connector-Upstream-Session: <conn id>#<n>
 	opened   time.Time
-	ctx      context.Context // ends at teardown; the reader's Emit and the writer stop with it
+	ctx      context.Context // ends at teardown; the writer stops with it (the reader's Emit does not)
 	cancel   context.CancelFunc
 	ctrlQ    chan outMsg // CONTROL: written ahead of everything else waiting
 	normQ    chan outMsg
@@ -49,6 +49,13 @@ type session struct {
 	gotData   atomic.Bool
 	firstAt   atomic.Int64  // unix nanos of the first data line
 	firstData chan struct{} // closed at the first data line
+
+	// Stall accounting. While the reader waits in Emit (high lane full: NATS
+	// slow) it reads nothing, so that time is not silence from the
+	// controller. The reader alone writes these.
+	emitSince atomic.Int64 // unix nanos at which the current Emit began; 0 = none
+	blocked   atomic.Int64 // total nanos spent in Emit
+	stallRef  atomic.Int64 // lastData moved on by the time spent in Emits since; 0 = no data yet
 }
 
 // outMsg is one encoded line for the writer.
@@ -463,6 +470,7 @@ func expectedKeepaliveAnswer(p *pending, typ, code string) bool {
 
 func (s *session) onData(line []byte, at time.Time) {
 	s.lastData.Store(at.UnixNano())
+	s.stallRef.Store(at.UnixNano())
 	if !s.gotData.Swap(true) {
 		s.firstAt.Store(at.UnixNano())
 		close(s.firstData)
@@ -652,10 +660,44 @@ func (s *session) malformed(line []byte, at time.Time, why string) {
 	})
 }
 
+// emit queues one upstream line. It uses the robot's emit context, not the
+// session's: a line that was read is not lost because its session is being
+// torn down (stall, EOF, reconnect) while the high lane is full; the reader
+// waits, and teardown waits for the reader. Every failure is logged.
 func (s *session) emit(ev connector.Event) {
-	if err := s.c.r.host.Emit(s.ctx, ev); err != nil && s.ctx.Err() == nil {
-		s.c.log.Error().Err(err).Str("subject", ev.Subject).Msg("could not queue an upstream event")
+	// Only the high lane blocks (and the low lane too in the core's
+	// single-lane mode); the bookkeeping is cheap enough to do for both.
+	start := time.Now()
+	s.emitSince.Store(start.UnixNano())
+	err := s.c.r.host.Emit(s.c.emitCtx, ev)
+	d := int64(time.Since(start))
+	// Credit the wait before clearing emitSince: stallIdle reads emitSince
+	// first, so it sees the wait either as ongoing or as credited.
+	s.blocked.Add(d)
+	if s.stallRef.Load() != 0 {
+		s.stallRef.Add(d)
 	}
+	s.emitSince.Store(0)
+	if err != nil {
+		s.c.log.Error().Err(err).Str("subject", ev.Subject).Str("type", ev.Type).Str("session", s.id).
+			Msg("upstream event lost: could not queue it")
+	}
+}
+
+// stallIdle is how long the controller has been silent as of now, from ref
+// (the arming of the MONITOR, blockedAtRef the blocked total then), not
+// counting the time the reader spent waiting in Emit.
+func (s *session) stallIdle(now, ref time.Time, blockedAtRef int64) time.Duration {
+	busy := s.emitSince.Load() // first: see emit
+	last := ref.Add(time.Duration(s.blocked.Load() - blockedAtRef))
+	if r := s.stallRef.Load(); r > last.UnixNano() {
+		last = time.Unix(0, r)
+	}
+	if busy != 0 {
+		// Waiting in Emit right now: the silence, if any, ended when it began.
+		now = time.Unix(0, busy)
+	}
+	return now.Sub(last)
 }
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }

@@ -137,23 +137,24 @@ func spam(c *client, line string, d time.Duration) {
 }
 
 // Harmless valid commands are keepalives: re-sending the active MONITOR (armed) and STOP control
-// answered with nothing_to_stop (unarmed), as the connector does.
+// answered with nothing_to_stop (unarmed), as the connector does. Each phase outlasts the limit;
+// keepalives come every 20 ms against a 300 ms limit, so a scheduling hiccup (-race, a loaded
+// machine) cannot pass for a missing keepalive.
 func TestWatchdogKeepaliveCommands(t *testing.T) {
 	t.Parallel()
+	const limit, every = 300 * time.Millisecond, 20 * time.Millisecond
 	_, addr := startSim(t, func(c *Config) {
-		c.ArmedTimeout = 150 * time.Millisecond
-		c.IdleTimeout = 150 * time.Millisecond
+		c.ArmedTimeout = limit
+		c.IdleTimeout = limit
 	})
 	c := dial(t, addr)
 	c.handshake()
-	for i := 0; i < 6; i++ { // 300 ms, twice the idle limit
+	for end := time.Now().Add(limit + 100*time.Millisecond); time.Now().Before(end); time.Sleep(every) {
 		c.cmd("STOP", map[string]any{"target": "control"})
 		c.expectError(ErrNothingToStop)
-		time.Sleep(50 * time.Millisecond)
 	}
-	for i := 0; i < 6; i++ {
+	for end := time.Now().Add(limit + 100*time.Millisecond); time.Now().Before(end); time.Sleep(every) {
 		c.monitor("/api/health", 20)
-		time.Sleep(50 * time.Millisecond)
 	}
 	expectTimeout(t, c, 2*time.Second)
 }
