@@ -61,7 +61,7 @@ type Config struct {
 	HealthyAfter time.Duration `split_words:"true" default:"5s" desc:"a session that received hello_ok and lived this long resets the reconnect backoff"`
 	PingTimeout  time.Duration `split_words:"true" default:"5s" desc:"how long the ping command waits for the pong"`
 	// ReconcileAfter is the settle window of position reconciliation: see Source.reconcile.
-	ReconcileAfter time.Duration `split_words:"true" default:"5s" desc:"after each (re)connect, once hello_ok is received and the configure written, the server gets this long (then one ping round trip) to re-announce the open positions; positions of configured wallets it did not re-announce are removed from LASERSELL_POSITIONS"`
+	ReconcileAfter time.Duration `split_words:"true" default:"5s" desc:"settle window after each (re)connect (hello_ok and configure): positions of configured wallets the server has not re-announced by then (and one ping round trip later) are removed from LASERSELL_POSITIONS"`
 }
 
 // ConfigFromEnv reads the LASERSELL_* variables and validates them.

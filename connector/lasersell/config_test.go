@@ -48,7 +48,8 @@ func TestConfigFromEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.URL != DefaultURL || c.Session != "desk-1" || c.PingInterval != 30*time.Second ||
-		c.ReadTimeout != time.Minute || c.BackoffBase != 100*time.Millisecond || c.BackoffMax != 2*time.Second {
+		c.ReadTimeout != time.Minute || c.BackoffBase != 100*time.Millisecond || c.BackoffMax != 2*time.Second ||
+		c.ReconcileAfter != 5*time.Second {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 	key, err := c.apiKey()
@@ -70,13 +71,15 @@ func TestConfigFromEnvironment(t *testing.T) {
 		"LASERSELL_TARGET_PROFIT_PCT LASERSELL_STOP_LOSS_PCT LASERSELL_TRAILING_STOP_PCT LASERSELL_SEND_MODE " +
 		"LASERSELL_TIP_LAMPORTS LASERSELL_DEADLINE_TIMEOUT_SEC LASERSELL_HIGH_LANE LASERSELL_LOW_LANE " +
 		"LASERSELL_PING_INTERVAL LASERSELL_READ_TIMEOUT LASERSELL_WRITE_TIMEOUT LASERSELL_DIAL_TIMEOUT " +
-		"LASERSELL_BACKOFF_BASE LASERSELL_BACKOFF_MAX LASERSELL_HEALTHY_AFTER LASERSELL_PING_TIMEOUT "
+		"LASERSELL_BACKOFF_BASE LASERSELL_BACKOFF_MAX LASERSELL_HEALTHY_AFTER LASERSELL_PING_TIMEOUT " +
+		"LASERSELL_RECONCILE_AFTER "
 	if usage.String() != want {
 		t.Fatalf("variables:\n%s\nwant:\n%s", usage.String(), want)
 	}
 	if !reflect.DeepEqual(DefaultConfig(), Config{URL: DefaultURL, Session: "default", HighLane: 1024, LowLane: 1024,
 		PingInterval: 30 * time.Second, ReadTimeout: time.Minute, WriteTimeout: 10 * time.Second, DialTimeout: 10 * time.Second,
-		BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second, HealthyAfter: 5 * time.Second, PingTimeout: 5 * time.Second}) {
+		BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second, HealthyAfter: 5 * time.Second, PingTimeout: 5 * time.Second,
+		ReconcileAfter: 5 * time.Second}) {
 		t.Fatal("DefaultConfig drifted from the envconfig defaults")
 	}
 }
@@ -108,6 +111,7 @@ func TestConfigValidateNamesTheVariable(t *testing.T) {
 		{"ping", func(c *Config) { c.PingInterval = 0 }, "LASERSELL_PING_INTERVAL"},
 		{"read vs ping", func(c *Config) { c.ReadTimeout = c.PingInterval }, "LASERSELL_READ_TIMEOUT"},
 		{"backoff", func(c *Config) { c.BackoffBase = time.Hour }, "LASERSELL_BACKOFF_BASE"},
+		{"reconcile", func(c *Config) { c.ReconcileAfter = 0 }, "LASERSELL_RECONCILE_AFTER"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

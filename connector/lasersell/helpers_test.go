@@ -69,7 +69,16 @@ type rig struct {
 // run starts a runtime (on storeDir when given) with a source built from cfg.
 func run(t *testing.T, cfg Config, storeDir string) *rig {
 	t.Helper()
-	env := connectortest.Start(t, connectortest.Options{StoreDir: storeDir, CommandTimeout: 5 * time.Second})
+	return runWith(t, cfg, connectortest.Options{StoreDir: storeDir})
+}
+
+// runWith is run with runtime options (CommandTimeout defaults to 5 s).
+func runWith(t *testing.T, cfg Config, opts connectortest.Options) *rig {
+	t.Helper()
+	if opts.CommandTimeout == 0 {
+		opts.CommandTimeout = 5 * time.Second
+	}
+	env := connectortest.Start(t, opts)
 	h, err := env.Runtime.NewHost(subjects.KindLaserSell, cfg.Session, cfg.LaneSizes())
 	if err != nil {
 		t.Fatal(err)

@@ -181,6 +181,7 @@ func (s *Source) reconcile(c *conn) {
 	}
 	if c.upErrors > 0 {
 		n := c.upErrors
+		s.reconcileSkips++
 		s.mu.Unlock()
 		s.log.Warn().Int("upstream_errors", n).
 			Msg("position reconciliation skipped: the server sent errors after the configure (it may have been refused); unconfirmed positions wait for the next connection")
@@ -210,7 +211,7 @@ func (s *Source) reconcile(c *conn) {
 	for _, p := range stale {
 		s.log.Warn().Uint64("position_id", p.PositionID).Str("wallet", p.WalletPubkey).Str("mint", p.Mint).
 			Int64("opened_at_ms", p.OpenedAtMS).
-			Msg("position not re-announced by the server after reconnecting: it was closed while disconnected; removed")
+			Msg("position not re-announced by the server: it closed while the connector was disconnected or stopped; removed")
 	}
 	s.log.Info().Int("removed", len(stale)).Int("open", kept).Uint64("removed_total", total).
 		Msg("open positions reconciled with the server")
@@ -220,12 +221,12 @@ func (s *Source) reconcile(c *conn) {
 	s.wakeDeadlines() // unconfirmed positions that survived may fire now
 }
 
-// Reconciled returns how many positions reconciliation has removed since
-// the source was built.
-func (s *Source) Reconciled() uint64 {
+// Reconciled returns how many positions reconciliation has removed, and how
+// many reconciliations were skipped, since the source was built.
+func (s *Source) Reconciled() (removed, skipped uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.reconciledTotal
+	return s.reconciledTotal, s.reconcileSkips
 }
 
 // dropWalletsLocked forgets the positions of the wallets that are in cur

@@ -56,7 +56,9 @@ func num(m map[string]any, k string) string {
 // the frame's bytes verbatim and the documented headers.
 func TestEveryEventTypeLandsOnItsSubject(t *testing.T) {
 	s := startSim(t, sim.Config{FirstSessionID: 42})
-	r := run(t, testConfig(s.URL()), "")
+	cfg := testConfig(s.URL())
+	cfg.ReconcileAfter = time.Hour // its ping's pong would precede the raw pong below
+	r := run(t, cfg, "")
 	st := r.waitConnected()
 	if st["upstream_session"] != "42" {
 		t.Fatalf("status %v: want upstream session 42", st)
@@ -84,7 +86,7 @@ func TestEveryEventTypeLandsOnItsSubject(t *testing.T) {
 
 	bal := r.fetch(subjects.StreamLaserSellEvents, "lasersell.t1.event.balance_update."+walletA, 1)[0]
 	bm := decode(t, bal.Data())
-	checkHeaders(t, bal, "balance_update", "42", "t1:balance:"+walletA+":"+mintA+":"+num(bm, "slot"))
+	checkHeaders(t, bal, "balance_update", "42", "t1:balance:"+walletA+":"+mintA+":"+num(bm, "slot")+":"+num(bm, "tokens"))
 
 	open := r.fetch(subjects.StreamLaserSellEvents, "lasersell.t1.event.position_opened."+ids, 1)[0]
 	checkHeaders(t, open, "position_opened", "42", "t1:pos-open:"+ids)
@@ -104,9 +106,17 @@ func TestEveryEventTypeLandsOnItsSubject(t *testing.T) {
 			t.Fatalf("exit payload %s", m.Data())
 		}
 	}
+	// Low-lane telemetry carries only Connector-Received and Connector-Seq
+	// (the subject names source, session and type): the core keeps it lean.
 	for _, m := range r.fetch(subjects.StreamLaserSellPnL, "lasersell.t1.pnl."+ids, 3) {
-		checkHeaders(t, m, "pnl_update", "42", "")
-		if m.Headers().Get(subjects.HeaderMsgID) != "" {
+		h := m.Headers()
+		if _, err := time.Parse(time.RFC3339Nano, h.Get(subjects.HeaderReceived)); err != nil {
+			t.Fatalf("pnl received header: %v", err)
+		}
+		if _, err := strconv.ParseUint(h.Get(subjects.HeaderSeq), 10, 64); err != nil {
+			t.Fatalf("pnl seq header: %v", err)
+		}
+		if h.Get(subjects.HeaderMsgID) != "" {
 			t.Fatal("pnl_update carries no natural identity")
 		}
 	}
@@ -203,5 +213,30 @@ func TestUnknownAndMalformedFrames(t *testing.T) {
 	// The session survived all of it.
 	if s.Connections() != 1 {
 		t.Fatalf("%d connections: malformed frames must not break the session", s.Connections())
+	}
+}
+
+// Two real balance updates of one holding in the same slot are two facts; an
+// identical re-emission is one.
+func TestBalanceUpdatesInOneSlot(t *testing.T) {
+	s := startSim(t, sim.Config{})
+	r := run(t, testConfig(s.URL()), "")
+	r.waitConnected()
+	frame := func(tokens string) []byte {
+		return []byte(`{"type":"balance_update","wallet_pubkey":"` + walletC + `","mint":"` + mintA +
+			`","token_account":"TA","tokens":` + tokens + `,"slot":777}`)
+	}
+	s.SendRaw(frame("1000"))
+	s.SendRaw(frame("250")) // a second transaction in the same slot
+	s.SendRaw(frame("1000"))
+	s.SendRaw(frame(`"250"`)) // the same amount as a string: the same fact
+	s.SendRaw([]byte(`{"type":"marker"}`))
+	r.fetch(subjects.StreamLaserSellEvents, "lasersell.t1.event.marker._", 1)
+	msgs := r.fetch(subjects.StreamLaserSellEvents, "lasersell.t1.event.balance_update."+walletC, 2)
+	for i, tokens := range []string{"1000", "250"} {
+		checkHeaders(t, msgs[i], "balance_update", "", "t1:balance:"+walletC+":"+mintA+":777:"+tokens)
+	}
+	if n := r.env.Count(subjects.StreamLaserSellEvents, "lasersell.t1.event.balance_update."+walletC); n != 2 {
+		t.Fatalf("%d balance updates stored, want 2", n)
 	}
 }

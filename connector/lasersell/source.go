@@ -94,8 +94,10 @@ type Source struct {
 	conn      *conn // the current connection, nil while disconnected
 	positions map[uint64]*position
 	dirty     map[uint64]struct{} // positions whose KV entry is behind memory
-	// reconciledTotal counts the positions reconcile removed.
+	// reconciledTotal counts the positions reconcile removed, reconcileSkips
+	// the reconciliations skipped because of upstream errors.
 	reconciledTotal uint64
+	reconcileSkips  uint64
 }
 
 // New builds the source for host, which must be the runtime's host for kind
