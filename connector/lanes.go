@@ -14,14 +14,11 @@ type queued struct {
 	seq uint64
 }
 
-// laneQueue is what the publisher drains. Both implementations are
-// multi-producer, single-consumer.
+// laneQueue is what a publisher drains (multi-producer, single-consumer).
 type laneQueue interface {
 	// take blocks until at least one item is queued or ctx ends, then appends up
 	// to max items to buf. It returns false once the queue is closed and empty.
 	take(ctx context.Context, buf []queued, max int) ([]queued, bool)
-	// poll appends up to max queued items to buf without waiting.
-	poll(buf []queued, max int) []queued
 	close()
 	depth() int
 }
@@ -116,8 +113,10 @@ type lowQueue struct {
 	seq    uint64 // numbered under mu, so Connector-Seq follows queue order
 }
 
-func newLowQueue(capacity int, onDrop func()) *lowQueue {
-	return &lowQueue{items: make([]queued, capacity), wake: make(chan struct{}, 1), onDrop: onDrop}
+// newLowQueue makes a queue that signals wake (capacity 1, possibly shared
+// with other queues) whenever something is queued or it is closed.
+func newLowQueue(capacity int, onDrop func(), wake chan struct{}) *lowQueue {
+	return &lowQueue{items: make([]queued, capacity), wake: wake, onDrop: onDrop}
 }
 
 // put never blocks. It reports whether an older item was dropped to make room.
@@ -147,27 +146,6 @@ func (q *lowQueue) put(it queued) bool {
 	default:
 	}
 	return dropped
-}
-
-func (q *lowQueue) take(ctx context.Context, buf []queued, max int) ([]queued, bool) {
-	for {
-		q.mu.Lock()
-		if q.n > 0 {
-			buf = q.pollLocked(buf, max)
-			q.mu.Unlock()
-			return buf, true
-		}
-		closed := q.closed
-		q.mu.Unlock()
-		if closed {
-			return buf, false
-		}
-		select {
-		case <-q.wake:
-		case <-ctx.Done():
-			return buf, false
-		}
-	}
 }
 
 func (q *lowQueue) poll(buf []queued, max int) []queued {

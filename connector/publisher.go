@@ -12,7 +12,8 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// publisher drains one lane of one session into JetStream. Every ack is checked
+// publisher drains the high lane of one session into JetStream (the low lanes
+// share the lowPump). Every ack is checked
 // in publish order, and a failed or timed-out publish is republished (the same
 // Nats-Msg-Id makes the retry idempotent) until it is stored, the error is
 // permanent, or the drain deadline passes. While a retry is under way the lane
@@ -32,10 +33,6 @@ type publisher struct {
 	build      func(queued) *nats.Msg
 	metrics    laneMetrics
 	log        zerolog.Logger
-	// linger lets a small batch wait for company before it is published, so a
-	// trickle of telemetry (500 Hz per robot) costs one wake-up and one socket
-	// write per linger period instead of one per event.
-	linger time.Duration
 }
 
 // batchSize is how many queued events one pass takes, to amortize locking.
@@ -118,10 +115,6 @@ func (p *publisher) runAsync(ctx context.Context) error {
 	for {
 		var ok bool
 		buf, ok = p.queue.take(ctx, buf[:0], batchSize)
-		if ok && p.linger > 0 && len(buf) < batchSize/4 {
-			time.Sleep(p.linger)
-			buf = p.queue.poll(buf, batchSize)
-		}
 		for i := range buf {
 			msg := p.build(buf[i])
 			buf[i] = queued{}
@@ -221,33 +214,41 @@ const (
 )
 
 func (p *publisher) retry(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, err error) {
+	retryPublish(ctx, js, msg, err, p.ackTimeout, p.metrics, p.log)
+}
+
+// retryPublish republishes msg synchronously until it is stored, the error is
+// permanent, or ctx ends; every outcome is counted in m and logged.
+func retryPublish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, err error,
+	ackTimeout time.Duration, m laneMetrics, log zerolog.Logger,
+) {
 	wait := retryFirstWait
 	for attempt := 1; ; attempt++ {
 		if permanentPublishError(err) {
-			p.metrics.failed.Inc()
-			p.log.Error().Err(err).Str("subject", msg.Subject).Int("bytes", len(msg.Data)).
+			m.failed.Inc()
+			log.Error().Err(err).Str("subject", msg.Subject).Int("bytes", len(msg.Data)).
 				Msg("JetStream refused the event permanently; it is not stored")
 			return
 		}
 		if ctx.Err() != nil {
-			p.metrics.failed.Inc()
-			p.log.Error().Err(err).Str("subject", msg.Subject).
+			m.failed.Inc()
+			log.Error().Err(err).Str("subject", msg.Subject).
 				Msg("connector stopped while an event was still unacknowledged")
 			return
 		}
-		p.metrics.retries.Inc()
-		p.log.Warn().Err(err).Str("subject", msg.Subject).Int("attempt", attempt).
+		m.retries.Inc()
+		log.Warn().Err(err).Str("subject", msg.Subject).Int("attempt", attempt).
 			Dur("wait", wait).Msg("publish not acknowledged; retrying")
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
 			continue
 		}
-		actx, cancel := context.WithTimeout(ctx, p.ackTimeout)
+		actx, cancel := context.WithTimeout(ctx, ackTimeout)
 		_, err = js.PublishMsg(actx, msg)
 		cancel()
 		if err == nil {
-			p.metrics.published.Inc()
+			m.published.Inc()
 			return
 		}
 		wait = min(wait*2, retryMaxWait)

@@ -61,6 +61,7 @@ type Options struct {
 type Runtime struct {
 	opts    Options
 	highJS  jetstream.JetStream // administration and KV
+	pump    *lowPump            // publishes every session's low lane
 	buckets map[string]jetstream.KeyValue
 	runID   string
 
@@ -130,11 +131,20 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		return nil, err
 	}
 	pubCtx, stop := context.WithCancel(context.Background())
-	return &Runtime{
+	r := &Runtime{
 		opts: opts, highJS: highJS, buckets: buckets,
 		hosts: map[string]*Host{}, runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop,
 		serving: make(chan struct{}),
-	}, nil
+	}
+	r.pump = newLowPump(opts.LowConn, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
+	r.lanesDone.Add(1)
+	go func() {
+		defer r.lanesDone.Done()
+		if err := r.pump.run(pubCtx); err != nil {
+			opts.Log.Error().Err(err).Msg("low-lane publisher could not start; telemetry is not published")
+		}
+	}()
+	return r, nil
 }
 
 // JetStream returns the runtime's JetStream context (high-lane connection).
@@ -164,7 +174,7 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 		kind: kind, name: name, rt: r, log: log,
 		metrics:    r.opts.Metrics.session(kind, name),
 		high:       newHighQueue(sizes.High),
-		low:        newLowQueue(sizes.Low, dropped.Inc),
+		low:        newLowQueue(sizes.Low, dropped.Inc, r.pump.wake),
 		highM:      r.opts.Metrics.lane(kind, name, LaneHigh),
 		lowM:       r.opts.Metrics.lane(kind, name, LaneLow),
 		sourceHdr:  []string{kind},
@@ -174,25 +184,18 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 		singleLane: r.opts.SingleLane,
 	}
 	r.hosts[key] = h
-	for _, p := range []*publisher{
-		{queue: h.high, window: r.opts.HighWindow, metrics: h.highM, log: log.With().Str("lane", "high").Logger()},
-		{queue: h.low, window: r.opts.Window, linger: max(r.opts.LowLinger, 0), metrics: h.lowM, log: log.With().Str("lane", "low").Logger()},
-	} {
-		// Each publisher has its own JetStream context: nats.go's async window
-		// is per context, and sessions must not stall each other.
-		p.conn = r.opts.HighConn
-		if p.queue == laneQueue(h.low) {
-			p.conn = r.opts.LowConn
-		}
-		p.ackTimeout, p.build = r.opts.AckTimeout, h.message
-		r.lanesDone.Add(1)
-		go func() {
-			defer r.lanesDone.Done()
-			if err := p.run(r.pubCtx); err != nil {
-				p.log.Error().Err(err).Msg("lane publisher could not start; its events are not published")
-			}
-		}()
+	high := &publisher{
+		queue: h.high, window: r.opts.HighWindow, metrics: h.highM, conn: r.opts.HighConn,
+		ackTimeout: r.opts.AckTimeout, build: h.message, log: log.With().Str("lane", "high").Logger(),
 	}
+	r.lanesDone.Add(1)
+	go func() {
+		defer r.lanesDone.Done()
+		if err := high.run(r.pubCtx); err != nil {
+			high.log.Error().Err(err).Msg("high-lane publisher could not start; its events are not published")
+		}
+	}()
+	r.pump.add(key+".", &pumpLane{queue: h.low, build: h.message, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()})
 	r.statusDone.Add(1)
 	go func() {
 		defer r.statusDone.Done()
@@ -319,6 +322,7 @@ func (r *Runtime) closeLanes() []*Host {
 		h.low.close()
 		hosts = append(hosts, h)
 	}
+	r.pump.close()
 	return hosts
 }
 

@@ -226,3 +226,31 @@ func TestLowLaneDropsOldestWhileHighLaneKeepsEverything(t *testing.T) {
 		t.Fatalf("stored %d + dropped %v should be 5000 with drops", stored, dropped)
 	}
 }
+
+// Sessions share one low-lane publisher but not their queues: a flood in one
+// session drops only its own oldest telemetry.
+func TestLowLaneFloodStaysInItsSession(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{})
+	noisy := newEcho(t, env, "noisy", connector.LaneSizes{Low: 8})
+	quiet := newEcho(t, env, "quiet", connector.LaneSizes{Low: 8})
+	env.Run(noisy, quiet)
+	ctx := context.Background()
+	for i := 0; i < 5000; i++ {
+		_ = noisy.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellPnL("noisy", "1"), Lane: connector.LaneLow, Payload: []byte(`{}`)})
+		if i%1000 == 0 {
+			_ = quiet.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellPnL("quiet", "1"), Lane: connector.LaneLow,
+				Payload: []byte(`{"i":` + strconv.Itoa(i/1000) + `}`)})
+		}
+	}
+	if n := env.WaitCount(subjects.StreamLaserSellPnL, "lasersell.quiet.pnl.1", 5, 5*time.Second); n != 5 {
+		t.Fatalf("the quiet session lost telemetry: %d of 5 stored", n)
+	}
+	for i, m := range env.Fetch(subjects.StreamLaserSellPnL, "lasersell.quiet.pnl.1", 5, time.Second) {
+		if string(m.Data()) != `{"i":`+strconv.Itoa(i)+`}` || m.Headers().Get(subjects.HeaderSeq) != strconv.Itoa(i+1) {
+			t.Fatalf("quiet message %d: %s seq %s", i, m.Data(), m.Headers().Get(subjects.HeaderSeq))
+		}
+	}
+	connectortest.Eventually(t, 5*time.Second, "the noisy session to settle", func() bool {
+		return float64(env.Count(subjects.StreamLaserSellPnL, "lasersell.noisy.pnl.1"))+env.Metric("connector_lane_dropped_total") == 5000
+	})
+}

@@ -1,0 +1,191 @@
+package connector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+)
+
+// lowPump publishes the low lanes of every session through one goroutine and
+// one JetStream context. Each session keeps its own bounded drop-oldest queue
+// (a flood in one session never drops another's telemetry), but the pump
+// drains them together: with 50 robots at 500 Hz each, one wake-up, one
+// socket write and one ack subscription serve about 25 events per linger
+// period instead of one wake-up per event per robot. Order within a session
+// is preserved (one goroutine, FIFO queues); a failed publish is retried by
+// the retrier, so it may be stored after later events of its session
+// (Connector-Seq shows the receive order).
+type lowPump struct {
+	conn       *nats.Conn
+	window     int
+	ackTimeout time.Duration
+	linger     time.Duration
+	log        zerolog.Logger
+	wake       chan struct{} // shared by every registered queue
+
+	mu       sync.RWMutex
+	closed   bool // no more events will be queued: finish and return
+	lanes    []*pumpLane
+	byPrefix map[string]*pumpLane // "<kind>.<name>." -> lane, for ack callbacks
+}
+
+type pumpLane struct {
+	queue   *lowQueue
+	build   func(queued) *nats.Msg
+	metrics laneMetrics
+	log     zerolog.Logger
+}
+
+func newLowPump(conn *nats.Conn, window int, ackTimeout, linger time.Duration, log zerolog.Logger) *lowPump {
+	return &lowPump{
+		conn: conn, window: window, ackTimeout: ackTimeout, linger: linger, log: log,
+		wake: make(chan struct{}, 1), byPrefix: map[string]*pumpLane{},
+	}
+}
+
+// add registers one session's low lane. prefix is "<kind>.<name>.".
+func (p *lowPump) add(prefix string, l *pumpLane) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lanes = append(p.lanes, l)
+	p.byPrefix[prefix] = l
+}
+
+// laneOf finds the lane of a published message by its subject's first two tokens.
+func (p *lowPump) laneOf(subject string) *pumpLane {
+	i := strings.IndexByte(subject, '.')
+	if i < 0 {
+		return nil
+	}
+	j := strings.IndexByte(subject[i+1:], '.')
+	if j < 0 {
+		return nil
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.byPrefix[subject[:i+1+j+1]]
+}
+
+func (p *lowPump) snapshot() (lanes []*pumpLane, closed bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return append([]*pumpLane(nil), p.lanes...), p.closed
+}
+
+// close tells the pump to publish what is queued and return. Call it after
+// the lanes are closed.
+func (p *lowPump) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run publishes until every registered lane is closed and drained, or ctx ends
+// (the hard stop after the drain deadline).
+func (p *lowPump) run(ctx context.Context) error {
+	failed := newFailedQueue()
+	js, err := jetstream.New(p.conn,
+		// nats.go's window is ours: PublishMsgAsync waits while it is full.
+		jetstream.WithPublishAsyncMaxPending(p.window),
+		jetstream.WithPublishAsyncTimeout(p.ackTimeout),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
+			if l := p.laneOf(msg.Subject); l != nil {
+				l.metrics.published.Inc()
+			}
+		}),
+		// Called with nats.go's lock held: must not block.
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
+			failed.add(msg, err)
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("jetstream context: %w", err)
+	}
+	retrierDone := make(chan struct{})
+	go func() {
+		defer close(retrierDone)
+		for {
+			batch, open := failed.take(ctx)
+			for _, f := range batch {
+				l := p.laneOf(f.msg.Subject)
+				if l == nil {
+					p.log.Error().Err(f.err).Str("subject", f.msg.Subject).Msg("failed publish of an unknown session")
+					continue
+				}
+				retryPublish(ctx, js, f.msg, f.err, p.ackTimeout, l.metrics, l.log)
+			}
+			if !open {
+				return
+			}
+		}
+	}()
+
+	buf := make([]queued, 0, batchSize)
+	next := 0 // round-robin start, so no session always goes first
+	for ctx.Err() == nil {
+		lanes, closed := p.snapshot()
+		polled := 0
+		for k := range lanes {
+			l := lanes[(next+k)%len(lanes)]
+			buf = l.queue.poll(buf[:0], batchSize)
+			for i := range buf {
+				msg := l.build(buf[i])
+				buf[i] = queued{}
+				p.publish(ctx, js, msg, failed)
+			}
+			polled += len(buf)
+			if len(buf) > 0 {
+				l.metrics.depth.Set(float64(l.queue.depth()))
+			}
+		}
+		if len(lanes) > 0 {
+			next = (next + 1) % len(lanes)
+		}
+		if polled > 0 {
+			if p.linger > 0 && polled < batchSize/4 {
+				time.Sleep(p.linger) // let a trickle gather into one write
+			}
+			continue
+		}
+		if closed {
+			break // nothing was left in any lane
+		}
+		select {
+		case <-p.wake:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+	}
+	failed.close()
+	<-retrierDone
+	return nil
+}
+
+func (p *lowPump) publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, failed *failedQueue) {
+	for {
+		_, err := js.PublishMsgAsync(msg)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil:
+			continue // the window stayed full for the stall wait: keep waiting
+		default:
+			failed.add(msg, err)
+			return
+		}
+	}
+}
