@@ -1,29 +1,33 @@
 package lasersell
 
-import "encoding/json"
+import (
+	"encoding/json"
+
+	"github.com/jetbridge/connector/internal/jsonscan"
+)
 
 // parseRoute fills r from the top-level fields of one frame and returns why
 // the frame is malformed ("" when it is a JSON object with a string "type").
 //
 // It is the hot path of every frame (pnl_update arrives by the hundred
-// thousand per second), so it validates and routes in one pass: a strict JSON
-// scanner (the grammar encoding/json accepts, checked against it by
-// FuzzParseRoute) walks the frame, picking the routing fields without
+// thousand per second), so it validates and routes in one pass: package
+// jsonscan (strict, checked against encoding/json here by FuzzParseRoute)
+// walks the frame, picking the routing fields without
 // decoding anything else. Keys match exactly; a later duplicate key wins, as
 // with encoding/json. A field of an unexpected JSON type reads as "".
 func parseRoute(data []byte, r *route) string {
 	const invalid = "invalid JSON"
-	i := skipSpace(data, 0)
+	i := jsonscan.SkipSpace(data, 0)
 	if i >= len(data) {
 		return invalid
 	}
 	if data[i] != '{' {
-		if end := scanValue(data, i, 0); end >= 0 && skipSpace(data, end) == len(data) {
+		if end := jsonscan.Value(data, i, 0); end >= 0 && jsonscan.SkipSpace(data, end) == len(data) {
 			return "not a JSON object"
 		}
 		return invalid
 	}
-	i = skipSpace(data, i+1)
+	i = jsonscan.SkipSpace(data, i+1)
 	if i < len(data) && data[i] == '}' {
 		i++
 	} else {
@@ -31,22 +35,22 @@ func parseRoute(data []byte, r *route) string {
 			if i >= len(data) || data[i] != '"' {
 				return invalid
 			}
-			keyEnd := scanString(data, i)
+			keyEnd := jsonscan.String(data, i)
 			if keyEnd < 0 {
 				return invalid
 			}
 			key := data[i+1 : keyEnd-1]
-			i = skipSpace(data, keyEnd)
+			i = jsonscan.SkipSpace(data, keyEnd)
 			if i >= len(data) || data[i] != ':' {
 				return invalid
 			}
-			i = skipSpace(data, i+1)
-			valEnd := scanValue(data, i, 1)
+			i = jsonscan.SkipSpace(data, i+1)
+			valEnd := jsonscan.Value(data, i, 1)
 			if valEnd < 0 {
 				return invalid
 			}
 			r.set(key, data[i:valEnd])
-			i = skipSpace(data, valEnd)
+			i = jsonscan.SkipSpace(data, valEnd)
 			if i >= len(data) {
 				return invalid
 			}
@@ -57,10 +61,10 @@ func parseRoute(data []byte, r *route) string {
 			if data[i] != ',' {
 				return invalid
 			}
-			i = skipSpace(data, i+1)
+			i = jsonscan.SkipSpace(data, i+1)
 		}
 	}
-	if skipSpace(data, i) != len(data) {
+	if jsonscan.SkipSpace(data, i) != len(data) {
 		return invalid
 	}
 	if r.Type == "" {
@@ -156,172 +160,4 @@ func atom(val []byte) string {
 		return s
 	}
 	return ""
-}
-
-func skipSpace(data []byte, i int) int {
-	for i < len(data) {
-		switch data[i] {
-		case ' ', '\t', '\r', '\n':
-			i++
-		default:
-			return i
-		}
-	}
-	return i
-}
-
-// maxDepth is encoding/json's nesting limit.
-const maxDepth = 10000
-
-// scanString returns the index just past the string starting at data[i] ('"'),
-// or -1 when it is not a valid JSON string (unterminated, a control character,
-// a bad escape). Invalid UTF-8 is accepted, as encoding/json does.
-func scanString(data []byte, i int) int {
-	for i++; i < len(data); i++ {
-		switch c := data[i]; {
-		case c == '"':
-			return i + 1
-		case c == '\\':
-			i++
-			if i >= len(data) {
-				return -1
-			}
-			switch data[i] {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-			case 'u':
-				if i+4 >= len(data) {
-					return -1
-				}
-				for _, h := range data[i+1 : i+5] {
-					if !isHex(h) {
-						return -1
-					}
-				}
-				i += 4
-			default:
-				return -1
-			}
-		case c < 0x20:
-			return -1
-		}
-	}
-	return -1
-}
-
-func isHex(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// scanValue returns the index just past the JSON value starting at data[i],
-// or -1 when it is not valid JSON.
-func scanValue(data []byte, i, depth int) int {
-	if i >= len(data) {
-		return -1
-	}
-	switch c := data[i]; {
-	case c == '"':
-		return scanString(data, i)
-	case c == '{' || c == '[':
-		if depth >= maxDepth {
-			return -1
-		}
-		closing := byte('}')
-		if c == '[' {
-			closing = ']'
-		}
-		i = skipSpace(data, i+1)
-		if i < len(data) && data[i] == closing {
-			return i + 1
-		}
-		for {
-			if c == '{' {
-				if i >= len(data) || data[i] != '"' {
-					return -1
-				}
-				if i = scanString(data, i); i < 0 {
-					return -1
-				}
-				i = skipSpace(data, i)
-				if i >= len(data) || data[i] != ':' {
-					return -1
-				}
-				i = skipSpace(data, i+1)
-			}
-			if i = scanValue(data, i, depth+1); i < 0 {
-				return -1
-			}
-			i = skipSpace(data, i)
-			if i >= len(data) {
-				return -1
-			}
-			if data[i] == closing {
-				return i + 1
-			}
-			if data[i] != ',' {
-				return -1
-			}
-			i = skipSpace(data, i+1)
-		}
-	case c == 't':
-		return scanLiteral(data, i, "true")
-	case c == 'f':
-		return scanLiteral(data, i, "false")
-	case c == 'n':
-		return scanLiteral(data, i, "null")
-	case c == '-' || isDigit(c):
-		return scanNumber(data, i)
-	}
-	return -1
-}
-
-func scanLiteral(data []byte, i int, lit string) int {
-	if len(data)-i < len(lit) || string(data[i:i+len(lit)]) != lit {
-		return -1
-	}
-	return i + len(lit)
-}
-
-// scanNumber follows the JSON number grammar: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?
-func scanNumber(data []byte, i int) int {
-	if data[i] == '-' {
-		i++
-	}
-	switch {
-	case i >= len(data):
-		return -1
-	case data[i] == '0':
-		i++
-	case isDigit(data[i]):
-		for i < len(data) && isDigit(data[i]) {
-			i++
-		}
-	default:
-		return -1
-	}
-	if i < len(data) && data[i] == '.' {
-		i++
-		start := i
-		for i < len(data) && isDigit(data[i]) {
-			i++
-		}
-		if i == start {
-			return -1
-		}
-	}
-	if i < len(data) && (data[i] == 'e' || data[i] == 'E') {
-		i++
-		if i < len(data) && (data[i] == '+' || data[i] == '-') {
-			i++
-		}
-		start := i
-		for i < len(data) && isDigit(data[i]) {
-			i++
-		}
-		if i == start {
-			return -1
-		}
-	}
-	return i
 }

@@ -3,6 +3,8 @@ package openstream
 import (
 	"bytes"
 	"encoding/json"
+
+	"github.com/jetbridge/connector/internal/jsonscan"
 )
 
 // lineInfo is what routing needs from one server line, found without decoding
@@ -23,7 +25,7 @@ const dataPrefix = `{"type":"data"`
 // scanLine reports whether line is one JSON object and, if so, its routing keys.
 func scanLine(line []byte) (lineInfo, bool) {
 	line = bytes.TrimSpace(line)
-	if len(line) < 2 || line[0] != '{' || !json.Valid(line) {
+	if len(line) < 2 || line[0] != '{' || !jsonscan.Valid(line) {
 		return lineInfo{}, false
 	}
 	if len(line) > len(dataPrefix) && string(line[:len(dataPrefix)]) == dataPrefix &&
@@ -31,18 +33,18 @@ func scanLine(line []byte) (lineInfo, bool) {
 		return lineInfo{typ: "data", hasType: true}, true
 	}
 	var info lineInfo
-	i := skipWS(line, 1)
+	i := jsonscan.SkipSpace(line, 1)
 	if line[i] == '}' {
 		return info, true
 	}
 	// The line is valid JSON, so the scan below can trust its structure.
 	for i < len(line) {
-		i = skipWS(line, i)
-		kEnd := skipString(line, i)
+		i = jsonscan.SkipSpace(line, i)
+		kEnd := jsonscan.String(line, i)
 		key := line[i+1 : kEnd-1]
-		i = skipWS(line, kEnd)
-		i = skipWS(line, i+1) // ':'
-		vEnd := skipValue(line, i)
+		i = jsonscan.SkipSpace(line, kEnd)
+		i = jsonscan.SkipSpace(line, i+1) // ':'
+		vEnd := jsonscan.Value(line, i, 1)
 		val := line[i:vEnd]
 		switch string(key) {
 		case "type":
@@ -56,63 +58,13 @@ func scanLine(line []byte) (lineInfo, bool) {
 		case "ok":
 			info.notOK = string(val) != "true"
 		}
-		i = skipWS(line, vEnd)
+		i = jsonscan.SkipSpace(line, vEnd)
 		if i >= len(line) || line[i] == '}' {
 			break
 		}
 		i++ // ','
 	}
 	return info, true
-}
-
-func skipWS(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index after the closing quote of the string at b[i].
-func skipString(b []byte, i int) int {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
-			j++
-		case '"':
-			return j + 1
-		}
-	}
-	return len(b)
-}
-
-// skipValue returns the index after the value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		return skipString(b, i)
-	case '{', '[':
-		depth := 0
-		for j := i; j < len(b); j++ {
-			switch b[j] {
-			case '"':
-				j = skipString(b, j) - 1
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return j + 1
-				}
-			}
-		}
-		return len(b)
-	default: // number, true, false, null
-		j := i
-		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
-			j++
-		}
-		return j
-	}
 }
 
 // stringValue decodes a JSON string value; escapes are rare, so the common
