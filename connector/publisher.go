@@ -77,40 +77,13 @@ func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
 	}
 }
 
-// runAsync publishes asynchronously with at most window acks outstanding. Acks
-// and failures arrive through nats.go callbacks (no per-message channels or
-// hand-offs); failed messages are republished in failure order by a retrier.
+// runAsync publishes asynchronously with at most window acks outstanding.
 func (p *publisher) runAsync(ctx context.Context) error {
-	failed := newFailedQueue()
-	js, err := jetstream.New(p.conn,
-		// nats.go's window is ours: PublishMsgAsync waits while it is full.
-		jetstream.WithPublishAsyncMaxPending(p.window),
-		jetstream.WithPublishAsyncTimeout(p.ackTimeout),
-		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) {
-			p.metrics.published.Inc()
-		}),
-		// Called with nats.go's lock held: must not block.
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
-			failed.add(msg, err)
-		}),
-	)
+	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout,
+		func(string) (laneMetrics, zerolog.Logger, bool) { return p.metrics, p.log, true })
 	if err != nil {
-		return fmt.Errorf("jetstream context: %w", err)
+		return err
 	}
-	retrierDone := make(chan struct{})
-	go func() {
-		defer close(retrierDone)
-		for {
-			batch, open := failed.take(ctx)
-			for _, f := range batch {
-				p.retry(ctx, js, f.msg, f.err)
-			}
-			if !open {
-				return
-			}
-		}
-	}()
-
 	buf := make([]queued, 0, batchSize)
 	for {
 		var ok bool
@@ -118,37 +91,93 @@ func (p *publisher) runAsync(ctx context.Context) error {
 		for i := range buf {
 			msg := p.build(buf[i])
 			buf[i] = queued{}
-			p.publishAsync(ctx, js, msg, failed)
+			sender.send(ctx, msg)
 		}
 		p.metrics.depth.Set(float64(p.queue.depth()))
 		if !ok {
 			break
 		}
 	}
-	// Wait for the outstanding acks (failures land in the retry queue).
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-ctx.Done():
-	}
-	failed.close()
-	<-retrierDone
+	sender.finish(ctx)
 	return nil
 }
 
-// publishAsync hands one message to nats.go, waiting while the window is full.
-func (p *publisher) publishAsync(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, failed *failedQueue) {
+// asyncSender publishes with nats.go's asynchronous API: at most window acks
+// outstanding, acks counted through a callback (no per-message channels or
+// hand-offs), failures republished in failure order by a retrier goroutine.
+type asyncSender struct {
+	js          jetstream.JetStream
+	failed      *failedQueue
+	retrierDone chan struct{}
+}
+
+// laneOfSubject returns the metrics and logger that a message's outcome is
+// charged to; false when the subject belongs to no known lane.
+type laneOfSubject func(subject string) (laneMetrics, zerolog.Logger, bool)
+
+func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, laneOf laneOfSubject) (*asyncSender, error) {
+	failed := newFailedQueue()
+	js, err := jetstream.New(conn,
+		// nats.go's window is ours: PublishMsgAsync waits while it is full.
+		jetstream.WithPublishAsyncMaxPending(window),
+		jetstream.WithPublishAsyncTimeout(ackTimeout),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
+			if m, _, ok := laneOf(msg.Subject); ok {
+				m.published.Inc()
+			}
+		}),
+		// Called with nats.go's lock held: must not block.
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
+			failed.add(msg, err)
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	a := &asyncSender{js: js, failed: failed, retrierDone: make(chan struct{})}
+	go func() {
+		defer close(a.retrierDone)
+		for {
+			batch, open := failed.take(ctx)
+			for _, f := range batch {
+				m, log, ok := laneOf(f.msg.Subject)
+				if !ok {
+					continue // not ours: nothing to charge or retry
+				}
+				retryPublish(ctx, js, f.msg, f.err, ackTimeout, m, log)
+			}
+			if !open {
+				return
+			}
+		}
+	}()
+	return a, nil
+}
+
+// send hands one message to nats.go, waiting while the window is full.
+func (a *asyncSender) send(ctx context.Context, msg *nats.Msg) {
 	for {
-		_, err := js.PublishMsgAsync(msg)
+		_, err := a.js.PublishMsgAsync(msg)
 		switch {
 		case err == nil:
 			return
 		case errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil:
 			continue // the window stayed full for the stall wait: keep waiting
 		default:
-			failed.add(msg, err)
+			a.failed.add(msg, err)
 			return
 		}
 	}
+}
+
+// finish waits for the outstanding acks and the retries they cause.
+func (a *asyncSender) finish(ctx context.Context) {
+	select {
+	case <-a.js.PublishAsyncComplete():
+	case <-ctx.Done():
+	}
+	a.failed.close()
+	<-a.retrierDone
 }
 
 // failedQueue collects messages whose publish failed, in failure order.

@@ -2,14 +2,11 @@ package connector
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 )
 
@@ -94,43 +91,15 @@ func (p *lowPump) close() {
 // run publishes until every registered lane is closed and drained, or ctx ends
 // (the hard stop after the drain deadline).
 func (p *lowPump) run(ctx context.Context) error {
-	failed := newFailedQueue()
-	js, err := jetstream.New(p.conn,
-		// nats.go's window is ours: PublishMsgAsync waits while it is full.
-		jetstream.WithPublishAsyncMaxPending(p.window),
-		jetstream.WithPublishAsyncTimeout(p.ackTimeout),
-		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
-			if l := p.laneOf(msg.Subject); l != nil {
-				l.metrics.published.Inc()
-			}
-		}),
-		// Called with nats.go's lock held: must not block.
-		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
-			failed.add(msg, err)
-		}),
-	)
-	if err != nil {
-		return fmt.Errorf("jetstream context: %w", err)
-	}
-	retrierDone := make(chan struct{})
-	go func() {
-		defer close(retrierDone)
-		for {
-			batch, open := failed.take(ctx)
-			for _, f := range batch {
-				l := p.laneOf(f.msg.Subject)
-				if l == nil {
-					p.log.Error().Err(f.err).Str("subject", f.msg.Subject).Msg("failed publish of an unknown session")
-					continue
-				}
-				retryPublish(ctx, js, f.msg, f.err, p.ackTimeout, l.metrics, l.log)
-			}
-			if !open {
-				return
-			}
+	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout, func(subject string) (laneMetrics, zerolog.Logger, bool) {
+		if l := p.laneOf(subject); l != nil {
+			return l.metrics, l.log, true
 		}
-	}()
-
+		return laneMetrics{}, p.log, false
+	})
+	if err != nil {
+		return err
+	}
 	buf := make([]queued, 0, batchSize)
 	next := 0 // round-robin start, so no session always goes first
 	for ctx.Err() == nil {
@@ -142,7 +111,7 @@ func (p *lowPump) run(ctx context.Context) error {
 			for i := range buf {
 				msg := l.build(buf[i])
 				buf[i] = queued{}
-				p.publish(ctx, js, msg, failed)
+				sender.send(ctx, msg)
 			}
 			polled += len(buf)
 			if len(buf) > 0 {
@@ -166,26 +135,6 @@ func (p *lowPump) run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-ctx.Done():
-	}
-	failed.close()
-	<-retrierDone
+	sender.finish(ctx)
 	return nil
-}
-
-func (p *lowPump) publish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, failed *failedQueue) {
-	for {
-		_, err := js.PublishMsgAsync(msg)
-		switch {
-		case err == nil:
-			return
-		case errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil:
-			continue // the window stayed full for the stall wait: keep waiting
-		default:
-			failed.add(msg, err)
-			return
-		}
-	}
 }
