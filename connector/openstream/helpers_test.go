@@ -188,6 +188,14 @@ func (f *fixture) events(typ string) []jetstream.Msg {
 	return f.env.Fetch(subjects.StreamOpenStreamEvent, subj, n, time.Second)
 }
 
+// eventCount waits until at least want events of typ are stored (events are
+// published by the high lane independently of command replies) and returns
+// how many there are.
+func (f *fixture) eventCount(typ string, want int) int {
+	f.t.Helper()
+	return int(f.env.WaitCount(subjects.StreamOpenStreamEvent, f.subject("event", typ), uint64(want), waitLong))
+}
+
 // received returns the commands the simulator got, filtered by cmd.
 func received(s *sim.Server, cmd string) []sim.Command {
 	var out []sim.Command

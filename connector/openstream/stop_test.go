@@ -134,7 +134,7 @@ func TestGracefulShutdownSendsStopSession(t *testing.T) {
 		t.Fatalf("STOP session on connections %v, want one on each of 2", stops)
 	}
 	waitSim(t, s, "sessions closed", func() bool { return s.Active() == 0 })
-	if n := len(f.events("stop_ack")); n != 2 {
+	if n := f.eventCount("stop_ack", 2); n != 2 {
 		t.Errorf("stop_ack events: %d, want 2", n)
 	}
 	last := f.statuses()

@@ -36,7 +36,7 @@ func TestMonitorStreamsDataVerbatim(t *testing.T) {
 			t.Errorf("data headers: %v", h)
 		}
 	}
-	if n := len(f.events("handshake_ack")); n != 2 { // monitor and control connections
+	if n := f.eventCount("handshake_ack", 2); n != 2 { // monitor and control connections
 		t.Errorf("handshake_ack events: %d, want 2", n)
 	}
 	acks := f.events("monitor_ack")
@@ -132,7 +132,7 @@ func TestMonitorRefusedByControllerReverts(t *testing.T) {
 	if err != nil || !bytes.Contains(kv, []byte(pathJoints)) {
 		t.Fatalf("desired state not reverted: %s %v", kv, err)
 	}
-	if n := len(f.events("error")); n == 0 {
+	if n := f.eventCount("error", 1); n == 0 {
 		t.Errorf("the controller's error line was not published")
 	}
 	// A new name on its own connection is fine.
@@ -155,7 +155,7 @@ func TestAckAfterData(t *testing.T) {
 		}
 	}
 	f.waitData("j", 3)
-	if n := len(f.events("monitor_ack")); n != 3 {
+	if n := f.eventCount("monitor_ack", 3); n != 3 {
 		t.Errorf("monitor_ack events: %d, want 3", n)
 	}
 }

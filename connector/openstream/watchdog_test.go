@@ -66,7 +66,7 @@ func TestStrictWatchdogKeepalive(t *testing.T) {
 			if n := len(f.events("error")); n != 0 {
 				t.Errorf("error events: %d, want 0", n)
 			}
-			if n := len(f.events("monitor_ack")); n != 1 {
+			if n := f.eventCount("monitor_ack", 1); n != 1 {
 				t.Errorf("monitor_ack events: %d, want 1", n)
 			}
 		})
@@ -182,7 +182,7 @@ func TestMalformedLines(t *testing.T) {
 			t.Errorf("malformed line %q not published verbatim; got %v", want, seen)
 		}
 	}
-	if len(f.events("unknown")) == 0 {
+	if f.eventCount("unknown", 1) == 0 {
 		t.Errorf("an object with neither type nor error must be published as event.unknown")
 	}
 	if got := testMetric(t, f, "connector_malformed_total"); got < 10 {
