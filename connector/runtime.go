@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -230,21 +231,21 @@ func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
 	defer stopSources()
 	failed := make(chan error, len(sources))
 
-	var services []micro.Service
+	var services []func()
 	stopServices := func() {
-		for _, svc := range services {
-			_ = svc.Stop()
+		for _, stop := range services {
+			stop()
 		}
 		services = nil
 	}
 	for _, src := range sources {
-		svc, err := r.serveCommands(srcCtx, src)
+		stop, err := r.serveCommands(srcCtx, src)
 		if err != nil {
 			stopServices()
 			r.Close()
 			return err
 		}
-		services = append(services, svc)
+		services = append(services, stop)
 	}
 	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
 		r.opts.Log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
@@ -352,7 +353,7 @@ func (r *Runtime) drain() {
 // serveCommands registers one NATS micro service per source session, with one
 // endpoint per command on <kind>.<name>.cmd.<command>. Requests of one command
 // are handled in arrival order (CONTROL trajectories depend on it).
-func (r *Runtime) serveCommands(ctx context.Context, src Source) (micro.Service, error) {
+func (r *Runtime) serveCommands(ctx context.Context, src Source) (stop func(), err error) {
 	h := r.host(src.Kind(), src.Name())
 	if h == nil {
 		return nil, fmt.Errorf("%s %s has no host: create it with NewHost", src.Kind(), src.Name())
@@ -366,14 +367,39 @@ func (r *Runtime) serveCommands(ctx context.Context, src Source) (micro.Service,
 	if err != nil {
 		return nil, fmt.Errorf("command service for %s %s: %w", src.Kind(), src.Name(), err)
 	}
+	known := map[string]bool{}
 	for _, name := range src.Commands() {
+		known[name] = true
 		subject := subjects.Command(src.Kind(), src.Name(), name)
 		if err := svc.AddEndpoint(name, r.commandHandler(ctx, h, src, name), micro.WithEndpointSubject(subject)); err != nil {
 			_ = svc.Stop()
 			return nil, fmt.Errorf("command endpoint %s: %w", subject, err)
 		}
 	}
-	return svc, nil
+	// A request for a command the source does not have gets a clear refusal
+	// instead of "no responders". Known commands reach this subscription too;
+	// their endpoint answers them.
+	prefix := subjects.Command(src.Kind(), src.Name(), "")
+	unknown, err := r.opts.HighConn.Subscribe(prefix+"*", func(m *nats.Msg) {
+		name := strings.TrimPrefix(m.Subject, prefix)
+		if known[name] || m.Reply == "" {
+			return
+		}
+		r.opts.Metrics.commands.WithLabelValues(h.kind, h.name, "_unknown", CodeUnknownCommand).Inc()
+		reply, _ := encodeReply(nil, Refuse(CodeUnknownCommand, "%s has no command %q; commands: %s",
+			src.Kind(), name, strings.Join(src.Commands(), ", ")))
+		if err := m.Respond(reply); err != nil {
+			h.log.Warn().Err(err).Msg("could not refuse an unknown command")
+		}
+	})
+	if err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("unknown-command subscription %s*: %w", prefix, err)
+	}
+	return func() {
+		_ = unknown.Unsubscribe()
+		_ = svc.Stop()
+	}, nil
 }
 
 func (r *Runtime) host(kind, name string) *Host {

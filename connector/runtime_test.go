@@ -125,6 +125,7 @@ func TestCommandsReplyAndAudit(t *testing.T) {
 		{"echo", `{"word":"x","extra":1}`, connector.CodeInvalidJSON},
 		{"refuse", `{}`, "no_way"},
 		{"fail", `{}`, connector.CodeInternal},
+		{"no_such_command", `{}`, connector.CodeUnknownCommand},
 	} {
 		r := env.Request(cmd(tc.cmd), tc.body, 2*time.Second)
 		if r.OK || r.Error == nil || r.Error.Code != tc.code || r.Error.Message == "" {
