@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,8 @@ type Host struct {
 	sourceHdr, sessionHdr []string
 	// idPrefix makes synthetic Nats-Msg-Ids unique per process run.
 	idPrefix string
+	// subjectPrefix is "<kind>.<name>.": every subject of this session has it.
+	subjectPrefix string
 
 	singleLane bool
 
@@ -71,11 +74,16 @@ func (h *Host) Metrics() SessionMetrics { return h.metrics }
 // ctx ends or the connector shuts down. On the low lane it never blocks: a full
 // lane drops its oldest event, counted in connector_lane_dropped_total.
 func (h *Host) Emit(ctx context.Context, ev Event) error {
+	if !strings.HasPrefix(ev.Subject, h.subjectPrefix) {
+		return fmt.Errorf("emit %s: not a subject of %s", ev.Subject, strings.TrimSuffix(h.subjectPrefix, "."))
+	}
 	if ev.Received.IsZero() {
 		ev.Received = time.Now()
 	}
 	if ev.Lane == LaneLow && !h.singleLane {
-		h.low.put(queued{Event: ev})
+		if !h.low.put(queued{Event: ev}) {
+			return fmt.Errorf("emit %s: %w", ev.Subject, errQueueClosed)
+		}
 		h.lowM.events.Inc()
 		return nil
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"sync"
+
+	"github.com/rs/zerolog"
 )
 
 var errQueueClosed = errors.New("lane closed: the connector is shutting down")
@@ -19,6 +21,8 @@ type laneQueue interface {
 	// take blocks until at least one item is queued or ctx ends, then appends up
 	// to max items to buf. It returns false once the queue is closed and empty.
 	take(ctx context.Context, buf []queued, max int) ([]queued, bool)
+	// poll appends up to max queued items to buf without waiting.
+	poll(buf []queued, max int) []queued
 	close()
 	depth() int
 }
@@ -119,7 +123,8 @@ func newLowQueue(capacity int, onDrop func(), wake chan struct{}) *lowQueue {
 	return &lowQueue{items: make([]queued, capacity), wake: wake, onDrop: onDrop}
 }
 
-// put never blocks. It reports whether an older item was dropped to make room.
+// put never blocks: a full queue drops its oldest item (counted). It returns
+// false only when the queue is closed.
 func (q *lowQueue) put(it queued) bool {
 	q.mu.Lock()
 	if q.closed {
@@ -145,7 +150,7 @@ func (q *lowQueue) put(it queued) bool {
 	case q.wake <- struct{}{}:
 	default:
 	}
-	return dropped
+	return true
 }
 
 func (q *lowQueue) poll(buf []queued, max int) []queued {
@@ -178,4 +183,24 @@ func (q *lowQueue) depth() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.n
+}
+
+// abandon empties q after the hard stop, counting every event it held as
+// failed, so nothing leaves the connector unaccounted for.
+func abandon(q interface {
+	poll(buf []queued, max int) []queued
+}, m laneMetrics, log zerolog.Logger) {
+	n := 0
+	buf := make([]queued, 0, batchSize)
+	for {
+		buf = q.poll(buf[:0], batchSize)
+		if len(buf) == 0 {
+			break
+		}
+		n += len(buf)
+	}
+	if n > 0 {
+		m.failed.Add(float64(n))
+		log.Error().Int("events", n).Msg("connector stopped before these queued events were published")
+	}
 }

@@ -97,7 +97,22 @@ func TestShutdownEndsWithNATSDownAndFullLane(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("shutdown took %s", took)
 	}
-	if env.Metric("connector_publish_failed_total") == 0 {
-		t.Fatal("abandoned events were not counted")
+	events, published, failed := env.Metric("connector_events_total"), env.Metric("connector_published_total"), env.Metric("connector_publish_failed_total")
+	if failed == 0 || events != published+failed {
+		t.Fatalf("events %v = published %v + failed %v does not hold: something left unaccounted", events, published, failed)
+	}
+	// After shutdown nothing is accepted silently, in either lane.
+	for _, lane := range []connector.Lane{connector.LaneHigh, connector.LaneLow} {
+		if err := src.host.Emit(context.Background(), connector.Event{Subject: subjects.LaserSellPnL("stuck", "1"), Lane: lane, Payload: []byte(`{}`)}); err == nil {
+			t.Errorf("%s-lane Emit after shutdown reported success", lane)
+		}
+	}
+}
+
+func TestEmitRefusesSubjectsOfOtherSessions(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{})
+	src := newEcho(t, env, "mine", connector.LaneSizes{})
+	if err := src.host.Emit(context.Background(), connector.Event{Subject: subjects.LaserSellExit("theirs", "W"), Payload: []byte(`{}`)}); err == nil {
+		t.Fatal("a session emitted on another session's subject")
 	}
 }

@@ -15,7 +15,7 @@ import (
 // publisher drains the high lane of one session into JetStream (the low lanes
 // share the lowPump). Every ack is checked
 // in publish order, and a failed or timed-out publish is republished (the same
-// Nats-Msg-Id makes the retry idempotent) until it is stored, the error is
+// Nats-Msg-Id of a high-lane event makes its retry idempotent) until it is stored, the error is
 // permanent, or the drain deadline passes. While a retry is under way the lane
 // stops draining, so a dead NATS turns into backpressure (high lane) or drops of
 // the oldest telemetry (low lane), never into silent loss.
@@ -24,7 +24,8 @@ import (
 // is sent, so the stream order is the receive order even across a failure. With
 // a larger window, publishes are asynchronous with at most window unacknowledged:
 // much faster, but a publish lost in a dying connection can be stored after the
-// ones behind it (Connector-Seq shows the receive order).
+// ones behind it (Connector-Seq shows the receive order), and a retry of an
+// event without Nats-Msg-Id (low-lane telemetry) can store it twice.
 type publisher struct {
 	conn       *nats.Conn
 	queue      laneQueue
@@ -72,6 +73,7 @@ func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
 		}
 		p.metrics.depth.Set(float64(p.queue.depth()))
 		if !ok {
+			abandon(p.queue, p.metrics, p.log) // only after the hard stop is anything left
 			return
 		}
 	}
@@ -97,7 +99,9 @@ func (p *publisher) runAsync(ctx context.Context) error {
 		if !ok {
 			break
 		}
+		sender.waitBacklog(ctx)
 	}
+	abandon(p.queue, p.metrics, p.log)
 	sender.finish(ctx)
 	return nil
 }
@@ -116,7 +120,12 @@ type asyncSender struct {
 type laneOfSubject func(subject string) (laneMetrics, zerolog.Logger, bool)
 
 func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, laneOf laneOfSubject) (*asyncSender, error) {
-	failed := newFailedQueue()
+	failed := newFailedQueue(window, func(msg *nats.Msg, err error) {
+		if m, log, ok := laneOf(msg.Subject); ok {
+			m.failed.Inc()
+			log.Error().Err(err).Str("subject", msg.Subject).Msg("publish failed after the connector stopped retrying")
+		}
+	})
 	js, err := jetstream.New(conn,
 		// nats.go's window is ours: PublishMsgAsync waits while it is full.
 		jetstream.WithPublishAsyncMaxPending(window),
@@ -140,11 +149,14 @@ func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 		for {
 			batch, open := failed.take(ctx)
 			for _, f := range batch {
-				m, log, ok := laneOf(f.msg.Subject)
-				if !ok {
-					continue // not ours: nothing to charge or retry
+				if m, log, ok := laneOf(f.msg.Subject); ok {
+					retryPublish(ctx, js, f.msg, f.err, ackTimeout, m, log)
+				} else {
+					// Emit checks every subject against its session, so this
+					// cannot happen; say so loudly if it does.
+					log.Error().Err(f.err).Str("subject", f.msg.Subject).Msg("failed publish of no known session; not retried")
 				}
-				retryPublish(ctx, js, f.msg, f.err, ackTimeout, m, log)
+				failed.done()
 			}
 			if !open {
 				return
@@ -152,6 +164,18 @@ func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 		}
 	}()
 	return a, nil
+}
+
+// waitBacklog pauses the caller while failed publishes await their retry, so
+// a dead NATS keeps events in the bounded lanes (where drop-oldest applies)
+// instead of in an ever-growing retry list.
+func (a *asyncSender) waitBacklog(ctx context.Context) {
+	for a.failed.backlog() >= a.failed.limit && ctx.Err() == nil {
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 }
 
 // send hands one message to nats.go, waiting while the window is full.
@@ -182,10 +206,13 @@ func (a *asyncSender) finish(ctx context.Context) {
 
 // failedQueue collects messages whose publish failed, in failure order.
 type failedQueue struct {
-	mu     sync.Mutex
-	items  []failedMsg
-	closed bool
-	wake   chan struct{}
+	mu      sync.Mutex
+	items   []failedMsg
+	pending int // taken but not yet retried, for backlog
+	closed  bool
+	wake    chan struct{}
+	limit   int                          // backlog at which senders pause (waitBacklog)
+	late    func(msg *nats.Msg, e error) // a failure after close: counted, not retried
 }
 
 type failedMsg struct {
@@ -193,10 +220,18 @@ type failedMsg struct {
 	err error
 }
 
-func newFailedQueue() *failedQueue { return &failedQueue{wake: make(chan struct{}, 1)} }
+func newFailedQueue(limit int, late func(*nats.Msg, error)) *failedQueue {
+	return &failedQueue{wake: make(chan struct{}, 1), limit: max(limit, 1), late: late}
+}
 
+// add may be called with nats.go's lock held: it never blocks.
 func (q *failedQueue) add(msg *nats.Msg, err error) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		q.late(msg, err)
+		return
+	}
 	q.items = append(q.items, failedMsg{msg, err})
 	q.mu.Unlock()
 	select {
@@ -205,12 +240,27 @@ func (q *failedQueue) add(msg *nats.Msg, err error) {
 	}
 }
 
+// backlog is how many failures wait for or are in their retry.
+func (q *failedQueue) backlog() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) + q.pending
+}
+
+// done marks one taken failure as retried.
+func (q *failedQueue) done() {
+	q.mu.Lock()
+	q.pending--
+	q.mu.Unlock()
+}
+
 // take waits for failures and returns them all; open is false once the queue
 // is closed and empty (or ctx ended).
 func (q *failedQueue) take(ctx context.Context) (batch []failedMsg, open bool) {
 	for {
 		q.mu.Lock()
 		batch, q.items = q.items, nil
+		q.pending += len(batch)
 		closed := q.closed
 		q.mu.Unlock()
 		if len(batch) > 0 {

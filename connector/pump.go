@@ -103,12 +103,17 @@ func (p *lowPump) run(ctx context.Context) error {
 	buf := make([]queued, 0, batchSize)
 	next := 0 // round-robin start, so no session always goes first
 	for ctx.Err() == nil {
+		sender.waitBacklog(ctx)
 		lanes, closed := p.snapshot()
 		polled := 0
 		for k := range lanes {
 			l := lanes[(next+k)%len(lanes)]
 			buf = l.queue.poll(buf[:0], batchSize)
 			for i := range buf {
+				if ctx.Err() != nil { // hard stop: account for the rest, send nothing
+					l.metrics.failed.Add(float64(len(buf) - i))
+					break
+				}
 				msg := l.build(buf[i])
 				buf[i] = queued{}
 				sender.send(ctx, msg)
@@ -135,6 +140,14 @@ func (p *lowPump) run(ctx context.Context) error {
 		case <-ctx.Done():
 		}
 	}
+	for _, l := range p.lanesNow() {
+		abandon(l.queue, l.metrics, l.log) // only after the hard stop is anything left
+	}
 	sender.finish(ctx)
 	return nil
+}
+
+func (p *lowPump) lanesNow() []*pumpLane {
+	lanes, _ := p.snapshot()
+	return lanes
 }

@@ -66,8 +66,9 @@ type Runtime struct {
 	buckets map[string]jetstream.KeyValue
 	runID   string
 
-	mu    sync.Mutex
-	hosts map[string]*Host
+	mu     sync.Mutex
+	hosts  map[string]*Host
+	closed bool // lanes closed: no new hosts
 
 	// pubCtx outlives the sources: the lanes keep publishing while they drain.
 	pubCtx         context.Context
@@ -166,6 +167,9 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 	key := kind + "." + name
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return nil, fmt.Errorf("session %s: the runtime is closed", key)
+	}
 	if _, dup := r.hosts[key]; dup {
 		return nil, fmt.Errorf("session %s is configured twice", key)
 	}
@@ -173,16 +177,17 @@ func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
 	dropped := r.opts.Metrics.dropped.WithLabelValues(kind, name)
 	h := &Host{
 		kind: kind, name: name, rt: r, log: log,
-		metrics:    r.opts.Metrics.session(kind, name),
-		high:       newHighQueue(sizes.High),
-		low:        newLowQueue(sizes.Low, dropped.Inc, r.pump.wake),
-		highM:      r.opts.Metrics.lane(kind, name, LaneHigh),
-		lowM:       r.opts.Metrics.lane(kind, name, LaneLow),
-		sourceHdr:  []string{kind},
-		sessionHdr: []string{name},
-		idPrefix:   kind + "." + name + "." + r.runID + ".",
-		statusKV:   make(chan []byte, 1),
-		singleLane: r.opts.SingleLane,
+		metrics:       r.opts.Metrics.session(kind, name),
+		high:          newHighQueue(sizes.High),
+		low:           newLowQueue(sizes.Low, dropped.Inc, r.pump.wake),
+		highM:         r.opts.Metrics.lane(kind, name, LaneHigh),
+		lowM:          r.opts.Metrics.lane(kind, name, LaneLow),
+		sourceHdr:     []string{kind},
+		sessionHdr:    []string{name},
+		idPrefix:      kind + "." + name + "." + r.runID + ".",
+		subjectPrefix: key + ".",
+		statusKV:      make(chan []byte, 1),
+		singleLane:    r.opts.SingleLane,
 	}
 	r.hosts[key] = h
 	high := &publisher{
@@ -317,6 +322,7 @@ func (r *Runtime) Close() { r.closeOnce.Do(r.drain) }
 func (r *Runtime) closeLanes() []*Host {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.closed = true
 	hosts := make([]*Host, 0, len(r.hosts))
 	for _, h := range r.hosts {
 		h.high.close()
@@ -506,7 +512,11 @@ func (r *Runtime) audit(ctx context.Context, h *Host, cmd Command, received time
 		h.log.Error().Err(err).Str("command", cmd.Name).Msg("could not encode the audit record")
 		return
 	}
-	if err := h.Emit(ctx, Event{
+	// Bounded: a full high lane (NATS down) must not hold the command, and
+	// with it shutdown, forever.
+	actx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
+	defer cancel()
+	if err := h.Emit(actx, Event{
 		Subject: subjects.Audit(h.kind, h.name, cmd.Name), Lane: LaneHigh,
 		Payload: payload, Type: "audit", Received: received,
 	}); err != nil {
