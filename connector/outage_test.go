@@ -116,3 +116,41 @@ func TestEmitRefusesSubjectsOfOtherSessions(t *testing.T) {
 		t.Fatal("a session emitted on another session's subject")
 	}
 }
+
+// Telemetry emitted while NATS is down, within the lane's capacity, is stored
+// once NATS is back: the low lane's asynchronous path retries too. (It may
+// store a copy twice: low-lane messages carry no Nats-Msg-Id.)
+func TestLowLaneSurvivesShortNATSOutage(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 20 * time.Second})
+	src := newEcho(t, env, "tele", connector.LaneSizes{Low: 64})
+	stop := env.Run(src)
+	_, port, _ := net.SplitHostPort(env.Server.Addr().String())
+	env.Server.Shutdown()
+	env.Server.WaitForShutdown()
+	for i := 0; i < 40; i++ {
+		if err := src.host.Emit(context.Background(), connector.Event{Subject: subjects.LaserSellPnL("tele", "1"), Lane: connector.LaneLow,
+			Payload: []byte(`{"i":` + strconv.Itoa(i) + `}`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(400 * time.Millisecond) // let acks time out while the server is away
+	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:" + port, StoreDir: env.StoreDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	env.Server = srv
+	connectortest.Eventually(t, 15*time.Second, "all 40 telemetry events to be stored", func() bool {
+		seen := map[string]bool{}
+		for _, m := range env.Fetch(subjects.StreamLaserSellPnL, "lasersell.tele.pnl.1", 200, 300*time.Millisecond) {
+			seen[string(m.Data())] = true
+		}
+		return len(seen) == 40
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := env.Metric("connector_lane_dropped_total"); d != 0 {
+		t.Fatalf("%v dropped within capacity", d)
+	}
+}
