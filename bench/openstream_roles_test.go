@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,11 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/jetbridge/connector/connector"
 	"github.com/jetbridge/connector/connector/openstream/sim"
 	"github.com/jetbridge/connector/subjects"
 )
@@ -194,25 +190,11 @@ func roleOpenStreamRaw() error {
 	if len(payloads) == 0 {
 		return errors.New("no payloads")
 	}
-	nc, err := nats.Connect(os.Getenv("BENCH_NATS_URL"))
+	nc, js, acked, failed, err := rawPublisher(window, osRawStream)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	var acked, failed atomic.Int64
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(window),
-		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) { acked.Add(1) }),
-		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }),
-	)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, connector.StreamConfig(osRawStream, connector.DefaultRetention(osRawStream))); err != nil {
-		return err
-	}
 	subs := make([]string, nsubj)
 	for i := range subs {
 		subs[i] = fmt.Sprintf("rawos.r%03d.data.joints", i+1)

@@ -75,25 +75,11 @@ func roleRaw() error {
 	if err != nil {
 		return fmt.Errorf("BENCH_WINDOW: %w", err)
 	}
-	nc, err := nats.Connect(os.Getenv("BENCH_NATS_URL"))
+	nc, js, acked, failed, err := rawPublisher(window, rawStream)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	var acked, failed atomic.Int64
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(window),
-		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) { acked.Add(1) }),
-		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }),
-	)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, connector.StreamConfig(rawStream, connector.DefaultRetention(rawStream))); err != nil {
-		return err
-	}
 	var stop atomic.Bool
 	go func() {
 		waitTerm()
@@ -339,4 +325,30 @@ func (d *exitDriver) stopDriver() driverReport {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.report
+}
+
+// rawPublisher connects the plain nats.go baseline: one JetStream context with
+// at most window unacknowledged async publishes, acks and failures counted,
+// publishing into a stream configured like the connector's (spec).
+func rawPublisher(window int, spec subjects.StreamSpec) (*nats.Conn, jetstream.JetStream, *atomic.Int64, *atomic.Int64, error) {
+	nc, err := nats.Connect(os.Getenv("BENCH_NATS_URL"))
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	acked, failed := new(atomic.Int64), new(atomic.Int64)
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(window),
+		jetstream.WithPublishAsyncAckHandler(func(jetstream.JetStream, *nats.Msg, *jetstream.PubAck) { acked.Add(1) }),
+		jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) { failed.Add(1) }),
+	)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = js.CreateOrUpdateStream(ctx, connector.StreamConfig(spec, connector.DefaultRetention(spec)))
+		cancel()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, nil, nil, fmt.Errorf("raw publisher: %w", err)
+	}
+	return nc, js, acked, failed, nil
 }
