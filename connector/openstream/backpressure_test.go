@@ -1,7 +1,6 @@
 package openstream
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"net"
@@ -111,53 +110,24 @@ func TestNATSOutageNoStallNoLoss(t *testing.T) {
 // status report takes it): with NATS down it waits up to the command timeout.
 // Not parallel: it stops and restarts NATS.
 func TestRevertMonitorKVOutsideLock(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	// The controller refuses every MONITOR, each when the test says so.
 	monitorSeen := make(chan struct{}, 1)
 	release := make(chan struct{})
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadBytes('\n')
-					if err != nil {
-						return
-					}
-					var cmd struct {
-						Cmd string `json:"cmd"`
-					}
-					_ = json.Unmarshal(line, &cmd)
-					switch cmd.Cmd {
-					case "HANDSHAKE":
-						_, _ = c.Write([]byte(`{"type":"handshake_ack","ok":true,"version":"1.0.0"}` + "\n"))
-					case "MONITOR":
-						monitorSeen <- struct{}{}
-						select {
-						case <-release:
-						case <-done:
-							return
-						}
-						_, _ = c.Write([]byte(`{"error":"monitor_internal_error","message":"refused"}` + "\n"))
-					}
-				}
-			}()
+	addr := fakeController(t, func(c net.Conn, _ []byte) bool {
+		monitorSeen <- struct{}{}
+		select {
+		case <-release:
+		case <-done:
+			return false
 		}
-	}()
+		_, _ = c.Write([]byte(`{"error":"monitor_internal_error","message":"refused"}` + "\n"))
+		return true
+	})
 	cfg := testConfig()
 	cfg.StallMin = time.Minute
-	rc := RobotConfig{Name: robotName, Addr: ln.Addr().String()}
+	rc := RobotConfig{Name: robotName, Addr: addr}
 	f := start(t, nil, rc, cfg, connectortest.Options{
 		AckTimeout: 200 * time.Millisecond, DrainTimeout: 5 * time.Second, CommandTimeout: 3 * time.Second,
 	})

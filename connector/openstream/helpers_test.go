@@ -1,8 +1,11 @@
 package openstream
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -225,4 +228,48 @@ func monitorsActive(s *sim.Server) int {
 		}
 	}
 	return n
+}
+
+// fakeController is a scripted Open Stream server for cases the simulator
+// must not model (a close mid-line, a held reply): it acknowledges HANDSHAKE
+// and hands every MONITOR line to onMonitor, which answers on c; returning
+// false closes the connection. It stops at test cleanup.
+func fakeController(t *testing.T, onMonitor func(c net.Conn, line []byte) bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadBytes('\n')
+					if err != nil {
+						return
+					}
+					var cmd struct {
+						Cmd string `json:"cmd"`
+					}
+					_ = json.Unmarshal(line, &cmd)
+					switch cmd.Cmd {
+					case "HANDSHAKE":
+						_, _ = c.Write([]byte(`{"type":"handshake_ack","ok":true,"version":"1.0.0"}` + "\n"))
+					case "MONITOR":
+						if !onMonitor(c, bytes.TrimSpace(line)) {
+							return
+						}
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

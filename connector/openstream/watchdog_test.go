@@ -1,9 +1,7 @@
 package openstream
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/json"
 	"net"
 	"strings"
 	"testing"
@@ -230,44 +228,14 @@ func testMetric(t *testing.T, f *fixture, name string) float64 {
 // as malformed, and the connector reconnects and restores the MONITOR.
 func TestServerClosesMidLine(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	monitors := make(chan string, 10)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadBytes('\n')
-					if err != nil {
-						return
-					}
-					var cmd struct {
-						Cmd string `json:"cmd"`
-					}
-					_ = json.Unmarshal(line, &cmd)
-					switch cmd.Cmd {
-					case "HANDSHAKE":
-						c.Write([]byte(`{"type":"handshake_ack","ok":true,"version":"1.0.0"}` + "\n"))
-					case "MONITOR":
-						monitors <- string(bytes.TrimSpace(line))
-						c.Write([]byte(`{"type":"monitor_ack"}` + "\n" + `{"type":"data","ts":1,"result":{}}` + "\n" + `{"type":"data","ts":2,"res`))
-						return // close mid-line
-					}
-				}
-			}()
-		}
-	}()
+	addr := fakeController(t, func(c net.Conn, line []byte) bool {
+		monitors <- string(line)
+		_, _ = c.Write([]byte(`{"type":"monitor_ack"}` + "\n" + `{"type":"data","ts":1,"result":{}}` + "\n" + `{"type":"data","ts":2,"res`))
+		return false // close mid-line
+	})
 	cfg := testConfig()
-	rc := RobotConfig{Name: robotName, Addr: ln.Addr().String(), Monitors: map[string]Recipe{"m": {URL: "/x", Method: "GET", PeriodMS: 5}}}
+	rc := RobotConfig{Name: robotName, Addr: addr, Monitors: map[string]Recipe{"m": {URL: "/x", Method: "GET", PeriodMS: 5}}}
 	f := start(t, nil, rc, cfg, connectortest.Options{})
 	for range 2 {
 		select {
