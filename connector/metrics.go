@@ -19,6 +19,11 @@ type Metrics struct {
 	reconnects *prometheus.CounterVec
 	connected  *prometheus.GaugeVec
 	rtt        *prometheus.GaugeVec
+
+	eventTypes     *prometheus.CounterVec
+	publishLatency *prometheus.HistogramVec
+	inflight       *prometheus.GaugeVec
+	commandLatency *prometheus.HistogramVec
 }
 
 // NewMetrics creates the series and registers them on reg.
@@ -51,17 +56,34 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "connector_malformed_total", Help: "Upstream frames that were not valid JSON objects.",
 		}, session),
 		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "connector_upstream_reconnects_total", Help: "Upstream connection attempts after the first.",
-		}, session),
+			Name: "connector_upstream_reconnects_total", Help: "Upstream reconnections, by the reason the previous connection ended.",
+		}, []string{"source", "session", "reason"}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "connector_upstream_connected", Help: "1 while the upstream session is established.",
 		}, session),
 		rtt: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "connector_upstream_rtt_seconds", Help: "Last application-level round-trip time to the upstream.",
 		}, session),
+		eventTypes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "connector_events_by_type_total", Help: "Upstream events accepted into a lane, by upstream message type (at most MaxEventTypes per session; the rest count as \"other\").",
+		}, []string{"source", "session", "type"}),
+		publishLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "connector_publish_latency_seconds",
+			Help:    "From reading an event upstream to its JetStream ack.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, lane),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "connector_publish_inflight", Help: "JetStream publishes sent and not yet acknowledged.",
+		}, []string{"lane"}),
+		commandLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "connector_command_duration_seconds",
+			Help:    "Time to handle one command, from receipt to reply (refusals included).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"source", "session", "command"}),
 	}
 	reg.MustRegister(m.events, m.published, m.retries, m.failed, m.dropped, m.depth,
-		m.commands, m.malformed, m.reconnects, m.connected, m.rtt)
+		m.commands, m.malformed, m.reconnects, m.connected, m.rtt,
+		m.eventTypes, m.publishLatency, m.inflight, m.commandLatency)
 	return m
 }
 
@@ -85,8 +107,9 @@ func (m *Metrics) lane(kind, name string, l Lane) laneMetrics {
 type SessionMetrics struct {
 	// Malformed counts upstream frames published to the malformed subject.
 	Malformed prometheus.Counter
-	// Reconnects counts connection attempts after the first.
-	Reconnects prometheus.Counter
+	// Reconnects counts reconnections by the reason the previous connection
+	// ended: use a small fixed set of reason codes (label cardinality).
+	Reconnects *prometheus.CounterVec
 	// Connected is 1 while the upstream session is established.
 	Connected prometheus.Gauge
 	// RTT is the last application-level round trip, in seconds.
@@ -96,7 +119,7 @@ type SessionMetrics struct {
 func (m *Metrics) session(kind, name string) SessionMetrics {
 	return SessionMetrics{
 		Malformed:  m.malformed.WithLabelValues(kind, name),
-		Reconnects: m.reconnects.WithLabelValues(kind, name),
+		Reconnects: m.reconnects.MustCurryWith(prometheus.Labels{"source": kind, "session": name}),
 		Connected:  m.connected.WithLabelValues(kind, name),
 		RTT:        m.rtt.WithLabelValues(kind, name),
 	}

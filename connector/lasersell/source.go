@@ -174,10 +174,7 @@ func (s *Source) Run(ctx context.Context) error {
 
 	bo := Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
 	failures := 0
-	for first := true; ; first = false {
-		if !first {
-			s.host.Metrics().Reconnects.Inc()
-		}
+	for {
 		s.setStatus(ctx, connector.Status{State: connector.StateConnecting, Attempt: failures,
 			Detail: map[string]any{"url": redactURL(s.cfg.URL)}})
 		healthy, reason := s.session(ctx)
@@ -191,6 +188,7 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		failures++
 		wait := bo.Next()
+		s.host.Metrics().Reconnects.WithLabelValues(reasonCode(reason)).Inc()
 		s.log.Warn().Str("reason", reason).Int("attempt", failures).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
 		s.setStatus(ctx, connector.Status{State: connector.StateDisconnected, Reason: reason})
 		s.setStatus(ctx, connector.Status{State: connector.StateReconnecting, Reason: reason, Attempt: failures, BackoffMS: wait.Milliseconds()})
@@ -337,3 +335,8 @@ func (s *Source) wakeDeadlines() {
 	default:
 	}
 }
+
+// reasonCode maps a free-text end-of-session reason to the bounded label of
+// connector_upstream_reconnects_total.
+// TODO(reasons): classify; every reason counts as "ended" until then.
+func reasonCode(string) string { return "ended" }

@@ -192,7 +192,7 @@ func (c *conn) run(ctx context.Context) {
 			}
 		}
 		failures++
-		c.r.host.Metrics().Reconnects.Inc()
+		c.r.host.Metrics().Reconnects.WithLabelValues(end.reasonCode()).Inc()
 		detail := map[string]any{}
 		c.mu.Lock()
 		if !c.lastData.IsZero() {
@@ -468,3 +468,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
+
+// reasonCode is the bounded label of connector_upstream_reconnects_total.
+// TODO(reasons): classify; every reason counts as "ended" until then.
+func (e sessionEnd) reasonCode() string { return "ended" }
