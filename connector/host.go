@@ -7,9 +7,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/jetbridge/connector/subjects"
@@ -55,6 +58,30 @@ type Host struct {
 	statusMu   sync.Mutex
 	lastStatus map[string]any
 	statusKV   chan []byte // latest-wins slot for the status bucket writer
+
+	// lastEvent is when the last upstream event was accepted (Unix ns; 0: none yet).
+	lastEvent atomic.Int64
+	// types holds the label-bound connector_events_by_type_total counters.
+	// Emit reads it without a lock; misses copy it under typesMu.
+	types   atomic.Pointer[typeCounters]
+	typesMu sync.Mutex
+}
+
+// MaxEventTypes bounds the distinct type labels of connector_events_by_type_total
+// per session: upstream types are arbitrary strings, and every label value is
+// a series kept forever. Types beyond it count as "other".
+const MaxEventTypes = 64
+
+// Type labels that are not upstream message types as such.
+const (
+	typeOther   = "other"   // beyond MaxEventTypes, or unusable as a label
+	typeUntyped = "untyped" // an event emitted without a Type
+)
+
+// typeCounters is an immutable snapshot: Emit reads it without locking.
+type typeCounters struct {
+	byType map[string]prometheus.Counter
+	other  prometheus.Counter // set once byType is full
 }
 
 // Kind returns the source kind this host serves.
@@ -85,13 +112,78 @@ func (h *Host) Emit(ctx context.Context, ev Event) error {
 			return fmt.Errorf("emit %s: %w", ev.Subject, errQueueClosed)
 		}
 		h.lowM.events.Inc()
+		h.accepted(&ev)
 		return nil
 	}
 	if err := h.high.put(ctx, queued{Event: ev}); err != nil {
 		return fmt.Errorf("emit %s: %w", ev.Subject, err)
 	}
 	h.highM.events.Inc()
+	h.accepted(&ev)
 	return nil
+}
+
+// accepted counts an event by type and records when the last upstream event
+// arrived. It runs for every event (100k+/s): one lock-free map read and two
+// atomic writes.
+func (h *Host) accepted(ev *Event) {
+	h.typeCounter(ev.Type).Inc()
+	// The connector's own records say nothing about the upstream's liveness.
+	if ev.Type != "status" && ev.Type != "audit" {
+		h.lastEvent.Store(ev.Received.UnixNano())
+	}
+}
+
+// typeCounter returns the events-by-type counter of typ.
+func (h *Host) typeCounter(typ string) prometheus.Counter {
+	if tc := h.types.Load(); tc != nil {
+		if c, ok := tc.byType[typ]; ok {
+			return c
+		}
+		if tc.other != nil {
+			return tc.other
+		}
+	}
+	return h.addTypeCounter(typ)
+}
+
+// addTypeCounter binds the counter of a type not seen yet and publishes a new
+// snapshot holding it; once MaxEventTypes are bound, new types share "other".
+func (h *Host) addTypeCounter(typ string) prometheus.Counter {
+	h.typesMu.Lock()
+	defer h.typesMu.Unlock()
+	old := h.types.Load()
+	if old == nil {
+		old = &typeCounters{}
+	}
+	if c, ok := old.byType[typ]; ok {
+		return c
+	}
+	if old.other != nil {
+		return old.other
+	}
+	vec := h.rt.opts.Metrics.eventTypes
+	next := &typeCounters{byType: make(map[string]prometheus.Counter, len(old.byType)+1)}
+	for k, c := range old.byType {
+		next.byType[k] = c
+	}
+	label := typ
+	switch {
+	case typ == "":
+		label = typeUntyped
+	case len(typ) > 64 || !utf8.ValidString(typ):
+		label = typeOther
+	}
+	var c prometheus.Counter
+	if len(next.byType) >= MaxEventTypes {
+		next.other = vec.WithLabelValues(h.kind, h.name, typeOther)
+		c = next.other
+	} else {
+		c = vec.WithLabelValues(h.kind, h.name, label)
+		next.byType[typ] = c
+	}
+	h.types.Store(next)
+	return c
 }
 
 // SetStatus publishes a lifecycle event on <kind>.<name>.status (high lane) and

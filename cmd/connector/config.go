@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -19,7 +20,7 @@ import (
 type Config struct {
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
 	LogFormat string `envconfig:"LOG_FORMAT" default:"auto" desc:"json, console, or auto (console when stdout is a terminal)"`
-	HTTPAddr  string `envconfig:"CONNECTOR_HTTP_ADDR" default:"127.0.0.1:9090" desc:"address of /metrics, /healthz and /statusz; empty disables"`
+	HTTPAddr  string `envconfig:"CONNECTOR_HTTP_ADDR" default:"127.0.0.1:8080" desc:"address of /healthz, /readyz, /metrics and /status; empty disables"`
 	Sources   string `envconfig:"CONNECTOR_SOURCES" default:"auto" desc:"sources to run: lasersell, openstream, both comma-separated, or auto (each source whose upstream is configured)"`
 
 	// Embedded (anonymous) so envconfig reads their tags as they are, without
@@ -125,6 +126,9 @@ func (c Config) validate() error {
 			return badConfig("CONNECTOR_HTTP_ADDR=%q is not host:port", c.HTTPAddr)
 		}
 	}
+	if err := validNATSURLs(c.NATSConfig.URL); err != nil {
+		return err
+	}
 	if _, _, err := net.SplitHostPort(c.EmbeddedConfig.Listen); err != nil {
 		return badConfig("CONNECTOR_NATS_LISTEN=%q is not host:port", c.EmbeddedConfig.Listen)
 	}
@@ -150,6 +154,30 @@ func (c Config) validate() error {
 		}
 		if _, err := os.Stat(path); err != nil {
 			return badConfig("%s=%q cannot be read: %v", name, path, errors.Unwrap(err))
+		}
+	}
+	return nil
+}
+
+// validNATSURLs checks the syntax of NATS_URL (nats.go adds nats:// to a bare
+// host:port). The error never echoes the URL: it may carry a password.
+func validNATSURLs(list string) error {
+	if list == "" {
+		return nil
+	}
+	for i, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return badConfig("NATS_URL: entry %d is not a server URL such as nats://host:4222", i+1)
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return badConfig("NATS_URL: entry %d has scheme %q; use nats, tls, ws or wss", i+1, u.Scheme)
 		}
 	}
 	return nil

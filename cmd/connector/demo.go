@@ -104,7 +104,7 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	cfg.Sources = "lasersell,openstream"
 	factories := []sourceFactory{laserSellFactory(lcfg), openStreamFactory(ocfg)}
 	ready := func(rt *connector.Runtime, natsURL string) {
-		header := demoHeader(redactURL(natsURL))
+		header := demoHeader(redactURL(natsURL), cfg.HTTPAddr)
 		if *quiet {
 			fmt.Fprint(stdout, header)
 			return
@@ -134,7 +134,7 @@ func redactURL(urls string) string {
 	return strings.Join(parts, ",")
 }
 
-func demoHeader(natsURL string) string {
+func demoHeader(natsURL, httpAddr string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "connector demo: NATS %s, LaserSell session %q, robots %s (500 Hz) and %s. Ctrl-C stops.\n\n", natsURL, demoSession, demoFastArm, demoSlowArm)
 	b.WriteString("Paste into another terminal (nats CLI):\n")
@@ -148,8 +148,16 @@ func demoHeader(natsURL string) string {
 		fmt.Sprintf("nats -s %s req openstream.%s.cmd.monitor '{\"name\":\"state\",\"url\":\"/project/robot/motor_on_state\",\"period_ms\":500}'", natsURL, demoSlowArm),
 		fmt.Sprintf("nats -s %s stream ls", natsURL),
 		fmt.Sprintf("nats -s %s kv ls LASERSELL_POSITIONS", natsURL),
+		fmt.Sprintf("nats -s %s kv get CONNECTOR_STATUS lasersell.%s", natsURL, demoSession),
+		fmt.Sprintf("nats -s %s micro ls", natsURL),
 	} {
 		b.WriteString("  " + line + "\n")
+	}
+	if httpAddr != "" {
+		b.WriteString("Health, status and metrics (CONNECTOR_HTTP_ADDR):\n")
+		for _, path := range []string{"/readyz", "/status", "/metrics | grep connector_events_by_type_total"} {
+			fmt.Fprintf(&b, "  curl -s http://%s%s\n", httpAddr, path)
+		}
 	}
 	return b.String()
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/jetbridge/connector/connector/connectortest"
 )
 
 // syncBuffer is a bytes.Buffer safe for the demo goroutine and the test.
@@ -32,11 +35,11 @@ func (s *syncBuffer) String() string {
 }
 
 // The demo's printed `nats req` commands must work as pasted (sent here with
-// nats.go, since the nats CLI is not installed in CI).
+// nats.go, since the nats CLI is not installed in CI), and its curl URLs answer 200.
 func TestDemoPrintedCommandsWork(t *testing.T) {
 	natsAddr := freePort(t)
 	t.Setenv("CONNECTOR_NATS_LISTEN", natsAddr)
-	t.Setenv("CONNECTOR_HTTP_ADDR", "")
+	t.Setenv("CONNECTOR_HTTP_ADDR", freePort(t))
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -94,5 +97,21 @@ func TestDemoPrintedCommandsWork(t *testing.T) {
 	}
 	if sent < 4 {
 		t.Fatalf("only %d request commands printed:\n%s", sent, out.String())
+	}
+
+	curls := regexp.MustCompile(`curl -s (http://\S+)`).FindAllStringSubmatch(out.String(), -1)
+	if len(curls) != 3 {
+		t.Fatalf("%d curl commands printed:\n%s", len(curls), out.String())
+	}
+	for _, m := range curls {
+		// /readyz turns 200 once every simulated upstream is handshaken.
+		connectortest.Eventually(t, 20*time.Second, m[1]+" answering 200", func() bool {
+			resp, err := http.Get(m[1])
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		})
 	}
 }

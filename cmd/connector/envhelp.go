@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -62,4 +63,57 @@ func printEnv(w io.Writer) error {
 	}
 	fmt.Fprintln(tw, "STREAM_<NAME>_{MAX_AGE,MAX_BYTES,REPLICAS,STORAGE,DUPLICATES}\t(per stream)\tretention of each stream, see README")
 	return tw.Flush()
+}
+
+// runConfig is `connector config`: the variables, or with --check the verdict
+// on the current environment.
+func runConfig(args []string, w io.Writer) error {
+	fs := flag.NewFlagSet("connector config", flag.ContinueOnError)
+	fs.SetOutput(w)
+	check := fs.Bool("check", false, "load and validate the whole configuration without connecting to anything; exit status 2 when it is invalid")
+	if err := fs.Parse(args); err != nil {
+		return flagError(err)
+	}
+	if fs.NArg() > 0 {
+		return badConfig("config takes no arguments, only --check (got %q)", fs.Arg(0))
+	}
+	if !*check {
+		return printEnv(w)
+	}
+	summary, err := checkConfig()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "configuration OK:", summary)
+	return nil
+}
+
+// checkConfig loads everything `connector run` loads (process and NATS
+// settings, stream retention, each selected source) and validates it, without
+// opening a socket. It returns a one-line summary of what would run.
+func checkConfig() (string, error) {
+	cfg, err := loadConfig()
+	if err != nil {
+		return "", err
+	}
+	if _, err := retention(); err != nil {
+		return "", err
+	}
+	factories, err := configuredSources(cfg)
+	if err != nil {
+		return "", err
+	}
+	kinds := make([]string, len(factories))
+	for i, f := range factories {
+		kinds[i] = f.kind
+	}
+	natsTarget := "embedded server on " + cfg.EmbeddedConfig.Listen
+	if cfg.NATSConfig.URL != "" {
+		natsTarget = "from NATS_URL" // not echoed: it may carry credentials
+	}
+	httpAddr := "off"
+	if cfg.HTTPAddr != "" {
+		httpAddr = cfg.HTTPAddr
+	}
+	return fmt.Sprintf("sources %s; NATS %s; HTTP %s", strings.Join(kinds, ", "), natsTarget, httpAddr), nil
 }

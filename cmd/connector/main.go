@@ -5,6 +5,10 @@
 //	connector demo            embedded NATS + both simulators + both sources, with a live summary
 //	connector sim lasersell   run the LaserSell simulator
 //	connector sim openstream  run the Open Stream robot-controller simulator
+//	connector config [--check] list or validate the configuration
+//	connector probe URL       health check for containers
+//	connector replay          JetStream history as NDJSON, or re-published under another prefix
+//	connector schemas [NAME]  the JSON Schemas of every payload and command
 package main
 
 import (
@@ -46,15 +50,20 @@ func main() {
 	os.Exit(1)
 }
 
-const usage = `usage: connector [run | demo | sim lasersell | sim openstream | env | version | help]
+const usage = `usage: connector [command]
 
-  run              run the connector, configured by environment variables (default)
-  demo             embedded NATS + both simulators + both sources, with a live summary
-  sim lasersell    run the LaserSell Exit Intelligence Stream simulator (-h for flags)
-  sim openstream   run the Hi6 Open Stream robot-controller simulator (-h for flags)
-  env              list every configuration variable with its default and meaning
-
-Configuration variables are listed in README.md.`
+  run                 run the connector, configured by environment variables (default)
+  demo                embedded NATS + both simulators + both sources, with a live summary
+  sim lasersell       run the LaserSell Exit Intelligence Stream simulator (-h for flags)
+  sim openstream      run the Hi6 Open Stream robot-controller simulator (-h for flags)
+  config              list every configuration variable with its default and meaning (alias: env)
+  config --check      load and validate the whole configuration without connecting to anything
+  replay              JetStream history by subject and time or sequence range, as NDJSON or
+                      re-published under another prefix (-h for flags)
+  schemas [NAME|SUBJ] list the JSON Schemas of every payload and command, or print one
+  probe URL           GET URL; exit 0 on a 2xx answer, else 1 (container health checks)
+  version             print the version
+  help                this text and every configuration variable`
 
 func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 	cmd := "run"
@@ -71,16 +80,22 @@ func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 			return badConfig("sim needs a simulator name: lasersell or openstream")
 		}
 		return runSim(ctx, args[0], args[1:])
-	case "env":
-		return printEnv(stdout)
+	case "config", "env":
+		return runConfig(args, stdout)
+	case "replay":
+		return runReplay(ctx, args, stdout, os.Stderr)
+	case "schemas":
+		return runSchemas(args, stdout)
+	case "probe":
+		return runProbe(ctx, args, stdout)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, usage)
-		return nil
+	case "help", "-h", "-help", "--help":
+		fmt.Fprintf(stdout, "%s\n\nConfiguration (environment variables; README.md explains each):\n\n", usage)
+		return printEnv(stdout)
 	}
-	return badConfig("unknown command %q\n%s", cmd, usage)
+	return badConfig("unknown command %q (connector help lists the commands)", cmd)
 }
 
 // newLogger builds the process logger: JSON for machines, console for people.
@@ -89,14 +104,13 @@ func newLogger(level, format string, out io.Writer) zerolog.Logger {
 	if err != nil || level == "" {
 		lvl = zerolog.InfoLevel
 	}
-	console := format == "console"
-	if format == "auto" {
-		if f, ok := out.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
-			console = true
-		}
+	terminal := false
+	if f, ok := out.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+		terminal = true
 	}
-	if console {
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.TimeOnly}
+	if format == "console" || (format == "auto" && terminal) {
+		// Colours only for a terminal: in a file or `docker logs` they are noise.
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.TimeOnly, NoColor: !terminal}
 	}
 	return zerolog.New(out).Level(lvl).With().Timestamp().Logger()
 }

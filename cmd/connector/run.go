@@ -88,7 +88,9 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		sources = append(sources, built...)
 	}
 	if cfg.HTTPAddr != "" {
-		stopHTTP, err := startHTTP(cfg.HTTPAddr, reg, rt, []*nats.Conn{high, low}, log)
+		stopHTTP, err := startHTTP(cfg.HTTPAddr, httpDeps{
+			reg: reg, rt: rt, conns: map[string]*nats.Conn{"high": high, "low": low}, kinds: kinds,
+		}, log)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,124 @@
+package connector
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// SessionSnapshot is one session's state and counters at one moment, for
+// health and status reports. Counters are those of the Prometheus series, so
+// /status and /metrics always agree.
+type SessionSnapshot struct {
+	Source  string `json:"source"`
+	Session string `json:"session"`
+	// Connected is the source's own verdict that its upstream session is
+	// established (connector_upstream_connected): LaserSell after hello_ok,
+	// an Open Stream robot once every one of its connections is handshaken.
+	Connected bool `json:"connected"`
+	// State is the state of the last status ("" before the first one).
+	State string `json:"state,omitempty"`
+	// UpstreamSession is the upstream's session id from the last status, if any.
+	UpstreamSession string `json:"upstream_session,omitempty"`
+	// Limits are the limits the upstream advertised (LaserSell hello_ok), if any.
+	Limits any `json:"limits,omitempty"`
+	// LastEvent is when the last upstream event was accepted (nil: none yet).
+	LastEvent *time.Time `json:"last_event,omitempty"`
+	// Status is the last status document, exactly as published.
+	Status    map[string]any        `json:"status,omitempty"`
+	Lanes     map[string]LaneCounts `json:"lanes"`
+	Malformed uint64                `json:"malformed"`
+	// RTTSeconds is the last application-level round trip to the upstream.
+	RTTSeconds float64 `json:"rtt_seconds"`
+}
+
+// LaneCounts are one lane's counters.
+type LaneCounts struct {
+	Events    uint64 `json:"events"`
+	Published uint64 `json:"published"`
+	Retries   uint64 `json:"retries"`
+	Failed    uint64 `json:"failed"`
+	Dropped   uint64 `json:"dropped"`
+	Depth     int64  `json:"depth"`
+}
+
+// Sessions returns a snapshot of every session, sorted by source and name.
+func (r *Runtime) Sessions() []SessionSnapshot {
+	r.mu.Lock()
+	hosts := make([]*Host, 0, len(r.hosts))
+	for _, h := range r.hosts {
+		hosts = append(hosts, h)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(hosts, func(a, b *Host) int {
+		return strings.Compare(a.kind+"."+a.name, b.kind+"."+b.name)
+	})
+	out := make([]SessionSnapshot, len(hosts))
+	for i, h := range hosts {
+		out[i] = h.Snapshot()
+	}
+	return out
+}
+
+// Snapshot returns the session's state and counters.
+func (h *Host) Snapshot() SessionSnapshot {
+	s := SessionSnapshot{
+		Source: h.kind, Session: h.name,
+		Connected:  metricValue(h.metrics.Connected) == 1,
+		Malformed:  uint64(metricValue(h.metrics.Malformed)),
+		RTTSeconds: metricValue(h.metrics.RTT),
+		Status:     h.LastStatus(),
+		Lanes: map[string]LaneCounts{
+			LaneHigh.String(): laneCounts(h.highM, nil),
+			LaneLow.String():  laneCounts(h.lowM, h.rt.opts.Metrics.dropped.WithLabelValues(h.kind, h.name)),
+		},
+	}
+	if ns := h.lastEvent.Load(); ns != 0 {
+		t := time.Unix(0, ns).UTC()
+		s.LastEvent = &t
+	}
+	if s.Status != nil {
+		s.State, _ = s.Status["state"].(string)
+		s.UpstreamSession, _ = s.Status["upstream_session"].(string)
+		if detail, ok := s.Status["detail"].(map[string]any); ok {
+			s.Limits = detail["limits"]
+			if s.UpstreamSession == "" {
+				// Open Stream reports the session of the connection that changed.
+				s.UpstreamSession, _ = detail["session"].(string)
+			}
+		}
+	}
+	return s
+}
+
+func laneCounts(m laneMetrics, dropped prometheus.Counter) LaneCounts {
+	c := LaneCounts{
+		Events:    uint64(metricValue(m.events)),
+		Published: uint64(metricValue(m.published)),
+		Retries:   uint64(metricValue(m.retries)),
+		Failed:    uint64(metricValue(m.failed)),
+		Depth:     int64(metricValue(m.depth)),
+	}
+	if dropped != nil {
+		c.Dropped = uint64(metricValue(dropped))
+	}
+	return c
+}
+
+// metricValue reads a counter's or gauge's current value.
+func metricValue(m prometheus.Metric) float64 {
+	var out dto.Metric
+	if m == nil || m.Write(&out) != nil {
+		return 0
+	}
+	switch {
+	case out.Counter != nil:
+		return out.Counter.GetValue()
+	case out.Gauge != nil:
+		return out.Gauge.GetValue()
+	}
+	return 0
+}
