@@ -4,28 +4,67 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/subjects"
 )
 
 // publisher drains the high lane of one session into JetStream (the low lanes
-// share the lowPump). Every ack is checked
-// in publish order, and a failed or timed-out publish is republished (the same
-// Nats-Msg-Id of a high-lane event makes its retry idempotent) until it is stored, the error is
-// permanent, or the drain deadline passes. While a retry is under way the lane
-// stops draining, so a dead NATS turns into backpressure (high lane) or drops of
-// the oldest telemetry (low lane), never into silent loss.
+// share the lowPump).
+//
+// Failure handling, by what JetStream answered (publishErrorReason names each;
+// every failed attempt counts in connector_publish_errors_total{reason}):
+//
+//   - no_responders: nothing answered the publish. JetStream is starting (a
+//     restarting server) or no stream captures the subject. Transient: retried
+//     with backoff (50 ms doubling to 2 s). Before each retry the publisher asks
+//     JetStream which stream holds the subject; when JetStream answers that none
+//     does, the reason is stream_missing instead.
+//   - stream_missing: the stream was deleted. The connector does not recreate it
+//     behind the operator's back (a deletion may be deliberate, and the runtime
+//     provisions every stream at start): it keeps retrying with an error log per
+//     attempt and the metric, so the high lane fills and the upstream reader
+//     pauses until the stream is back (provisioned by a restart or by hand).
+//   - timeout / disconnected: no ack within AckTimeout, or the connection was
+//     lost with the publish unacknowledged. The event may or may not be stored.
+//     Retried once the connection is up again; the high lane's Nats-Msg-Id (the
+//     upstream identity or a synthetic per-run id) makes the copy a duplicate
+//     that JetStream drops within the stream's duplicates window.
+//   - stream_full: a limit with discard-new (max messages, bytes or messages per
+//     subject) refused the event. It clears when old messages age out or the
+//     operator raises the limit: retried, with an error log per attempt, so the
+//     high lane turns it into backpressure instead of loss.
+//   - too_large: the event exceeds the server's max_payload or the stream's
+//     max_msg_size. Permanent: no retry can fix the event. It is not stored;
+//     it is logged at error level with its subject, Nats-Msg-Id, Connector-Seq
+//     and size, and counted in connector_publish_failed_total. On the high lane
+//     consumers see the loss as a Connector-Seq gap. There is no dead-letter
+//     stream: a copy of an event too large to store cannot be stored either,
+//     and the log line carries everything needed to find it upstream.
+//   - wrong_last_sequence: the event publishes set no Nats-Expected-Last-*
+//     header, so JetStream cannot answer it; if it ever did, retrying would get
+//     the same answer: permanent, like too_large. (Nor does KV state use
+//     compare-and-set: Store.Put is last-writer-wins, see store.go.)
+//   - invalid: a subject or header the client library refuses. Emit checks
+//     subjects, so this cannot happen; if it did: permanent, like too_large.
+//   - other: anything else (a server storage error, an invalid ack): retried.
 //
 // With window 1 (the high lane's default) each event is stored before the next
-// is sent, so the stream order is the receive order even across a failure. With
-// a larger window, publishes are asynchronous with at most window unacknowledged:
-// much faster, but a publish lost in a dying connection can be stored after the
-// ones behind it (Connector-Seq shows the receive order), and a retry of an
-// event without Nats-Msg-Id (low-lane telemetry) can store it twice.
+// is sent, so the stream order is the receive order even across a failure; a
+// retry blocks the lane, which is how a dead NATS becomes backpressure on the
+// upstream reader instead of loss. With a larger window publishes are
+// asynchronous with at most window unacknowledged: much faster, but a publish
+// lost in a dying connection can be stored after the ones behind it
+// (Connector-Seq shows the receive order).
+//
+// The low lane (pump.go) never retries: see lowPump.
 type publisher struct {
 	conn       *nats.Conn
 	queue      laneQueue
@@ -42,6 +81,7 @@ const batchSize = 128
 // run publishes until the queue is closed and drained, or until ctx ends (the
 // hard stop after the drain deadline).
 func (p *publisher) run(ctx context.Context) error {
+	p.metrics.depth.track(p.queue.depth)
 	if p.window <= 1 {
 		js, err := jetstream.New(p.conn)
 		if err != nil {
@@ -53,25 +93,24 @@ func (p *publisher) run(ctx context.Context) error {
 	return p.runAsync(ctx)
 }
 
-// runOrdered publishes one event at a time, waiting for its ack.
+// runOrdered publishes one event at a time, waiting for its ack. It takes one
+// event at a time too (a batch would not save anything next to a round trip
+// per event), so while NATS is away the connector holds at most the lane's
+// capacity plus the one event in retry.
 func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
-	buf := make([]queued, 0, batchSize)
+	buf := make([]queued, 0, 1)
 	for {
 		var ok bool
-		buf, ok = p.queue.take(ctx, buf[:0], batchSize)
+		buf, ok = p.queue.take(ctx, buf[:0], 1)
 		for i := range buf {
+			received := buf[i].Received
 			msg := p.build(buf[i])
 			buf[i] = queued{}
-			actx, cancel := context.WithTimeout(ctx, p.ackTimeout)
-			_, err := js.PublishMsg(actx, msg)
-			cancel()
-			if err == nil {
-				p.metrics.published.Inc()
-				continue
+			err := publishSync(ctx, js, msg, received, p.ackTimeout, p.metrics)
+			if err != nil {
+				retryPublish(ctx, js, p.conn, msg, received, err, p.ackTimeout, p.metrics, p.log)
 			}
-			p.retry(ctx, js, msg, err)
 		}
-		p.metrics.depth.Set(float64(p.queue.depth()))
 		if !ok {
 			abandon(p.queue, p.metrics, p.log) // only after the hard stop is anything left
 			return
@@ -79,10 +118,30 @@ func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
 	}
 }
 
+// publishSync publishes msg and waits at most ackTimeout for its ack; a stored
+// event is counted and its latency observed.
+func publishSync(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, received time.Time,
+	ackTimeout time.Duration, m laneMetrics,
+) error {
+	m.inflight.Inc()
+	actx, cancel := context.WithTimeout(ctx, ackTimeout)
+	// No retries inside nats.go: "no responders" comes back at once and
+	// retryPublish handles it with its own backoff and diagnosis.
+	_, err := js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(0))
+	cancel()
+	m.inflight.Dec()
+	if err != nil {
+		return err
+	}
+	m.published.Inc()
+	m.latency.Observe(time.Since(received).Seconds())
+	return nil
+}
+
 // runAsync publishes asynchronously with at most window acks outstanding.
 func (p *publisher) runAsync(ctx context.Context) error {
-	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout,
-		func(string) (laneMetrics, zerolog.Logger, bool) { return p.metrics, p.log, true })
+	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout, true,
+		func(string) (laneMetrics, zerolog.Logger, bool) { return p.metrics, p.log, true }, p.log)
 	if err != nil {
 		return err
 	}
@@ -93,9 +152,8 @@ func (p *publisher) runAsync(ctx context.Context) error {
 		for i := range buf {
 			msg := p.build(buf[i])
 			buf[i] = queued{}
-			sender.send(ctx, msg)
+			sender.send(ctx, msg, p.metrics)
 		}
-		p.metrics.depth.Set(float64(p.queue.depth()))
 		if !ok {
 			break
 		}
@@ -108,10 +166,19 @@ func (p *publisher) runAsync(ctx context.Context) error {
 
 // asyncSender publishes with nats.go's asynchronous API: at most window acks
 // outstanding, acks counted through a callback (no per-message channels or
-// hand-offs), failures republished in failure order by a retrier goroutine.
+// hand-offs). A failed publish is either republished by a retrier goroutine,
+// in failure order (retry: the high lane with a window, whose Nats-Msg-Ids
+// make copies harmless), or counted as failed and not retried (the low lane).
+// Either way a failure closes the gate: sending pauses with backoff and
+// resumes with one probe at a time until a publish is acknowledged again, so a
+// JetStream that answers every publish with an error (no responders while it
+// restarts, a full stream) leaves the events in the bounded lanes rather than
+// burning through them.
 type asyncSender struct {
+	conn        *nats.Conn
 	js          jetstream.JetStream
-	failed      *failedQueue
+	gate        *sendGate
+	failed      *failedQueue // nil when failures are not retried
 	retrierDone chan struct{}
 }
 
@@ -119,44 +186,77 @@ type asyncSender struct {
 // charged to; false when the subject belongs to no known lane.
 type laneOfSubject func(subject string) (laneMetrics, zerolog.Logger, bool)
 
-func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, laneOf laneOfSubject) (*asyncSender, error) {
-	failed := newFailedQueue(window, func(msg *nats.Msg, err error) {
-		if m, log, ok := laneOf(msg.Subject); ok {
-			m.failed.Inc()
-			log.Error().Err(err).Str("subject", msg.Subject).Msg("publish failed after the connector stopped retrying")
-		}
-	})
+func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, retry bool,
+	laneOf laneOfSubject, log zerolog.Logger,
+) (*asyncSender, error) {
+	a := &asyncSender{conn: conn, gate: newSendGate(), retrierDone: make(chan struct{})}
+	if retry {
+		a.failed = newFailedQueue(window, func(msg *nats.Msg, err error) {
+			if m, log, ok := laneOf(msg.Subject); ok {
+				m.failed.Inc()
+				log.Error().Err(err).Str("subject", msg.Subject).Msg("publish failed after the connector stopped retrying")
+			}
+		})
+	}
 	js, err := jetstream.New(conn,
 		// nats.go's window is ours: PublishMsgAsync waits while it is full.
 		jetstream.WithPublishAsyncMaxPending(window),
 		jetstream.WithPublishAsyncTimeout(ackTimeout),
 		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, msg *nats.Msg, _ *jetstream.PubAck) {
 			if m, _, ok := laneOf(msg.Subject); ok {
+				m.inflight.Dec()
 				m.published.Inc()
+				observeLatency(m, msg)
+			}
+			if lost, reopened := a.gate.succeed(); reopened {
+				log.Info().Int("failed", lost).Msg("publishing resumed: JetStream acknowledges again")
 			}
 		}),
-		// Called with nats.go's lock held: must not block.
+		// Called with nats.go's lock held (or from its reconnect handler):
+		// must not block.
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, msg *nats.Msg, err error) {
-			failed.add(msg, err)
+			m, _, ok := laneOf(msg.Subject)
+			if ok {
+				m.inflight.Dec()
+				m.errors.WithLabelValues(publishErrorReason(err)).Inc()
+			}
+			if a.gate.fail() {
+				log.Warn().Err(err).Str("reason", publishErrorReason(err)).
+					Msg("publish failed; publishing pauses and probes until JetStream acknowledges again")
+			}
+			switch {
+			case a.failed != nil:
+				a.failed.add(msg, err)
+			case ok:
+				// The low lane does not retry: a retried event would be stored
+				// behind newer ones, and without a Nats-Msg-Id a publish whose
+				// ack was lost would be stored twice. The loss shows as a
+				// Connector-Seq gap, counted with the drops.
+				m.dropped.Inc()
+			}
 		}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	a := &asyncSender{js: js, failed: failed, retrierDone: make(chan struct{})}
+	a.js = js
+	if a.failed == nil {
+		close(a.retrierDone)
+		return a, nil
+	}
 	go func() {
 		defer close(a.retrierDone)
 		for {
-			batch, open := failed.take(ctx)
+			batch, open := a.failed.take(ctx)
 			for _, f := range batch {
 				if m, log, ok := laneOf(f.msg.Subject); ok {
-					retryPublish(ctx, js, f.msg, f.err, ackTimeout, m, log)
+					retryPublish(ctx, js, conn, f.msg, receivedOf(f.msg), f.err, ackTimeout, m, log)
 				} else {
 					// Emit checks every subject against its session, so this
 					// cannot happen; say so loudly if it does.
 					log.Error().Err(f.err).Str("subject", f.msg.Subject).Msg("failed publish of no known session; not retried")
 				}
-				failed.done()
+				a.failed.done()
 			}
 			if !open {
 				return
@@ -170,6 +270,9 @@ func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 // a dead NATS keeps events in the bounded lanes (where drop-oldest applies)
 // instead of in an ever-growing retry list.
 func (a *asyncSender) waitBacklog(ctx context.Context) {
+	if a.failed == nil {
+		return
+	}
 	for a.failed.backlog() >= a.failed.limit && ctx.Err() == nil {
 		select {
 		case <-time.After(10 * time.Millisecond):
@@ -178,19 +281,55 @@ func (a *asyncSender) waitBacklog(ctx context.Context) {
 	}
 }
 
-// send hands one message to nats.go, waiting while the window is full.
-func (a *asyncSender) send(ctx context.Context, msg *nats.Msg) {
+// gateWait is how often a paused sender looks at the connection and the gate.
+const gateWait = 5 * time.Millisecond
+
+// awaitTurn returns when msg may be sent: the connection is up (nothing goes
+// into nats.go's reconnect buffer, where it would outlive its ack timeout and
+// be stored after newer events), and the gate is closed, or open with its
+// backoff over and no publish outstanding (one probe at a time).
+func (a *asyncSender) awaitTurn(ctx context.Context) {
+	for ctx.Err() == nil {
+		if a.conn.IsConnected() {
+			until, open := a.gate.state()
+			if !open || (!time.Now().Before(until) && a.js.PublishAsyncPending() == 0) {
+				return
+			}
+		}
+		select {
+		case <-time.After(gateWait):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// send hands one message to nats.go, waiting for its turn and while the
+// window is full.
+func (a *asyncSender) send(ctx context.Context, msg *nats.Msg, m laneMetrics) {
+	a.awaitTurn(ctx)
+	if ctx.Err() != nil {
+		// The hard stop came while waiting: account for it, send nothing.
+		m.failed.Inc()
+		return
+	}
 	for {
+		m.inflight.Inc()
 		_, err := a.js.PublishMsgAsync(msg)
-		switch {
-		case err == nil:
-			return
-		case errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil:
-			continue // the window stayed full for the stall wait: keep waiting
-		default:
-			a.failed.add(msg, err)
+		if err == nil {
 			return
 		}
+		m.inflight.Dec()
+		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil {
+			continue // the window stayed full for the stall wait: keep waiting
+		}
+		m.errors.WithLabelValues(publishErrorReason(err)).Inc()
+		a.gate.fail()
+		if a.failed != nil {
+			a.failed.add(msg, err)
+		} else {
+			m.dropped.Inc()
+		}
+		return
 	}
 }
 
@@ -200,8 +339,65 @@ func (a *asyncSender) finish(ctx context.Context) {
 	case <-a.js.PublishAsyncComplete():
 	case <-ctx.Done():
 	}
-	a.failed.close()
+	if a.failed != nil {
+		a.failed.close()
+	}
 	<-a.retrierDone
+}
+
+// sendGate is the asynchronous senders' circuit breaker: closed while
+// publishes succeed; a failure opens it for a backoff (doubling while
+// failures go on), and the first acknowledged publish closes it again.
+type sendGate struct {
+	open     atomic.Bool // read on every ack without the lock
+	mu       sync.Mutex
+	wait     time.Duration
+	until    time.Time
+	failures int
+}
+
+func newSendGate() *sendGate { return &sendGate{} }
+
+// fail records a failure; it reports whether the gate was closed until now.
+func (g *sendGate) fail() (opened bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	switch {
+	case !g.open.Load():
+		g.open.Store(true)
+		g.wait = retryFirstWait
+		opened = true
+	case !now.Before(g.until):
+		g.wait = min(2*g.wait, retryMaxWait) // a probe failed
+	}
+	g.until = now.Add(g.wait)
+	g.failures++
+	return opened
+}
+
+// succeed closes an open gate; it reports the failures while it was open.
+func (g *sendGate) succeed() (failures int, reopened bool) {
+	if !g.open.Load() {
+		return 0, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.open.Load() {
+		return 0, false
+	}
+	g.open.Store(false)
+	failures, g.failures = g.failures, 0
+	return failures, true
+}
+
+func (g *sendGate) state() (until time.Time, open bool) {
+	if !g.open.Load() {
+		return time.Time{}, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.until, g.open.Load()
 }
 
 // failedQueue collects messages whose publish failed, in failure order.
@@ -292,21 +488,24 @@ const (
 	retryMaxWait   = 2 * time.Second
 )
 
-func (p *publisher) retry(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, err error) {
-	retryPublish(ctx, js, msg, err, p.ackTimeout, p.metrics, p.log)
-}
-
 // retryPublish republishes msg synchronously until it is stored, the error is
-// permanent, or ctx ends; every outcome is counted in m and logged.
-func retryPublish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, err error,
-	ackTimeout time.Duration, m laneMetrics, log zerolog.Logger,
+// permanent, or ctx ends; every failed attempt is counted by reason and
+// logged, and the final outcome is counted.
+func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, msg *nats.Msg, received time.Time,
+	err error, ackTimeout time.Duration, m laneMetrics, log zerolog.Logger,
 ) {
 	wait := retryFirstWait
 	for attempt := 1; ; attempt++ {
-		if permanentPublishError(err) {
+		reason := publishErrorReason(err)
+		if reason == reasonNoResponders && streamMissing(ctx, js, msg.Subject) {
+			reason = reasonStreamMissing
+		}
+		m.errors.WithLabelValues(reason).Inc()
+		if permanentReason(reason) {
 			m.failed.Inc()
-			log.Error().Err(err).Str("subject", msg.Subject).Int("bytes", len(msg.Data)).
-				Msg("JetStream refused the event permanently; it is not stored")
+			log.Error().Err(err).Str("reason", reason).Str("subject", msg.Subject).
+				Str("msg_id", msg.Header.Get(subjects.HeaderMsgID)).Str("connector_seq", msg.Header.Get(subjects.HeaderSeq)).
+				Int("bytes", len(msg.Data)).Msg("JetStream refused the event permanently; it is not stored")
 			return
 		}
 		if ctx.Err() != nil {
@@ -316,34 +515,129 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, er
 			return
 		}
 		m.retries.Inc()
-		log.Warn().Err(err).Str("subject", msg.Subject).Int("attempt", attempt).
+		ev := log.Warn()
+		switch reason {
+		case reasonStreamMissing:
+			ev = log.Error().Str("action", "provision the stream (restart the connector) to resume")
+		case reasonStreamFull:
+			ev = log.Error().Str("action", "raise the stream's limits or let messages age out to resume")
+		}
+		ev.Err(err).Str("reason", reason).Str("subject", msg.Subject).Int("attempt", attempt).
 			Dur("wait", wait).Msg("publish not acknowledged; retrying")
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
 			continue
 		}
-		actx, cancel := context.WithTimeout(ctx, ackTimeout)
-		_, err = js.PublishMsg(actx, msg)
-		cancel()
-		if err == nil {
-			m.published.Inc()
+		waitConnected(ctx, conn)
+		if err = publishSync(ctx, js, msg, received, ackTimeout, m); err == nil {
 			return
 		}
 		wait = min(wait*2, retryMaxWait)
 	}
 }
 
-// permanentPublishError reports errors that no retry can fix: the event itself
-// is unacceptable to the server.
-func permanentPublishError(err error) bool {
-	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) ||
-		errors.Is(err, nats.ErrBadHeaderMsg) {
+// waitConnected waits until conn is connected or ctx ends: a publish while it
+// reconnects would only sit in nats.go's reconnect buffer.
+func waitConnected(ctx context.Context, conn *nats.Conn) {
+	for !conn.IsConnected() && ctx.Err() == nil {
+		select {
+		case <-time.After(gateWait):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// streamMissing asks JetStream whether any stream captures subject; only a
+// clear "none" counts (a JetStream that does not answer is restarting).
+func streamMissing(ctx context.Context, js jetstream.JetStream, subject string) bool {
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := js.StreamNameBySubject(lctx, subject)
+	return errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// Reasons of a failed publish attempt (label of connector_publish_errors_total).
+const (
+	reasonNoResponders      = "no_responders"
+	reasonStreamMissing     = "stream_missing"
+	reasonTimeout           = "timeout"
+	reasonDisconnected      = "disconnected"
+	reasonStreamFull        = "stream_full"
+	reasonTooLarge          = "too_large"
+	reasonWrongLastSequence = "wrong_last_sequence"
+	reasonInvalid           = "invalid"
+	reasonOther             = "other"
+)
+
+// publishErrorReason classifies a publish error (see the publisher comment
+// for how each reason is handled).
+func publishErrorReason(err error) string {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders):
+		return reasonNoResponders
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout):
+		return reasonTimeout
+	case errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrReconnectBufExceeded) ||
+		errors.Is(err, nats.ErrConnectionDraining):
+		return reasonDisconnected
+	case errors.Is(err, nats.ErrMaxPayload):
+		return reasonTooLarge
+	case errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrBadHeaderMsg):
+		return reasonInvalid
+	case errors.As(err, &apiErr):
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeStreamMessageExceedsMaximum:
+			return reasonTooLarge
+		case jetstream.JSErrCodeStreamWrongLastSequence, jetstream.JSErrCodeStreamWrongLastSequenceConstant:
+			return reasonWrongLastSequence
+		case jsErrCodeStoreFailed:
+			// The server's discard-new refusals, by their text (they share the code
+			// with I/O errors, which are retried as "other").
+			d := apiErr.Description
+			if strings.Contains(d, "maximum messages") || strings.Contains(d, "maximum bytes") {
+				return reasonStreamFull
+			}
+			if strings.Contains(d, "message too large") {
+				return reasonTooLarge
+			}
+		}
+	}
+	return reasonOther
+}
+
+// jsErrCodeStoreFailed is the server's JSStreamStoreFailedF ("{err}").
+const jsErrCodeStoreFailed jetstream.ErrorCode = 10077
+
+// permanentReason reports reasons no retry can fix: the event itself (or a
+// precondition nothing sets) is unacceptable to the server.
+func permanentReason(reason string) bool {
+	switch reason {
+	case reasonTooLarge, reasonWrongLastSequence, reasonInvalid:
 		return true
 	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) {
-		return apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
-	}
 	return false
+}
+
+// receivedOf reads the Connector-Received header back, for messages handed
+// around as *nats.Msg only (zero when absent).
+func receivedOf(msg *nats.Msg) time.Time {
+	if v := msg.Header[subjects.HeaderReceived]; len(v) == 1 {
+		if t, err := time.Parse(time.RFC3339Nano, v[0]); err == nil {
+			return t
+		}
+	}
+	return time.Time{}
+}
+
+// observeLatency records Connector-Received to ack for an acknowledged
+// asynchronous publish. time.Parse takes its RFC 3339 fast path (tens of ns),
+// so this is cheap enough for every low-lane ack.
+func observeLatency(m laneMetrics, msg *nats.Msg) {
+	if t := receivedOf(msg); !t.IsZero() {
+		m.latency.Observe(time.Since(t).Seconds())
+	}
 }

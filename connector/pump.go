@@ -16,9 +16,22 @@ import (
 // drains them together: with 50 robots at 500 Hz each, one wake-up, one
 // socket write and one ack subscription serve about 25 events per linger
 // period instead of one wake-up per event per robot. Order within a session
-// is preserved (one goroutine, FIFO queues); a failed publish is retried by
-// the retrier, so it may be stored after later events of its session
-// (Connector-Seq shows the receive order).
+// is preserved (one goroutine, FIFO queues).
+//
+// The low lane's delivery is best effort, and its loss is always counted and
+// visible as Connector-Seq gaps, never as reordering or duplicates:
+//   - While the connection is down the pump sends nothing: events wait in the
+//     rings, which drop their oldest when full (connector_lane_dropped_total).
+//   - A failed publish (any reason; see publisher.go) is not retried: a retry
+//     would be stored behind newer events, and without a Nats-Msg-Id a publish
+//     whose ack was lost would be stored twice. It is counted as dropped
+//     too (connector_lane_dropped_total; the reason in
+//     connector_publish_errors_total): the events in flight are the oldest.
+//     Those are the events in flight when a connection dies (at most Window),
+//     or, while JetStream refuses publishes (restarting, stream full or
+//     missing), one probe per backoff step: after a failure the pump pauses
+//     (50 ms doubling to 2 s) and sends one event at a time until one is
+//     acknowledged.
 type lowPump struct {
 	conn       *nats.Conn
 	window     int
@@ -51,6 +64,7 @@ func newLowPump(conn *nats.Conn, window int, ackTimeout, linger time.Duration, l
 func (p *lowPump) add(prefix string, l *pumpLane) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	l.metrics.depth.track(l.queue.depth)
 	p.lanes = append(p.lanes, l)
 	p.byPrefix[prefix] = l
 }
@@ -91,12 +105,12 @@ func (p *lowPump) close() {
 // run publishes until every registered lane is closed and drained, or ctx ends
 // (the hard stop after the drain deadline).
 func (p *lowPump) run(ctx context.Context) error {
-	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout, func(subject string) (laneMetrics, zerolog.Logger, bool) {
+	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout, false, func(subject string) (laneMetrics, zerolog.Logger, bool) {
 		if l := p.laneOf(subject); l != nil {
 			return l.metrics, l.log, true
 		}
 		return laneMetrics{}, p.log, false
-	})
+	}, p.log)
 	if err != nil {
 		return err
 	}
@@ -104,6 +118,9 @@ func (p *lowPump) run(ctx context.Context) error {
 	next := 0 // round-robin start, so no session always goes first
 	for ctx.Err() == nil {
 		sender.waitBacklog(ctx)
+		// Events wait in the rings, not in hand, while NATS is away or
+		// refusing: there the bound and drop-oldest apply.
+		sender.awaitTurn(ctx)
 		lanes, closed := p.snapshot()
 		polled := 0
 		for k := range lanes {
@@ -116,12 +133,9 @@ func (p *lowPump) run(ctx context.Context) error {
 				}
 				msg := l.build(buf[i])
 				buf[i] = queued{}
-				sender.send(ctx, msg)
+				sender.send(ctx, msg, l.metrics)
 			}
 			polled += len(buf)
-			if len(buf) > 0 {
-				l.metrics.depth.Set(float64(l.queue.depth()))
-			}
 		}
 		if len(lanes) > 0 {
 			next = (next + 1) % len(lanes)

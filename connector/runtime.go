@@ -2,16 +2,13 @@ package connector
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/nats-io/nuid"
 	"github.com/rs/zerolog"
 
@@ -48,6 +45,22 @@ type Options struct {
 	DrainTimeout time.Duration
 	// CommandTimeout bounds one command's execution (default 10 s).
 	CommandTimeout time.Duration
+	// CommandMaxBytes refuses larger command requests with request_too_large
+	// before the source sees them (default DefaultCommandMaxBytes, 64 KiB).
+	CommandMaxBytes int
+	// CommandRate is the sustained rate, in commands per second, that each
+	// session accepts (a token bucket); beyond it commands are refused with
+	// rate_limited before the source sees them (default DefaultCommandRate;
+	// negative disables the limit).
+	CommandRate float64
+	// CommandBurst is the bucket size: commands accepted back to back before
+	// the rate applies (default DefaultCommandBurst).
+	CommandBurst int
+	// QuietUnknownSessions leaves commands for sessions this process does not
+	// serve unanswered (the requester times out) instead of refusing them with
+	// unknown_session. Set it when several connector processes share one NATS
+	// account with different sessions: see serveUnknown.
+	QuietUnknownSessions bool
 	// SingleLane sends low-lane events through the high lane (one FIFO, never
 	// dropped). It exists to measure what the lanes buy; do not use it in production.
 	SingleLane bool
@@ -114,6 +127,15 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	if opts.CommandTimeout <= 0 {
 		opts.CommandTimeout = 10 * time.Second
+	}
+	if opts.CommandMaxBytes <= 0 {
+		opts.CommandMaxBytes = DefaultCommandMaxBytes
+	}
+	if opts.CommandRate == 0 {
+		opts.CommandRate = DefaultCommandRate
+	}
+	if opts.CommandBurst <= 0 {
+		opts.CommandBurst = DefaultCommandBurst
 	}
 	if opts.Retention == nil {
 		opts.Retention = DefaultRetention
@@ -236,21 +258,10 @@ func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
 	defer stopSources()
 	failed := make(chan error, len(sources))
 
-	var services []func()
-	stopServices := func() {
-		for _, stop := range services {
-			stop()
-		}
-		services = nil
-	}
-	for _, src := range sources {
-		stop, err := r.serveCommands(srcCtx, src)
-		if err != nil {
-			stopServices()
-			r.Close()
-			return err
-		}
-		services = append(services, stop)
+	stopServices, err := r.serveAll(srcCtx, sources)
+	if err != nil {
+		r.Close()
+		return err
 	}
 	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
 		r.opts.Log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
@@ -267,7 +278,6 @@ func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
 			}
 		}()
 	}
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-failed:
@@ -353,173 +363,5 @@ func (r *Runtime) drain() {
 	r.statusDone.Wait()
 	for _, h := range hosts {
 		h.flushStatus()
-	}
-}
-
-// serveCommands registers one NATS micro service per source session, with one
-// endpoint per command on <kind>.<name>.cmd.<command>. Requests of one command
-// are handled in arrival order (CONTROL trajectories depend on it).
-func (r *Runtime) serveCommands(ctx context.Context, src Source) (stop func(), err error) {
-	h := r.host(src.Kind(), src.Name())
-	if h == nil {
-		return nil, fmt.Errorf("%s %s has no host: create it with NewHost", src.Kind(), src.Name())
-	}
-	svc, err := micro.AddService(r.opts.HighConn, micro.Config{
-		Name:        "connector-" + src.Kind(),
-		Version:     r.opts.Version,
-		Description: fmt.Sprintf("commands for %s session %s", src.Kind(), src.Name()),
-		Metadata:    map[string]string{"source": src.Kind(), "session": src.Name()},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("command service for %s %s: %w", src.Kind(), src.Name(), err)
-	}
-	known := map[string]bool{}
-	for _, name := range src.Commands() {
-		known[name] = true
-		subject := subjects.Command(src.Kind(), src.Name(), name)
-		if err := svc.AddEndpoint(name, r.commandHandler(ctx, h, src, name), micro.WithEndpointSubject(subject)); err != nil {
-			_ = svc.Stop()
-			return nil, fmt.Errorf("command endpoint %s: %w", subject, err)
-		}
-	}
-	// A request for a command the source does not have gets a clear refusal
-	// instead of "no responders". Known commands reach this subscription too;
-	// their endpoint answers them.
-	prefix := subjects.Command(src.Kind(), src.Name(), "")
-	unknown, err := r.opts.HighConn.Subscribe(prefix+"*", func(m *nats.Msg) {
-		name := strings.TrimPrefix(m.Subject, prefix)
-		if known[name] || m.Reply == "" {
-			return
-		}
-		r.opts.Metrics.commands.WithLabelValues(h.kind, h.name, "_unknown", CodeUnknownCommand).Inc()
-		reply, _ := encodeReply(nil, Refuse(CodeUnknownCommand, "%s has no command %q; commands: %s",
-			src.Kind(), name, strings.Join(src.Commands(), ", ")))
-		if err := m.Respond(reply); err != nil {
-			h.log.Warn().Err(err).Msg("could not refuse an unknown command")
-		}
-	})
-	if err != nil {
-		_ = svc.Stop()
-		return nil, fmt.Errorf("unknown-command subscription %s*: %w", prefix, err)
-	}
-	return func() {
-		_ = unknown.Unsubscribe()
-		_ = svc.Stop()
-	}, nil
-}
-
-func (r *Runtime) host(kind, name string) *Host {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.hosts[kind+"."+name]
-}
-
-func (r *Runtime) commandHandler(ctx context.Context, h *Host, src Source, name string) micro.HandlerFunc {
-	// Refusals are logged, but sampled: a 500 Hz stream of refused no-reply
-	// CONTROLs must not flood the log (the metric and the audit keep them all).
-	refusedLog := h.log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})
-	return func(req micro.Request) {
-		received := time.Now()
-		cmd := Command{Name: name, Body: req.Data(), WantsReply: req.Reply() != ""}
-		var result any
-		var err error
-		if r.beginCommand() {
-			cctx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
-			result, err = src.Handle(cctx, cmd)
-			cancel()
-			defer r.commands.Done()
-		} else {
-			err = Refuse(CodeShuttingDown, "the connector is shutting down")
-		}
-		reply, refusal := encodeReply(result, err)
-		outcome := "ok"
-		if refusal != nil {
-			outcome = refusal.Code
-		}
-		r.opts.Metrics.commands.WithLabelValues(h.kind, h.name, name, outcome).Inc()
-		ev := h.log.Debug()
-		if refusal != nil {
-			ev = refusedLog.Warn().Str("code", refusal.Code).Str("reason", refusal.Message)
-		}
-		ev.Str("command", name).Dur("took", time.Since(received)).Msg("command handled")
-		r.audit(ctx, h, cmd, received, reply)
-		if !cmd.WantsReply {
-			return
-		}
-		var rerr error
-		switch {
-		case refusal == nil:
-			rerr = req.Respond(reply)
-		case refusal.Code == CodeInternal:
-			rerr = req.Error("500", refusal.Message, reply)
-		default:
-			rerr = req.Error("400", refusal.Message, reply)
-		}
-		if rerr != nil {
-			h.log.Warn().Err(rerr).Str("command", name).Msg("could not send the command reply")
-		}
-	}
-}
-
-// encodeReply builds {"ok":true,...fields of result} or {"ok":false,"error":{...}}.
-func encodeReply(result any, err error) ([]byte, *CommandError) {
-	if err != nil {
-		var ce *CommandError
-		if !errors.As(err, &ce) {
-			ce = &CommandError{Code: CodeInternal, Message: err.Error()}
-		}
-		b, _ := json.Marshal(struct {
-			OK    bool          `json:"ok"`
-			Error *CommandError `json:"error"`
-		}{false, ce})
-		return b, ce
-	}
-	if result == nil {
-		return []byte(`{"ok":true}`), nil
-	}
-	body, merr := json.Marshal(result)
-	if merr != nil || len(body) < 2 || body[0] != '{' {
-		return encodeReply(nil, fmt.Errorf("command result is not a JSON object: %v", merr))
-	}
-	if len(body) == 2 { // {}
-		return []byte(`{"ok":true}`), nil
-	}
-	out := make([]byte, 0, len(body)+10)
-	out = append(out, `{"ok":true,`...)
-	return append(out, body[1:]...), nil
-}
-
-// audit records a command, its request and its reply on
-// <kind>.<name>.audit.<command> (stream CONNECTOR_AUDIT).
-func (r *Runtime) audit(ctx context.Context, h *Host, cmd Command, received time.Time, reply []byte) {
-	request := json.RawMessage(cmd.Body)
-	if len(cmd.Body) == 0 {
-		request = json.RawMessage("{}")
-	} else if !json.Valid(cmd.Body) {
-		quoted, _ := json.Marshal(string(cmd.Body))
-		request = quoted
-	}
-	payload, err := json.Marshal(struct {
-		Command    string          `json:"command"`
-		Received   string          `json:"received"`
-		DurationMS float64         `json:"duration_ms"`
-		WantsReply bool            `json:"wants_reply"`
-		Request    json.RawMessage `json:"request"`
-		Reply      json.RawMessage `json:"reply"`
-	}{cmd.Name, received.UTC().Format(time.RFC3339Nano), float64(time.Since(received).Microseconds()) / 1000,
-		cmd.WantsReply, request, reply})
-	if err != nil {
-		h.log.Error().Err(err).Str("command", cmd.Name).Msg("could not encode the audit record")
-		return
-	}
-	// Bounded: a full high lane (NATS down) must not hold the command, and
-	// with it shutdown, forever.
-	actx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
-	defer cancel()
-	if err := h.Emit(actx, Event{
-		Subject: subjects.Audit(h.kind, h.name, cmd.Name), Lane: LaneHigh,
-		Payload: payload, Type: "audit", Received: received,
-	}); err != nil {
-		h.log.Error().Err(err).Str("command", cmd.Name).Msg("could not record the command in the audit stream")
 	}
 }

@@ -132,8 +132,9 @@ func TestCommandsReplyAndAudit(t *testing.T) {
 			t.Errorf("%s %s: reply %+v, want code %s", tc.cmd, tc.body, r.Raw, tc.code)
 		}
 	}
-	if n := env.WaitCount(subjects.StreamAudit, "lasersell.s2.audit.>", 6, 3*time.Second); n != 6 {
-		t.Fatalf("audit stream holds %d records, want 6", n)
+	// Seven: the unknown command's refusal is audited too.
+	if n := env.WaitCount(subjects.StreamAudit, "lasersell.s2.audit.>", 7, 3*time.Second); n != 7 {
+		t.Fatalf("audit stream holds %d records, want 7", n)
 	}
 	audit := env.Fetch(subjects.StreamAudit, "lasersell.s2.audit.refuse", 1, time.Second)
 	var rec struct {

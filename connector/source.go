@@ -8,7 +8,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jetbridge/connector/subjects"
 )
@@ -107,10 +110,21 @@ const (
 	CodeInternal       = "internal_error"
 	CodeTimeout        = "timeout"
 	CodeShuttingDown   = "shutting_down"
+	// CodeRequestTooLarge: the request body exceeds Options.CommandMaxBytes.
+	CodeRequestTooLarge = "request_too_large"
+	// CodeRateLimited: the session's command rate limit (Options.CommandRate,
+	// CommandBurst) is exhausted; nothing was forwarded.
+	CodeRateLimited = "rate_limited"
+	// CodeUnknownSession: no session of that name is served by this connector.
+	CodeUnknownSession = "unknown_session"
 )
 
-// DecodeStrict unmarshals a command body into v, refusing non-objects, unknown
-// fields and trailing data with CodeInvalidJSON. An empty body counts as {}.
+// DecodeStrict unmarshals a command body into v, refusing with CodeInvalidJSON
+// anything but one JSON object in valid UTF-8, unknown fields, wrong types,
+// trailing data and duplicate keys (also keys equal but for case, which the
+// decoder would match to the same field): what is forwarded is re-encoded
+// from v, and it must be what an auditor reading the request sees. An empty
+// body counts as {}.
 func DecodeStrict(body []byte, v any) error {
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
@@ -119,10 +133,75 @@ func DecodeStrict(body []byte, v any) error {
 	if body[0] != '{' || !json.Valid(body) {
 		return Refuse(CodeInvalidJSON, "body must be one JSON object")
 	}
+	if !utf8.Valid(body) {
+		return Refuse(CodeInvalidJSON, "body is not valid UTF-8")
+	}
+	if key, dup := duplicateKey(body); dup {
+		return Refuse(CodeInvalidJSON, "key %q appears twice in one object", key)
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return Refuse(CodeInvalidJSON, "body does not match the command: %v", err)
 	}
 	return nil
+}
+
+// duplicateKey finds a key repeated (ignoring case) within one object of a
+// valid JSON document.
+func duplicateKey(doc []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	type frame struct {
+		object bool
+		keys   map[string]struct{}
+		key    bool // the next token of this object is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false // io.EOF; the document was validated before
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.object && top.key {
+			if d, ok := tok.(json.Delim); ok && d == '}' {
+				stack = stack[:len(stack)-1]
+				continue
+			}
+			k := foldKey(tok.(string))
+			if _, seen := top.keys[k]; seen {
+				return tok.(string), true
+			}
+			top.keys[k] = struct{}{}
+			top.key = false
+			continue
+		}
+		if top != nil && top.object {
+			top.key = true // this token is a value; a key follows
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{object: true, keys: map[string]struct{}{}, key: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+		case json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		}
+	}
+}
+
+// foldKey maps every rune to the smallest rune of its case-folding orbit, so
+// keys the decoder matches case-insensitively (including 'K' and the Kelvin
+// sign, 's' and the long s) map to one string.
+func foldKey(s string) string {
+	return strings.Map(func(r rune) rune {
+		lowest := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			lowest = min(lowest, f)
+		}
+		return lowest
+	}, s)
 }

@@ -40,7 +40,7 @@
 // With a prefix, each message goes to prefix + "." + its original subject,
 // keeping its headers except Nats-Msg-Id and JetStream's publish-control
 // headers (Nats-Expected-*, Nats-Rollup, Nats-TTL), and adding
-// HeaderReplayStream, HeaderReplaySeq and HeaderReplayTime. A prefix that could
+// subjects.HeaderReplayStream, HeaderReplaySeq and HeaderReplayTime. A prefix that could
 // put a message back into a subject one of the connector's streams captures is
 // refused before anything is published. When some other stream (a sandbox)
 // captures the targets, every copy waits for its JetStream ack.

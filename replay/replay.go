@@ -14,16 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-)
 
-// Headers added to every re-published message, naming where it came from.
-// They belong with the other header names in package subjects and live here
-// only until they move there.
-const (
-	HeaderReplayStream = "Connector-Replay-Stream"
-	HeaderReplaySeq    = "Connector-Replay-Seq"
-	// HeaderReplayTime is the original publish time, RFC 3339 with nanoseconds.
-	HeaderReplayTime = "Connector-Replay-Time"
+	"github.com/jetbridge/connector/subjects"
 )
 
 // Options select what to replay and where to.
@@ -418,9 +410,9 @@ func (rp *republisher) write(ctx context.Context, stream string, msg jetstream.M
 			h[k] = slices.Clone(v)
 		}
 	}
-	h.Set(HeaderReplayStream, stream)
-	h.Set(HeaderReplaySeq, strconv.FormatUint(meta.Sequence.Stream, 10))
-	h.Set(HeaderReplayTime, meta.Timestamp.UTC().Format(time.RFC3339Nano))
+	h.Set(subjects.HeaderReplayStream, stream)
+	h.Set(subjects.HeaderReplaySeq, strconv.FormatUint(meta.Sequence.Stream, 10))
+	h.Set(subjects.HeaderReplayTime, meta.Timestamp.UTC().Format(time.RFC3339Nano))
 	out := &nats.Msg{Subject: rp.prefix + "." + msg.Subject(), Header: h, Data: msg.Data()}
 	if rp.viaJetStream {
 		if _, err := rp.js.PublishMsg(ctx, out); err != nil {

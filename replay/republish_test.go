@@ -52,11 +52,11 @@ func TestRepublishIntoSandboxStreamKeepsHeadersAndNamesTheOrigin(t *testing.T) {
 		if h.Get(subjects.HeaderType) != "exit_signal_with_tx" || !slices.Equal(h.Values("Multi"), []string{"a", "b"}) {
 			t.Fatalf("copy %d lost original headers: %v", i, h)
 		}
-		if h.Get(replay.HeaderReplayStream) != subjects.StreamLaserSellExit || h.Get(replay.HeaderReplaySeq) != strconv.FormatUint(o.seq, 10) {
+		if h.Get(subjects.HeaderReplayStream) != subjects.StreamLaserSellExit || h.Get(subjects.HeaderReplaySeq) != strconv.FormatUint(o.seq, 10) {
 			t.Fatalf("copy %d origin headers: %v, want %s/%d", i, h, subjects.StreamLaserSellExit, o.seq)
 		}
-		if at, err := time.Parse(time.RFC3339Nano, h.Get(replay.HeaderReplayTime)); err != nil || !at.Equal(o.time) {
-			t.Fatalf("copy %d original time %q, want %v", i, h.Get(replay.HeaderReplayTime), o.time)
+		if at, err := time.Parse(time.RFC3339Nano, h.Get(subjects.HeaderReplayTime)); err != nil || !at.Equal(o.time) {
+			t.Fatalf("copy %d original time %q, want %v", i, h.Get(subjects.HeaderReplayTime), o.time)
 		}
 	}
 	if after := liveCount(t, e); after != liveBefore {
@@ -83,7 +83,7 @@ func TestRepublishWithoutCapturingStreamUsesCoreNATS(t *testing.T) {
 		if err != nil {
 			t.Fatalf("copy %d: %v", i, err)
 		}
-		if m.Subject != "scratch.team1.openstream.arm.event.ack" || m.Header.Get(replay.HeaderReplayStream) != subjects.StreamOpenStreamEvent {
+		if m.Subject != "scratch.team1.openstream.arm.event.ack" || m.Header.Get(subjects.HeaderReplayStream) != subjects.StreamOpenStreamEvent {
 			t.Fatalf("copy %d: %s %v", i, m.Subject, m.Header)
 		}
 	}

@@ -7,7 +7,10 @@
 package subjects
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
+	"unicode/utf8"
 )
 
 // Source kinds: the first token of every subject a source owns.
@@ -48,36 +51,57 @@ const (
 	HeaderSeq             = "Connector-Seq"
 )
 
+// Headers `connector replay` adds to every re-published copy, naming the original.
+const (
+	HeaderReplayStream = "Connector-Replay-Stream"
+	HeaderReplaySeq    = "Connector-Replay-Seq"
+	// HeaderReplayTime is the original publish time, RFC 3339 with nanoseconds.
+	HeaderReplayTime = "Connector-Replay-Time"
+)
+
 // Placeholder is the key token used where an event has no natural key.
 const Placeholder = "_"
 
+// MaxTokenLen is the longest token Token returns, in bytes. Subjects travel
+// in one protocol control line (4096 bytes by default on the server), so an
+// upstream string must not be able to inflate them.
+const MaxTokenLen = 128
+
+// hashLen is how many hex digits of SHA-256 a shortened token ends with.
+const hashLen = 16
+
 // Token turns an arbitrary string into one safe subject token. Characters that
-// NATS treats specially ('.', '*', '>') and whitespace or control characters are
-// replaced by '_'; an empty string becomes Placeholder. Tokens longer than 128
-// bytes are cut, so a hostile upstream cannot inflate subjects.
+// NATS treats specially ('.', '*', '>'), whitespace, control characters and
+// invalid UTF-8 are replaced by '_'; an empty string becomes Placeholder. A
+// result longer than MaxTokenLen bytes is cut at a character boundary and
+// ends with '-' and 16 hex digits of the SHA-256 of the whole input, so two
+// long strings that differ only at their ends still get different subjects.
+// Token is idempotent: a token it returns is returned unchanged.
 func Token(s string) string {
 	if s == "" {
 		return Placeholder
 	}
-	if ValidToken(s) && len(s) <= maxTokenLen {
+	if len(s) <= MaxTokenLen && ValidToken(s) {
 		return s
 	}
 	var b strings.Builder
-	b.Grow(len(s))
+	b.Grow(min(len(s), MaxTokenLen+utf8.UTFMax))
+	cut := -1 // where the kept prefix ends if the token is too long
 	for _, r := range s {
-		if b.Len() >= maxTokenLen {
-			break
-		}
 		if unsafeRune(r) {
-			b.WriteByte('_')
-			continue
+			r = '_'
+		}
+		if cut < 0 && b.Len()+utf8.RuneLen(r) > MaxTokenLen-1-hashLen {
+			cut = b.Len()
+		}
+		if b.Len()+utf8.RuneLen(r) > MaxTokenLen {
+			sum := sha256.Sum256([]byte(s))
+			return b.String()[:cut] + "-" + hex.EncodeToString(sum[:hashLen/2])
 		}
 		b.WriteRune(r)
 	}
 	return b.String()
 }
-
-const maxTokenLen = 128
 
 // ValidToken reports whether s can be used as one subject token as it is.
 // Configuration names (session, robot, monitor) must pass it; upstream strings go

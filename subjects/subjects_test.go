@@ -3,6 +3,7 @@ package subjects
 import (
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestTokenNeverInjectsSubjectLevelsOrWildcards(t *testing.T) {
@@ -19,8 +20,12 @@ func TestTokenNeverInjectsSubjectLevelsOrWildcards(t *testing.T) {
 		"pos-42_ok":              "pos-42_ok",
 		"ünïcode":                "ünïcode",
 		"lasersell.*.exit.>":     "lasersell___exit__",
-		strings.Repeat("x", 300): strings.Repeat("x", 128),
+		strings.Repeat("x", 128): strings.Repeat("x", 128),
+		strings.Repeat("x", 300): strings.Repeat("x", 111) + "-" + "0d4e2ca9e9cbced7",
 		"\u00a0nbsp\u0085nel":    "_nbsp_nel",
+		"bad\xffutf8\xc3":        "bad_utf8_",
+		"\ufffdreplacement":      "_replacement",
+		"del\x7f\x1besc":         "del__esc",
 	} {
 		got := Token(in)
 		if got != want {
@@ -32,12 +37,55 @@ func TestTokenNeverInjectsSubjectLevelsOrWildcards(t *testing.T) {
 	}
 }
 
+// Long tokens are shortened with a hash of the whole input: distinct long
+// upstream strings (wallets sharing a prefix) keep distinct subjects, and the
+// result is itself a token Token leaves alone.
+func TestTokenShortensLongStringsWithoutCollisions(t *testing.T) {
+	long := strings.Repeat("W", 200)
+	a, b := Token(long+"a"), Token(long+"b")
+	if a == b {
+		t.Fatalf("two long wallets share the token %q", a)
+	}
+	for _, in := range []string{long, long + "a", strings.Repeat("é", 100), strings.Repeat("a.", 1000), strings.Repeat("\xff", 129)} {
+		tok := Token(in)
+		if len(tok) > MaxTokenLen || !ValidToken(tok) || !utf8.ValidString(tok) || Token(tok) != tok {
+			t.Errorf("Token(%.20q...) = %q (%d bytes)", in, tok, len(tok))
+		}
+	}
+	// Multi-byte characters are never split.
+	if tok := Token(strings.Repeat("é", 100)); !strings.HasPrefix(tok, strings.Repeat("é", 55)+"-") {
+		t.Errorf("Token of 100 x é = %q", tok)
+	}
+	// A subject built from the longest tokens stays far below the server's
+	// 4096-byte control line, with room for a reply inbox.
+	if s := LaserSellEvent("session", long, long); len(s) > 2*MaxTokenLen+64 {
+		t.Errorf("subject of %d bytes: %s", len(s), s)
+	}
+}
+
+// FuzzToken checks what every subject built from upstream data relies on: the
+// token is one valid, bounded, UTF-8 token; safe short inputs pass unchanged;
+// Token is idempotent; only shortened tokens carry the hash suffix.
 func FuzzToken(f *testing.F) {
-	f.Add("a.b*c>d e")
 	f.Fuzz(func(t *testing.T, s string) {
 		tok := Token(s)
 		if !ValidToken(tok) || strings.ContainsAny(tok, ".*> \t\r\n") {
-			t.Fatalf("Token(%q) = %q", s, tok)
+			t.Fatalf("Token(%q) = %q: not a valid token", s, tok)
+		}
+		if len(tok) > MaxTokenLen || !utf8.ValidString(tok) {
+			t.Fatalf("Token(%q) = %q: %d bytes, valid UTF-8 %v", s, tok, len(tok), utf8.ValidString(tok))
+		}
+		if Token(tok) != tok {
+			t.Fatalf("Token is not idempotent on %q: %q", tok, Token(tok))
+		}
+		if ValidToken(s) && len(s) <= MaxTokenLen && tok != s {
+			t.Fatalf("Token(%q) = %q: a safe token must pass unchanged", s, tok)
+		}
+		if len(s) <= MaxTokenLen && len(tok) != len(s) && s != "" {
+			// Replacements map one character to '_', never a longer one.
+			if utf8.RuneCountInString(tok) != len([]rune(s)) {
+				t.Fatalf("Token(%q) = %q: characters added or lost", s, tok)
+			}
 		}
 	})
 }

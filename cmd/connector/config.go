@@ -28,12 +28,16 @@ type Config struct {
 	NATSConfig
 	EmbeddedConfig
 
-	PublishWindow  int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged low-lane JetStream publishes per session (the high lane publishes one at a time)"`
-	AckTimeout     time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
-	DrainTimeout   time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
-	CommandTimeout time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`
-	KVReplicas     int           `envconfig:"CONNECTOR_KV_REPLICAS" default:"1" desc:"replicas of the connector's KV buckets"`
-	SingleLane     bool          `envconfig:"CONNECTOR_SINGLE_LANE" default:"false" desc:"measurement only: one FIFO for every event, no priority, nothing dropped"`
+	PublishWindow        int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged low-lane JetStream publishes per session (the high lane publishes one at a time)"`
+	AckTimeout           time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
+	DrainTimeout         time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
+	CommandTimeout       time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`
+	KVReplicas           int           `envconfig:"CONNECTOR_KV_REPLICAS" default:"1" desc:"replicas of the connector's KV buckets"`
+	CommandMaxBytes      int           `envconfig:"CONNECTOR_COMMAND_MAX_BYTES" default:"65536" desc:"largest command request body; bigger ones are refused with request_too_large"`
+	CommandRate          float64       `envconfig:"CONNECTOR_COMMAND_RATE" default:"1000" desc:"commands per second per session (beyond: rate_limited); negative disables the limit"`
+	CommandBurst         int           `envconfig:"CONNECTOR_COMMAND_BURST" default:"1000" desc:"commands a session accepts back to back before the rate applies"`
+	QuietUnknownSessions bool          `envconfig:"CONNECTOR_QUIET_UNKNOWN_SESSIONS" default:"false" desc:"do not answer commands for sessions this process does not serve (several connector processes on one NATS account)"`
+	SingleLane           bool          `envconfig:"CONNECTOR_SINGLE_LANE" default:"false" desc:"measurement only: one FIFO for every event, no priority, nothing dropped"`
 }
 
 // NATSConfig uses the nats CLI's variable names, so one environment serves both.
@@ -141,6 +145,15 @@ func (c Config) validate() error {
 		if d <= 0 {
 			return badConfig("%s=%s must be positive", name, d)
 		}
+	}
+	if c.CommandMaxBytes < 64 || c.CommandMaxBytes > 8<<20 {
+		return badConfig("CONNECTOR_COMMAND_MAX_BYTES=%d must be 64..8388608", c.CommandMaxBytes)
+	}
+	if c.CommandRate == 0 {
+		return badConfig("CONNECTOR_COMMAND_RATE=0 would refuse every command; use a negative value to disable the limit")
+	}
+	if c.CommandBurst < 1 {
+		return badConfig("CONNECTOR_COMMAND_BURST=%d must be at least 1", c.CommandBurst)
 	}
 	if c.KVReplicas < 1 || c.KVReplicas > 5 {
 		return badConfig("CONNECTOR_KV_REPLICAS=%d must be 1..5", c.KVReplicas)

@@ -153,6 +153,8 @@ func demoHeader(natsURL, httpAddr string) string {
 	} {
 		b.WriteString("  " + line + "\n")
 	}
+	b.WriteString("Replay the last minute of exit signals to a file:\n")
+	fmt.Fprintf(&b, "  NATS_URL=%s connector replay --subject 'lasersell.%s.exit.*' --since 1m --output exits.ndjson\n", natsURL, demoSession)
 	if httpAddr != "" {
 		b.WriteString("Health, status and metrics (CONNECTOR_HTTP_ADDR):\n")
 		for _, path := range []string{"/readyz", "/status", "/metrics | grep connector_events_by_type_total"} {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -98,6 +101,26 @@ func TestDemoPrintedCommandsWork(t *testing.T) {
 	if sent < 4 {
 		t.Fatalf("only %d request commands printed:\n%s", sent, out.String())
 	}
+
+	// The printed replay command, run as pasted (with the file in a temp dir):
+	// the demo's exit signals of the last minute end up in the file.
+	replay := regexp.MustCompile(`NATS_URL=(\S+) connector replay (.*) --output (\S+)`).FindStringSubmatch(out.String())
+	if replay == nil {
+		t.Fatalf("no replay command printed:\n%s", out.String())
+	}
+	t.Setenv("NATS_URL", replay[1])
+	file := filepath.Join(t.TempDir(), replay[3])
+	connectortest.Eventually(t, 20*time.Second, "exit signals replayed", func() bool {
+		args := append(strings.Fields(strings.ReplaceAll(replay[2], "'", "")), "--output", file, "--progress", "off")
+		if err := runReplay(ctx, args, io.Discard, io.Discard); err != nil {
+			t.Fatalf("%s: %v", replay[0], err)
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(string(data), `"subject":"lasersell.`)
+	})
 
 	curls := regexp.MustCompile(`curl -s (http://\S+)`).FindAllStringSubmatch(out.String(), -1)
 	if len(curls) != 3 {

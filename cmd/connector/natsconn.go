@@ -98,8 +98,13 @@ func waitConnected(ctx context.Context, conn *nats.Conn, log zerolog.Logger) err
 	defer tick.Stop()
 	nextLog := time.Now().Add(2 * time.Second)
 	for !conn.IsConnected() {
+		if conn.IsClosed() {
+			// nats.go gives up after the same authentication error twice:
+			// waiting longer would hang forever without saying why.
+			return fmt.Errorf("NATS connection closed: %w", conn.LastError())
+		}
 		if time.Now().After(nextLog) {
-			log.Warn().Str("status", conn.Status().String()).Msg("waiting for NATS")
+			log.Warn().Str("status", conn.Status().String()).AnErr("last_error", conn.LastError()).Msg("waiting for NATS")
 			nextLog = time.Now().Add(10 * time.Second)
 		}
 		select {

@@ -174,7 +174,7 @@ func TestReplayCommandEndToEnd(t *testing.T) {
 	}
 	for i := range 3 {
 		m, err := sub.NextMsg(5 * time.Second)
-		if err != nil || m.Subject != "sandbox.lasersell.cli.exit.W0" || m.Header.Get(replay.HeaderReplaySeq) != strconv.FormatUint(seqs[2*i], 10) {
+		if err != nil || m.Subject != "sandbox.lasersell.cli.exit.W0" || m.Header.Get(subjects.HeaderReplaySeq) != strconv.FormatUint(seqs[2*i], 10) {
 			t.Fatalf("copy %d: %v %v", i, m, err)
 		}
 	}

@@ -73,7 +73,9 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
 		CommandTimeout: cfg.CommandTimeout, Version: version, SingleLane: cfg.SingleLane,
-		Metrics: connector.NewMetrics(reg), Log: log,
+		CommandMaxBytes: cfg.CommandMaxBytes, CommandRate: cfg.CommandRate, CommandBurst: cfg.CommandBurst,
+		QuietUnknownSessions: cfg.QuietUnknownSessions,
+		Metrics:              connector.NewMetrics(reg), Log: log,
 	}, log)
 	if err != nil {
 		return err

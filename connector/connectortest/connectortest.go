@@ -15,6 +15,7 @@ import (
 
 	"github.com/jetbridge/connector/connector"
 	"github.com/jetbridge/connector/embednats"
+	"github.com/jetbridge/connector/subjects"
 )
 
 // Env is one test's NATS server, connection and runtime.
@@ -33,11 +34,18 @@ type Env struct {
 type Options struct {
 	// StoreDir reuses a JetStream directory (to test a restart); empty = t.TempDir().
 	StoreDir string
-	// Window, AckTimeout, DrainTimeout, CommandTimeout as in connector.Options.
-	Window         int
-	AckTimeout     time.Duration
-	DrainTimeout   time.Duration
-	CommandTimeout time.Duration
+	// These are as in connector.Options (zero means its default).
+	Window               int
+	HighWindow           int
+	LowLinger            time.Duration
+	SingleLane           bool
+	AckTimeout           time.Duration
+	DrainTimeout         time.Duration
+	CommandTimeout       time.Duration
+	CommandMaxBytes      int
+	CommandRate          float64
+	CommandBurst         int
+	QuietUnknownSessions bool
 }
 
 // Start starts an embedded server on a free loopback port and a runtime on it.
@@ -63,9 +71,12 @@ func Start(t testing.TB, opts Options) *Env {
 	defer cancel()
 	env.Runtime, err = connector.New(ctx, connector.Options{
 		HighConn: env.Connect(), LowConn: env.Connect(),
-		Window: opts.Window, AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
-		CommandTimeout: opts.CommandTimeout,
-		Metrics:        connector.NewMetrics(env.Registry), Log: env.Log,
+		Window: opts.Window, HighWindow: opts.HighWindow, LowLinger: opts.LowLinger, SingleLane: opts.SingleLane,
+		AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
+		CommandTimeout: opts.CommandTimeout, CommandMaxBytes: opts.CommandMaxBytes,
+		CommandRate: opts.CommandRate, CommandBurst: opts.CommandBurst,
+		QuietUnknownSessions: opts.QuietUnknownSessions,
+		Metrics:              connector.NewMetrics(env.Registry), Log: env.Log,
 	})
 	if err != nil {
 		t.Fatalf("runtime: %v", err)
@@ -249,4 +260,102 @@ func (e *Env) Metric(name string) float64 {
 		}
 	}
 	return sum
+}
+
+// MetricWhere sums the series of the named metric whose labels include every
+// pair of match; for histograms it sums the sample counts.
+func (e *Env) MetricWhere(name string, match map[string]string) float64 {
+	e.T.Helper()
+	families, err := e.Registry.Gather()
+	if err != nil {
+		e.T.Fatalf("gather metrics: %v", err)
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range match {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				sum += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				sum += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+// AuditRecord is one record of the CONNECTOR_AUDIT stream.
+type AuditRecord struct {
+	Command      string          `json:"command"`
+	WantsReply   bool            `json:"wants_reply"`
+	Request      json.RawMessage `json:"request"`
+	RequestBytes int             `json:"request_bytes"`
+	Suppressed   int             `json:"suppressed"`
+	Reply        struct {
+		OK    bool `json:"ok"`
+		Error *struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	} `json:"reply"`
+}
+
+// Code is the refusal code of the record ("" when the command succeeded).
+func (a AuditRecord) Code() string {
+	if a.Reply.Error == nil {
+		return ""
+	}
+	return a.Reply.Error.Code
+}
+
+// Refusals is how many refusals the record stands for: itself (unless it is
+// a summary, with a null request) plus the ones it reports as suppressed.
+func (a AuditRecord) Refusals() int {
+	if string(a.Request) == "null" {
+		return a.Suppressed
+	}
+	return 1 + a.Suppressed
+}
+
+// Audits returns every audit record on filter (for example "openstream.cell1.audit.>").
+func (e *Env) Audits(filter string) []AuditRecord {
+	e.T.Helper()
+	n := int(e.Count(subjects.StreamAudit, filter))
+	var out []AuditRecord
+	for _, m := range e.Fetch(subjects.StreamAudit, filter, n, 5*time.Second) {
+		var rec AuditRecord
+		if err := json.Unmarshal(m.Data(), &rec); err != nil {
+			e.T.Fatalf("audit record is not JSON: %v: %q", err, m.Data())
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+// AuditedRefusals counts, per refusal code, the refusals the audit records on
+// filter account for (summary records included).
+func (e *Env) AuditedRefusals(filter string) map[string]int {
+	e.T.Helper()
+	out := map[string]int{}
+	for _, rec := range e.Audits(filter) {
+		if c := rec.Code(); c != "" {
+			out[c] += rec.Refusals()
+		}
+	}
+	return out
 }

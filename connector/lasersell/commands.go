@@ -65,7 +65,12 @@ func (s *Source) Handle(ctx context.Context, cmd connector.Command) (any, error)
 	return nil, connector.Refuse(connector.CodeUnknownCommand, "unknown command %q", cmd.Name)
 }
 
-func (s *Source) cmdConfigure(ctx context.Context, body []byte) (any, error) {
+// mutator computes and validates the next desired configure from the
+// current one and the limits, and returns the frame to send.
+type mutator func(cur *Configure, lim Limits) (*Configure, any, *connector.CommandError)
+
+// decodeConfigure reads a configure command (limits are checked by its mutator).
+func decodeConfigure(body []byte) (*Configure, error) {
 	var b configureBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
 		return nil, err
@@ -83,27 +88,34 @@ func (s *Source) cmdConfigure(ctx context.Context, body []byte) (any, error) {
 	if b.Strategy == nil {
 		return nil, connector.Refuse(CodeInvalidStrategy, "strategy is required")
 	}
-	next := &Configure{
+	return &Configure{
 		WalletPubkeys: wallets, Strategy: *b.Strategy, SendMode: b.SendMode, TipLamports: b.TipLamports,
 		DeadlineTimeoutSec: b.DeadlineTimeoutSec, WatchWallets: b.WatchWallets, MirrorConfig: b.MirrorConfig,
-	}
-	return s.applyState(ctx, typeConfigure, func(_ *Configure, lim Limits) (*Configure, any, *connector.CommandError) {
+	}, nil
+}
+
+func configureMutator(next *Configure) mutator {
+	return func(_ *Configure, lim Limits) (*Configure, any, *connector.CommandError) {
 		if err := validateConfigure(next, lim); err != nil {
 			return nil, nil, err
 		}
 		return next, configureFrame{Type: typeConfigure, Configure: *next}, nil
-	})
+	}
 }
 
-func (s *Source) cmdUpdateStrategy(ctx context.Context, body []byte) (any, error) {
+func decodeUpdateStrategy(body []byte) (updateStrategyBody, error) {
 	var b updateStrategyBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
-		return nil, err
+		return b, err
 	}
 	if b.Strategy == nil {
-		return nil, connector.Refuse(CodeInvalidStrategy, "strategy is required")
+		return b, connector.Refuse(CodeInvalidStrategy, "strategy is required")
 	}
-	return s.applyState(ctx, typeUpdateStrategy, func(cur *Configure, _ Limits) (*Configure, any, *connector.CommandError) {
+	return b, nil
+}
+
+func updateStrategyMutator(b updateStrategyBody) mutator {
+	return func(cur *Configure, _ Limits) (*Configure, any, *connector.CommandError) {
 		if cur == nil {
 			return nil, nil, notConfigured()
 		}
@@ -116,28 +128,32 @@ func (s *Source) cmdUpdateStrategy(ctx context.Context, body []byte) (any, error
 			return nil, nil, err
 		}
 		return &next, updateStrategyFrame{Type: typeUpdateStrategy, Strategy: next.Strategy, DeadlineTimeoutSec: b.DeadlineTimeoutSec}, nil
-	})
+	}
 }
 
-func (s *Source) cmdUpdateWallets(ctx context.Context, body []byte) (any, error) {
+func decodeUpdateWallets(body []byte) ([]string, error) {
 	var b updateWalletsBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
 		return nil, err
 	}
-	return s.applyState(ctx, typeUpdateWallets, func(cur *Configure, lim Limits) (*Configure, any, *connector.CommandError) {
-		if err := validateWallets(b.WalletPubkeys, lim); err != nil {
+	return b.WalletPubkeys, nil
+}
+
+func updateWalletsMutator(wallets []string) mutator {
+	return func(cur *Configure, lim Limits) (*Configure, any, *connector.CommandError) {
+		if err := validateWallets(wallets, lim); err != nil {
 			return nil, nil, err
 		}
 		if cur == nil {
 			return nil, nil, notConfigured()
 		}
 		next := *cur
-		next.WalletPubkeys = b.WalletPubkeys
+		next.WalletPubkeys = wallets
 		return &next, updateWalletsFrame{Type: typeUpdateWallets, WalletPubkeys: next.WalletPubkeys}, nil
-	})
+	}
 }
 
-func (s *Source) cmdUpdateWatchWallets(ctx context.Context, body []byte) (any, error) {
+func decodeUpdateWatchWallets(body []byte) ([]WatchWallet, error) {
 	var b updateWatchWalletsBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
 		return nil, err
@@ -145,8 +161,11 @@ func (s *Source) cmdUpdateWatchWallets(ctx context.Context, body []byte) (any, e
 	if b.WatchWallets == nil {
 		return nil, connector.Refuse(CodeInvalidWatchWallets, "watch_wallets is required (an empty list clears it)")
 	}
-	list := *b.WatchWallets
-	return s.applyState(ctx, typeUpdateWatchWallets, func(cur *Configure, lim Limits) (*Configure, any, *connector.CommandError) {
+	return *b.WatchWallets, nil
+}
+
+func updateWatchWalletsMutator(list []WatchWallet) mutator {
+	return func(cur *Configure, lim Limits) (*Configure, any, *connector.CommandError) {
 		if err := validateWatchWallets(list, lim); err != nil {
 			return nil, nil, err
 		}
@@ -159,7 +178,98 @@ func (s *Source) cmdUpdateWatchWallets(ctx context.Context, body []byte) (any, e
 			list = []WatchWallet{}
 		}
 		return &next, updateWatchWalletsFrame{Type: typeUpdateWatchWallets, WatchWallets: list}, nil
-	})
+	}
+}
+
+// planFrame validates one command against a desired configure and limits
+// and returns the frame it would send, without sending or storing anything.
+// The handlers are built from the same decode, mutator and plan functions;
+// the fuzz target runs it without network.
+func planFrame(name string, body []byte, cur *Configure, lim Limits) ([]byte, error) {
+	var m mutator
+	switch name {
+	case typeConfigure:
+		next, err := decodeConfigure(body)
+		if err != nil {
+			return nil, err
+		}
+		m = configureMutator(next)
+	case typeUpdateStrategy:
+		b, err := decodeUpdateStrategy(body)
+		if err != nil {
+			return nil, err
+		}
+		m = updateStrategyMutator(b)
+	case typeUpdateWallets:
+		w, err := decodeUpdateWallets(body)
+		if err != nil {
+			return nil, err
+		}
+		m = updateWalletsMutator(w)
+	case typeUpdateWatchWallets:
+		list, err := decodeUpdateWatchWallets(body)
+		if err != nil {
+			return nil, err
+		}
+		m = updateWatchWalletsMutator(list)
+	case typeUpdatePositionStrategy:
+		id, strat, data, err := planPositionStrategy(body)
+		if err != nil {
+			return nil, err
+		}
+		if cerr := checkPositionStrategy(cur, &strat, true, id); cerr != nil {
+			return nil, cerr
+		}
+		return data, nil
+	case typeClosePosition, typeRequestExitSignal:
+		return planSelector(name, body)
+	case typePing:
+		data, _, err := planPing(body)
+		return data, err
+	default:
+		return nil, connector.Refuse(connector.CodeUnknownCommand, "unknown command %q", name)
+	}
+	_, frame, cerr := m(cur, lim)
+	if cerr != nil {
+		return nil, cerr
+	}
+	data, err := json.Marshal(frame)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", name, err)
+	}
+	return data, nil
+}
+
+func (s *Source) cmdConfigure(ctx context.Context, body []byte) (any, error) {
+	next, err := decodeConfigure(body)
+	if err != nil {
+		return nil, err
+	}
+	return s.applyState(ctx, typeConfigure, configureMutator(next))
+}
+
+func (s *Source) cmdUpdateStrategy(ctx context.Context, body []byte) (any, error) {
+	b, err := decodeUpdateStrategy(body)
+	if err != nil {
+		return nil, err
+	}
+	return s.applyState(ctx, typeUpdateStrategy, updateStrategyMutator(b))
+}
+
+func (s *Source) cmdUpdateWallets(ctx context.Context, body []byte) (any, error) {
+	wallets, err := decodeUpdateWallets(body)
+	if err != nil {
+		return nil, err
+	}
+	return s.applyState(ctx, typeUpdateWallets, updateWalletsMutator(wallets))
+}
+
+func (s *Source) cmdUpdateWatchWallets(ctx context.Context, body []byte) (any, error) {
+	list, err := decodeUpdateWatchWallets(body)
+	if err != nil {
+		return nil, err
+	}
+	return s.applyState(ctx, typeUpdateWatchWallets, updateWatchWalletsMutator(list))
 }
 
 func notConfigured() *connector.CommandError {
@@ -171,9 +281,7 @@ func notConfigured() *connector.CommandError {
 // open. Commands are serialized, and sending happens under the same lock
 // that attaches a new connection, so the upstream always sees the configure
 // of a connection before the updates that follow it.
-func (s *Source) applyState(ctx context.Context, command string,
-	mutate func(cur *Configure, lim Limits) (*Configure, any, *connector.CommandError),
-) (any, error) {
+func (s *Source) applyState(ctx context.Context, command string, mutate mutator) (any, error) {
 	s.cmdMu.Lock()
 	s.mu.Lock()
 	cur, lim := s.desired, s.limits
@@ -232,34 +340,51 @@ func stateResult(ctx context.Context, c *conn, done chan error, data []byte, sto
 	}
 }
 
-func (s *Source) cmdUpdatePositionStrategy(ctx context.Context, body []byte) (any, error) {
+// planPositionStrategy decodes update_position_strategy and encodes its frame.
+func planPositionStrategy(body []byte) (uint64, Strategy, []byte, error) {
 	var b updatePositionStrategyBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
-		return nil, err
+		return 0, Strategy{}, nil, err
 	}
 	if b.PositionID == nil {
-		return nil, connector.Refuse(CodeInvalidPosition, "position_id is required")
+		return 0, Strategy{}, nil, connector.Refuse(CodeInvalidPosition, "position_id is required")
 	}
 	if b.Strategy == nil {
-		return nil, connector.Refuse(CodeInvalidStrategy, "strategy is required")
+		return 0, Strategy{}, nil, connector.Refuse(CodeInvalidStrategy, "strategy is required")
 	}
 	id, strat := *b.PositionID, *b.Strategy
-
 	data, err := json.Marshal(updatePositionStrategyFrame{Type: typeUpdatePositionStrategy, PositionID: id, Strategy: strat})
 	if err != nil {
-		return nil, fmt.Errorf("encode update_position_strategy: %w", err)
+		return 0, Strategy{}, nil, fmt.Errorf("encode update_position_strategy: %w", err)
+	}
+	return id, strat, data, nil
+}
+
+// checkPositionStrategy validates a position override against the desired
+// configure; open tells whether the position is open.
+func checkPositionStrategy(cur *Configure, strat *Strategy, open bool, id uint64) *connector.CommandError {
+	if cur == nil {
+		return notConfigured()
+	}
+	if err := validateStrategy(strat, cur.DeadlineTimeoutSec); err != nil {
+		return err
+	}
+	if !open {
+		return connector.Refuse(CodeUnknownPosition, "position %d is not open", id)
+	}
+	return nil
+}
+
+func (s *Source) cmdUpdatePositionStrategy(ctx context.Context, body []byte) (any, error) {
+	id, strat, data, err := planPositionStrategy(body)
+	if err != nil {
+		return nil, err
 	}
 
 	s.cmdMu.Lock()
 	s.mu.Lock()
 	cur, p := s.desired, s.positions[id]
-	var refusal *connector.CommandError
-	if cur == nil {
-		refusal = notConfigured()
-	} else if refusal = validateStrategy(&strat, cur.DeadlineTimeoutSec); refusal == nil && p == nil {
-		refusal = connector.Refuse(CodeUnknownPosition, "position %d is not open", id)
-	}
-	if refusal != nil {
+	if refusal := checkPositionStrategy(cur, &strat, p != nil, id); refusal != nil {
 		s.mu.Unlock()
 		s.cmdMu.Unlock()
 		return nil, refusal
@@ -286,8 +411,9 @@ func (s *Source) cmdUpdatePositionStrategy(ctx context.Context, body []byte) (an
 	return stateResult(ctx, c, done, data, &reply), nil
 }
 
-// cmdSelector runs close_position and request_exit_signal.
-func (s *Source) cmdSelector(ctx context.Context, name string, body []byte) (any, error) {
+// planSelector validates close_position and request_exit_signal and encodes
+// the frame.
+func planSelector(name string, body []byte) ([]byte, error) {
 	var b selectorBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
 		return nil, err
@@ -314,23 +440,49 @@ func (s *Source) cmdSelector(ctx context.Context, name string, body []byte) (any
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", name, err)
 	}
+	return data, nil
+}
+
+// cmdSelector runs close_position and request_exit_signal.
+func (s *Source) cmdSelector(ctx context.Context, name string, body []byte) (any, error) {
+	data, err := planSelector(name, body)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.sendOnce(ctx, data, nil); err != nil {
 		return nil, err
 	}
 	return sentReply{Sent: data}, nil
 }
 
-func (s *Source) cmdPing(ctx context.Context, body []byte) (any, error) {
+// planPing validates a ping and encodes its frame; custom tells whether the
+// caller chose client_time_ms (otherwise the frame is stamped when sent).
+func planPing(body []byte) (data []byte, custom bool, err error) {
 	var b struct {
-		ClientTimeMS *int64 `json:"client_time_ms"`
+		ClientTimeMS *uint64 `json:"client_time_ms"` // uint64 in the protocol
 	}
 	if err := connector.DecodeStrict(body, &b); err != nil {
+		return nil, false, err
+	}
+	if b.ClientTimeMS == nil {
+		return nil, false, nil
+	}
+	if *b.ClientTimeMS > math.MaxInt64 {
+		return nil, false, connector.Refuse(connector.CodeInvalidJSON, "client_time_ms must be at most %d", int64(math.MaxInt64))
+	}
+	data, err = json.Marshal(pingFrame{Type: typePing, ClientTimeMS: int64(*b.ClientTimeMS)})
+	return data, true, err
+}
+
+func (s *Source) cmdPing(ctx context.Context, body []byte) (any, error) {
+	data, custom, err := planPing(body)
+	if err != nil {
 		return nil, err
 	}
 	reply := make(chan time.Duration, 1)
 	f := pingOut(reply)
-	if b.ClientTimeMS != nil {
-		f.data, _ = json.Marshal(pingFrame{Type: typePing, ClientTimeMS: *b.ClientTimeMS})
+	if custom {
+		f.data = data
 	}
 	if err := s.sendOnce(ctx, f.data, f.ping); err != nil {
 		return nil, err

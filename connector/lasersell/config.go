@@ -55,9 +55,9 @@ type Config struct {
 	PingInterval time.Duration `split_words:"true" default:"30s" desc:"interval of the application-level ping (RTT measurement, keep-alive)"`
 	ReadTimeout  time.Duration `split_words:"true" default:"60s" desc:"a connection that receives nothing (not even a pong) for this long is dead"`
 	WriteTimeout time.Duration `split_words:"true" default:"10s" desc:"bound on writing one frame upstream"`
-	DialTimeout  time.Duration `split_words:"true" default:"10s" desc:"bound on the TCP, TLS and WebSocket handshake"`
+	DialTimeout  time.Duration `split_words:"true" default:"10s" desc:"bound on the TCP, TLS and WebSocket handshake, and on the wait for hello_ok after the configure is sent"`
 	BackoffBase  time.Duration `split_words:"true" default:"100ms" desc:"first reconnect delay; doubles per failed attempt"`
-	BackoffMax   time.Duration `split_words:"true" default:"2s" desc:"largest reconnect delay"`
+	BackoffMax   time.Duration `split_words:"true" default:"2s" desc:"largest reconnect delay (after an authentication refusal, HTTP 401/403: 15 times this)"`
 	HealthyAfter time.Duration `split_words:"true" default:"5s" desc:"a session that received hello_ok and lived this long resets the reconnect backoff"`
 	PingTimeout  time.Duration `split_words:"true" default:"5s" desc:"how long the ping command waits for the pong"`
 	// ReconcileAfter is the settle window of position reconciliation: see Source.reconcile.

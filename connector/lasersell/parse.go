@@ -1,6 +1,7 @@
 package lasersell
 
 import (
+	"bytes"
 	"encoding/json"
 
 	"github.com/jetbridge/connector/internal/jsonscan"
@@ -13,8 +14,8 @@ import (
 // thousand per second), so it validates and routes in one pass: package
 // jsonscan (strict, checked against encoding/json here by FuzzParseRoute)
 // walks the frame, picking the routing fields without
-// decoding anything else. Keys match exactly; a later duplicate key wins, as
-// with encoding/json. A field of an unexpected JSON type reads as "".
+// decoding anything else. Keys match after unescaping; a later duplicate key
+// wins, as with encoding/json. A field of an unexpected JSON type reads as "".
 func parseRoute(data []byte, r *route) string {
 	const invalid = "invalid JSON"
 	i := jsonscan.SkipSpace(data, 0)
@@ -40,6 +41,10 @@ func parseRoute(data []byte, r *route) string {
 				return invalid
 			}
 			key := data[i+1 : keyEnd-1]
+			if bytes.IndexByte(key, '\\') >= 0 {
+				// An escaped key ("t\u0079pe") is the same key to every JSON decoder.
+				key = []byte(stringValue(data[i:keyEnd]))
+			}
 			i = jsonscan.SkipSpace(data, keyEnd)
 			if i >= len(data) || data[i] != ':' {
 				return invalid

@@ -3,6 +3,7 @@ package lasersell
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -34,6 +35,11 @@ type route struct {
 // handleFrame publishes one upstream frame and applies what it means to the
 // local state. It fails only when the event cannot be queued (shutdown).
 func (s *Source) handleFrame(ctx context.Context, c *conn, mt int, data []byte, now time.Time) error {
+	if len(data) > maxEventBytes {
+		// JetStream would refuse it forever (max_payload): keep its start, for diagnosis.
+		return s.malformed(ctx, c, data[:oversizedKeep], now,
+			fmt.Sprintf("frame of %d bytes is larger than %d, the most one event may carry", len(data), maxEventBytes))
+	}
 	if mt != websocket.TextMessage {
 		return s.malformed(ctx, c, data, now, "binary frame")
 	}
@@ -148,21 +154,58 @@ func eventKey(r *route) string {
 	return subjects.Placeholder
 }
 
+// Size limits of what one frame becomes.
+const (
+	// maxEventBytes is the largest frame published as an event: NATS's default
+	// max_payload (1 MiB) less room for the headers. Larger frames (up to the
+	// WebSocket read limit) are malformed.
+	maxEventBytes = 1<<20 - 16<<10
+	// oversizedKeep is how much of an oversized frame the malformed event keeps.
+	oversizedKeep = 16 << 10
+	// maxMsgIDLen bounds a natural Nats-Msg-Id; JetStream keeps every id of
+	// the duplicate window in memory.
+	maxMsgIDLen = 512
+)
+
 // msgID joins the session name and parts into a Nats-Msg-Id, or returns ""
-// (the runtime then uses a synthetic id) when an upstream part could not
-// travel in a header.
+// (the runtime then uses a synthetic id) when an upstream part could be
+// confused with the separator or changed in transit (see idPart), or the id
+// would be too long.
 func msgID(session string, parts ...string) string {
+	n := len(session)
+	for _, p := range parts {
+		if !idPart(p) {
+			return ""
+		}
+		n += 1 + len(p)
+	}
+	if n > maxMsgIDLen {
+		return ""
+	}
 	var b strings.Builder
+	b.Grow(n)
 	b.WriteString(session)
 	for _, p := range parts {
 		b.WriteByte(':')
 		b.WriteString(p)
 	}
-	id := b.String()
-	if !safeHeader(id) || len(id) > 512 {
-		return ""
+	return b.String()
+}
+
+// idPart reports whether an upstream value can be one part of a Nats-Msg-Id:
+// non-empty valid UTF-8 without ':' (the separator: wallet "a:b" with mint "c"
+// must not read as wallet "a" with mint "b:c", which would deduplicate two
+// different facts), spaces (header values are trimmed) or control characters.
+func idPart(p string) bool {
+	if p == "" || !utf8.ValidString(p) {
+		return false
 	}
-	return id
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c <= ' ' || c == ':' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // safeHeader reports whether s can be a NATS header value: valid UTF-8 with

@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -27,7 +30,9 @@ type conn struct {
 	cancel context.CancelFunc
 
 	causeMu sync.Mutex
-	cause   string // why the connection was torn down from our side
+	cause   sessionEnd // why the connection was torn down from our side
+	// helloTimer ends a configured connection that gets no hello_ok in time.
+	helloTimer *time.Timer
 
 	// Guarded by Source.mu.
 	ready     bool // hello_ok received
@@ -65,33 +70,57 @@ type pingWait struct {
 // maxPendingPings bounds the pings remembered while the server stays silent.
 const maxPendingPings = 16
 
-// fail tears the connection down, remembering the first reason.
-func (c *conn) fail(reason string) {
+// fail tears the connection down because its writer is stuck or failed.
+func (c *conn) fail(reason string) { c.failWith(reasonWrite, reason) }
+
+// failWith tears the connection down, remembering the first reason.
+func (c *conn) failWith(code, reason string) {
 	c.causeMu.Lock()
-	if c.cause == "" {
-		c.cause = reason
+	if c.cause.code == "" {
+		c.cause = sessionEnd{code: code, text: reason}
 	}
 	c.causeMu.Unlock()
 	c.cancel()
 }
 
-func (c *conn) failure() string {
+func (c *conn) failure() sessionEnd {
 	c.causeMu.Lock()
 	defer c.causeMu.Unlock()
 	return c.cause
 }
 
+// tcpConnectedKey carries, in the dial's context, a flag the dialer sets once
+// the TCP connection is up: a dial that times out after it timed out in the
+// HTTP upgrade (a peer that accepts TCP and never answers), not in connect.
+type tcpConnectedKey struct{}
+
+// netDial is the dialer's TCP dial; it marks the flag of tcpConnectedKey.
+func netDial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if err == nil {
+		if flag, ok := ctx.Value(tcpConnectedKey{}).(*atomic.Bool); ok {
+			flag.Store(true)
+		}
+	}
+	return nc, err
+}
+
 // session dials, runs one connection until it ends and reports whether it was
 // healthy (hello_ok received and alive for HealthyAfter) and why it ended.
-func (s *Source) session(ctx context.Context) (healthy bool, reason string) {
-	dctx, cancelDial := context.WithTimeout(ctx, s.cfg.DialTimeout)
+func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
+	var tcpUp atomic.Bool
+	dctx, cancelDial := context.WithTimeout(context.WithValue(ctx, tcpConnectedKey{}, &tcpUp), s.cfg.DialTimeout)
 	ws, resp, err := s.dialer.DialContext(dctx, s.cfg.URL, s.header)
 	cancelDial()
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
 	}
 	if err != nil {
-		return false, dialFailure(err, resp)
+		if ctx.Err() != nil {
+			return false, sessionEnd{code: reasonStopped, text: "connector shutting down"}
+		}
+		return false, dialFailure(err, resp, tcpUp.Load(), s.cfg.DialTimeout)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	c := &conn{
@@ -139,6 +168,11 @@ func (s *Source) session(ctx context.Context) (healthy bool, reason string) {
 	cancel()
 	s.detach(c)
 	wg.Wait()
+	s.mu.Lock()
+	if c.helloTimer != nil {
+		c.helloTimer.Stop()
+	}
+	s.mu.Unlock()
 	// Frames nobody will write: tell their waiters.
 	for drained := false; !drained; {
 		select {
@@ -156,13 +190,32 @@ func (s *Source) session(ctx context.Context) (healthy bool, reason string) {
 	s.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
-		reason = "connector shutting down"
-	case cause != "":
-		reason = cause
+		end = sessionEnd{code: reasonStopped, text: "connector shutting down"}
+	case cause.code != "":
+		end = cause
 	default:
-		reason = readFailure(readErr, s.cfg.ReadTimeout)
+		end = readFailure(readErr, s.cfg.ReadTimeout)
 	}
-	return healthy, reason
+	return healthy, end
+}
+
+// armHelloLocked starts the hello_ok wait once a configure is written on a
+// connection not yet established. Only then: a server of the SDKs' order
+// answers hello_ok to the configure, so an unconfigured session may wait for
+// it indefinitely (the read timeout still applies). s.mu is held.
+func (s *Source) armHelloLocked(c *conn) {
+	if c.ready || c.helloTimer != nil {
+		return
+	}
+	wait := s.cfg.DialTimeout
+	c.helloTimer = time.AfterFunc(wait, func() {
+		s.mu.Lock()
+		ready := c.ready
+		s.mu.Unlock()
+		if !ready {
+			c.failWith(reasonHandshakeTimeout, fmt.Sprintf("handshake timeout: no hello_ok within %s of the configure", wait))
+		}
+	})
 }
 
 // attach makes c the current connection and queues the desired configure as
@@ -224,7 +277,7 @@ func (s *Source) writeLoop(ctx context.Context, c *conn) {
 			}
 			if err != nil {
 				if ctx.Err() == nil { // else the socket was closed under us
-					c.fail("write failed: " + err.Error())
+					c.failWith(reasonWrite, "write failed: "+err.Error())
 				}
 				return
 			}
@@ -237,7 +290,7 @@ func (s *Source) writeLoop(ctx context.Context, c *conn) {
 			}
 			if err := s.write(c, pingOut(nil)); err != nil {
 				if ctx.Err() == nil {
-					c.fail("write failed: " + err.Error())
+					c.failWith(reasonWrite, "write failed: "+err.Error())
 				}
 				return
 			}
@@ -277,6 +330,7 @@ func (s *Source) write(c *conn, f outFrame) error {
 		s.mu.Lock()
 		c.configured = true
 		c.armSettleLocked()
+		s.armHelloLocked(c)
 		s.mu.Unlock()
 	}
 	return nil
@@ -362,7 +416,9 @@ func (s *Source) onPong(c *conn, now time.Time) {
 
 // scalarText renders a JSON number or string as text ("" for anything else).
 func scalarText(raw json.RawMessage) string {
-	if len(raw) == 0 {
+	// The id goes into a header of every high-lane message: an absurdly long
+	// one is dropped rather than copied a million times.
+	if len(raw) == 0 || len(raw) > maxSessionIDBytes {
 		return ""
 	}
 	if raw[0] == '"' {
@@ -379,6 +435,9 @@ func scalarText(raw json.RawMessage) string {
 	return ""
 }
 
+// maxSessionIDBytes bounds the upstream session id kept for headers and status.
+const maxSessionIDBytes = 128
+
 func validOrNull(raw json.RawMessage) []byte {
 	if len(raw) == 0 || !json.Valid(raw) {
 		return []byte("null")
@@ -387,29 +446,43 @@ func validOrNull(raw json.RawMessage) []byte {
 }
 
 // dialFailure describes a failed dial without ever quoting request headers.
-func dialFailure(err error, resp *http.Response) string {
+// tcpUp says whether the TCP connection was established: a timeout after it
+// is a peer that never answered the upgrade.
+func dialFailure(err error, resp *http.Response, tcpUp bool, timeout time.Duration) sessionEnd {
 	if resp != nil {
 		msg := "upgrade refused: HTTP " + strconv.Itoa(resp.StatusCode)
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-			msg += " (check the API key)"
+			return sessionEnd{code: reasonAuth, text: msg + " (check the API key)"}
 		}
-		return msg
+		return sessionEnd{code: reasonDial, text: msg}
 	}
-	return "dial failed: " + err.Error()
+	var ne net.Error
+	if tcpUp && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+		return sessionEnd{code: reasonHandshakeTimeout, text: fmt.Sprintf("handshake timeout: no WebSocket upgrade answer within %s", timeout)}
+	}
+	return sessionEnd{code: reasonDial, text: "dial failed: " + err.Error()}
 }
 
-func readFailure(err error, timeout time.Duration) string {
+func readFailure(err error, timeout time.Duration) sessionEnd {
 	var ce *websocket.CloseError
 	var ne net.Error
 	switch {
 	case err == nil:
-		return "connection ended"
+		return sessionEnd{code: reasonClosedByPeer, text: "connection ended"}
 	case errors.As(err, &ce):
-		return fmt.Sprintf("closed by upstream: %d %s", ce.Code, ce.Text)
+		// An abrupt TCP close reads as close code 1006 (abnormal closure).
+		return sessionEnd{code: reasonClosedByPeer, text: fmt.Sprintf("closed by upstream: %d %s", ce.Code, ce.Text)}
 	case errors.As(err, &ne) && ne.Timeout():
-		return fmt.Sprintf("read timeout: nothing received for %s", timeout)
+		return sessionEnd{code: reasonReadTimeout, text: fmt.Sprintf("read timeout: nothing received for %s", timeout)}
 	case errors.Is(err, websocket.ErrReadLimit):
-		return fmt.Sprintf("frame larger than %d bytes", readLimit)
+		return sessionEnd{code: reasonProtocol, text: fmt.Sprintf("frame larger than %d bytes", readLimit)}
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
+		return sessionEnd{code: reasonClosedByPeer, text: "read failed: " + err.Error()}
+	case errors.Is(err, net.ErrClosed):
+		// Our side closed the socket (teardown) without recording why.
+		return sessionEnd{code: reasonStopped, text: "read failed: " + err.Error()}
 	}
-	return "read failed: " + err.Error()
+	// Anything else the WebSocket layer refuses (bad framing, bad UTF-8 in a
+	// close frame, reserved bits...) is a protocol violation.
+	return sessionEnd{code: reasonProtocol, text: "read failed: " + err.Error()}
 }

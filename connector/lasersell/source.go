@@ -130,6 +130,7 @@ func New(cfg Config, host *connector.Host) (*Source, error) {
 		positionsKV:  host.State(subjects.BucketPositions),
 		envConfigure: initial,
 		dialer: &websocket.Dialer{
+			NetDialContext:   netDial,
 			Proxy:            http.ProxyFromEnvironment,
 			HandshakeTimeout: cfg.DialTimeout,
 			ReadBufferSize:   32 << 10,
@@ -173,11 +174,14 @@ func (s *Source) Run(ctx context.Context) error {
 	wg.Go(func() { s.persistLoop(ctx) })
 
 	bo := Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
+	// A refused API key does not fix itself in seconds: its retries back off
+	// further, so a bad key never hammers the server (or gets it banned).
+	authBo := Backoff{Base: s.cfg.BackoffBase, Max: authBackoffFactor * s.cfg.BackoffMax}
 	failures := 0
 	for {
 		s.setStatus(ctx, connector.Status{State: connector.StateConnecting, Attempt: failures,
 			Detail: map[string]any{"url": redactURL(s.cfg.URL)}})
-		healthy, reason := s.session(ctx)
+		healthy, end := s.session(ctx)
 		if ctx.Err() != nil {
 			s.stopped(ctx)
 			return nil
@@ -187,11 +191,19 @@ func (s *Source) Run(ctx context.Context) error {
 			failures = 0
 		}
 		failures++
-		wait := bo.Next()
-		s.host.Metrics().Reconnects.WithLabelValues(reasonCode(reason)).Inc()
-		s.log.Warn().Str("reason", reason).Int("attempt", failures).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
-		s.setStatus(ctx, connector.Status{State: connector.StateDisconnected, Reason: reason})
-		s.setStatus(ctx, connector.Status{State: connector.StateReconnecting, Reason: reason, Attempt: failures, BackoffMS: wait.Milliseconds()})
+		var wait time.Duration
+		if end.code == reasonAuth {
+			wait = authBo.Next()
+		} else {
+			authBo.Reset()
+			wait = bo.Next()
+		}
+		s.host.Metrics().Reconnects.WithLabelValues(end.code).Inc()
+		s.log.Warn().Str("reason", end.text).Str("reason_code", end.code).Int("attempt", failures).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
+		detail := map[string]any{"reason_code": end.code}
+		s.setStatus(ctx, connector.Status{State: connector.StateDisconnected, Reason: end.text, Detail: detail})
+		s.setStatus(ctx, connector.Status{State: connector.StateReconnecting, Reason: end.text, Attempt: failures,
+			BackoffMS: wait.Milliseconds(), Detail: detail})
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -336,7 +348,27 @@ func (s *Source) wakeDeadlines() {
 	}
 }
 
-// reasonCode maps a free-text end-of-session reason to the bounded label of
-// connector_upstream_reconnects_total.
-// TODO(reasons): classify; every reason counts as "ended" until then.
-func reasonCode(string) string { return "ended" }
+// sessionEnd says why an upstream connection ended: code is one of the
+// reason codes below (the reason label of connector_upstream_reconnects_total
+// and detail.reason_code of the status events), text the human explanation
+// (status reason, logs). Neither ever holds the API key.
+type sessionEnd struct {
+	code string
+	text string
+}
+
+// Reason codes: a small fixed set, the same in both sources.
+const (
+	reasonDial             = "dial"              // TCP/TLS connect failed, or the upgrade was refused (not auth)
+	reasonAuth             = "auth"              // HTTP 401/403 on the upgrade: the API key was refused
+	reasonHandshakeTimeout = "handshake_timeout" // TCP up, but no upgrade answer or no hello_ok in time
+	reasonReadTimeout      = "read_timeout"      // nothing received (not even a pong) for LASERSELL_READ_TIMEOUT
+	reasonClosedByPeer     = "closed_by_peer"    // close frame, EOF or reset from the server
+	reasonProtocol         = "protocol"          // oversized frame or WebSocket protocol violation
+	reasonWrite            = "write"             // a write failed or the write queue stayed full
+	reasonStopped          = "stopped"           // the connector is shutting down
+)
+
+// authBackoffFactor multiplies LASERSELL_BACKOFF_MAX for the retries after
+// an authentication refusal (2 s -> 30 s with the defaults).
+const authBackoffFactor = 15

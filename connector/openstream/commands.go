@@ -48,28 +48,39 @@ type MonitorReply struct {
 	Replaced    bool   `json:"replaced"`
 }
 
-func (r *Robot) cmdMonitor(ctx context.Context, body []byte) (any, error) {
+// planMonitor validates a monitor command and returns the request, the
+// normalized recipe (what is stored and sent as MONITOR) and the reply. It is
+// pure: the fuzz target runs it without network.
+func planMonitor(body []byte) (monitorRequest, Recipe, MonitorReply, error) {
 	var req monitorRequest
 	if err := connector.DecodeStrict(body, &req); err != nil {
-		return nil, err
+		return req, Recipe{}, MonitorReply{}, err
 	}
 	if req.Name == "" {
 		req.Name = DefaultMonitor
 	}
 	if !validName(req.Name) {
-		return nil, connector.Refuse(CodeInvalidName, "monitor name %q may hold only letters, digits, '-' and '_' (at most 64)", req.Name)
+		return req, Recipe{}, MonitorReply{}, connector.Refuse(CodeInvalidName, "monitor name %q may hold only letters, digits, '-' and '_' (at most 64)", req.Name)
 	}
 	period, err := parsePeriodMS(req.PeriodMS)
 	if err != nil {
-		return nil, err
+		return req, Recipe{}, MonitorReply{}, err
 	}
 	rec, clamped, cerr := Recipe{URL: req.URL, Method: req.Method, PeriodMS: clampInt(period), Args: req.Args}.normalize()
 	if cerr != nil {
-		return nil, cerr
+		return req, Recipe{}, MonitorReply{}, cerr
 	}
 	reply := MonitorReply{Name: req.Name, URL: rec.URL, PeriodMS: rec.PeriodMS}
 	if clamped || int64(rec.PeriodMS) != period {
 		reply.ClampedFrom = &period
+	}
+	return req, rec, reply, nil
+}
+
+func (r *Robot) cmdMonitor(ctx context.Context, body []byte) (any, error) {
+	req, rec, reply, err := planMonitor(body)
+	if err != nil {
+		return nil, err
 	}
 
 	r.cmdMu.Lock()
@@ -229,12 +240,13 @@ type ControlReply struct {
 	WindowMS int64 `json:"window_ms,omitempty"`
 }
 
-func (r *Robot) cmdControl(ctx context.Context, cmd connector.Command) (any, error) {
-	if len(r.cfg.ControlAllow) == 0 {
-		return nil, connector.Refuse(CodeControlDisabled, "CONTROL is disabled for robot %s: it has no allow-list (OPENSTREAM_CONTROL_ALLOW)", r.cfg.Name)
-	}
+// controlLine validates a control command against the robot's allow-list
+// and returns the one NDJSON line to write: re-encoded from the decoded
+// request, so nothing of the request's own bytes but validated values reaches
+// the controller. It is pure: the fuzz target runs it without network.
+func controlLine(allow []string, robot string, body []byte) ([]byte, error) {
 	var req controlRequest
-	if err := connector.DecodeStrict(cmd.Body, &req); err != nil {
+	if err := connector.DecodeStrict(body, &req); err != nil {
 		return nil, err
 	}
 	if err := checkControlURL(req.URL); err != nil {
@@ -247,7 +259,7 @@ func (r *Robot) cmdControl(ctx context.Context, cmd connector.Command) (any, err
 	default:
 		return nil, connector.Refuse("invalid_method", "CONTROL method must be POST, PUT or DELETE, not %q", req.Method)
 	}
-	body, cerr := compactBody(req.Body)
+	payload, cerr := compactBody(req.Body)
 	if cerr != nil {
 		return nil, cerr
 	}
@@ -255,10 +267,17 @@ func (r *Robot) cmdControl(ctx context.Context, cmd connector.Command) (any, err
 	if cerr != nil {
 		return nil, cerr
 	}
-	if !r.allowed(req.URL) {
-		return nil, connector.Refuse(CodeControlNotAllowed, "%s is not in the CONTROL allow-list of robot %s", req.URL, r.cfg.Name)
+	if !allowedURL(allow, req.URL) {
+		return nil, connector.Refuse(CodeControlNotAllowed, "%s is not in the CONTROL allow-list of robot %s", req.URL, robot)
 	}
-	line, err := encodeCmd(cmdControl, controlPayload{URL: req.URL, Method: req.Method, Args: args, Body: body})
+	return encodeCmd(cmdControl, controlPayload{URL: req.URL, Method: req.Method, Args: args, Body: payload})
+}
+
+func (r *Robot) cmdControl(ctx context.Context, cmd connector.Command) (any, error) {
+	if len(r.cfg.ControlAllow) == 0 {
+		return nil, connector.Refuse(CodeControlDisabled, "CONTROL is disabled for robot %s: it has no allow-list (OPENSTREAM_CONTROL_ALLOW)", r.cfg.Name)
+	}
+	line, err := controlLine(r.cfg.ControlAllow, r.cfg.Name, cmd.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -325,25 +344,41 @@ func (r *Robot) cmdControl(ctx context.Context, cmd connector.Command) (any, err
 }
 
 // checkControlURL adds to the server's URL rules what an allow-list needs to
-// be meaningful: no query, fragment, escapes, dot segments or empty segments,
-// so "/allowed/../forbidden" cannot pass a pattern.
+// be meaningful. Every segment is a non-empty run of RFC 3986 unreserved ASCII
+// characters (letters, digits, '-', '.', '_', '~') and not only dots: so no
+// query, fragment, percent escape ("%2e", "%2F"), empty segment ("//"), dot
+// segment (".." and its "..;" variants), space, backslash or Unicode
+// look-alike can make a URL that passes a pattern mean another path on the
+// controller. Query parameters go in args.
 func checkControlURL(u string) *connector.CommandError {
 	if err := checkURL(u); err != nil {
 		return err
 	}
-	if strings.ContainsAny(u, "?#%\\") {
-		return connector.Refuse("invalid_url", "CONTROL url may not contain '?', '#', '%%' or '\\' (use args for query parameters)")
+	if u == "/" {
+		return nil
 	}
 	for _, seg := range strings.Split(u[1:], "/") {
-		if seg == "." || seg == ".." || (seg == "" && u != "/") {
+		if seg == "" || strings.Trim(seg, ".") == "" {
 			return connector.Refuse("invalid_url", "CONTROL url may not contain empty, '.' or '..' segments")
+		}
+		for i := 0; i < len(seg); i++ {
+			if !unreserved(seg[i]) {
+				return connector.Refuse("invalid_url",
+					"CONTROL url segments may hold only ASCII letters, digits, '-', '.', '_' and '~' (no '?', '#', '%%' or other characters; use args for query parameters)")
+			}
 		}
 	}
 	return nil
 }
 
-func (r *Robot) allowed(u string) bool {
-	for _, p := range r.cfg.ControlAllow {
+func unreserved(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// allowedURL reports whether u matches a pattern of the allow-list (path.Match:
+// '*' stays within one segment, matching is case-sensitive).
+func allowedURL(allow []string, u string) bool {
+	for _, p := range allow {
 		if ok, _ := path.Match(p, u); ok {
 			return true
 		}
@@ -389,31 +424,44 @@ type StopReply struct {
 	Connections map[string]string `json:"connections,omitempty"`
 }
 
-func (r *Robot) cmdStop(ctx context.Context, body []byte) (any, error) {
+// planStop validates a stop command (pure, like planMonitor).
+func planStop(body []byte) (stopRequest, error) {
 	var req stopRequest
 	if err := connector.DecodeStrict(body, &req); err != nil {
-		return nil, err
+		return req, err
 	}
 	switch req.Target {
 	case "":
-		return nil, connector.Refuse("missing_target", "target is required: monitor, control or session")
+		return req, connector.Refuse("missing_target", "target is required: monitor, control or session")
 	case targetMonitor:
 		if req.Name == "" {
 			req.Name = DefaultMonitor
 		}
+		if !validName(req.Name) {
+			return req, connector.Refuse(CodeInvalidName, "monitor name %q may hold only letters, digits, '-' and '_' (at most 64)", req.Name)
+		}
+		return req, nil
+	case targetControl, targetSession:
+		if req.Name != "" {
+			return req, connector.Refuse("invalid_value", "name applies to target monitor only")
+		}
+		return req, nil
+	}
+	return req, connector.Refuse("invalid_target", "target must be monitor, control or session, not %q", req.Target)
+}
+
+func (r *Robot) cmdStop(ctx context.Context, body []byte) (any, error) {
+	req, err := planStop(body)
+	if err != nil {
+		return nil, err
+	}
+	switch req.Target {
+	case targetMonitor:
 		return r.stopMonitor(ctx, req.Name)
 	case targetControl:
-		if req.Name != "" {
-			return nil, connector.Refuse("invalid_value", "name applies to target monitor only")
-		}
 		return r.stopControl(ctx)
-	case targetSession:
-		if req.Name != "" {
-			return nil, connector.Refuse("invalid_value", "name applies to target monitor only")
-		}
-		return r.stopSession(ctx)
 	}
-	return nil, connector.Refuse("invalid_target", "target must be monitor, control or session, not %q", req.Target)
+	return r.stopSession(ctx)
 }
 
 // stopMonitor sends STOP monitor on that monitor's connection, removes it from

@@ -36,6 +36,10 @@ const EnvPrefix = "OPENSTREAM"
 // DefaultPort is the Open Stream port of the vendor's example client.
 const DefaultPort = 49000
 
+// maxLineLimit keeps every accepted line publishable under NATS's default
+// 1 MiB max_payload, with 16 KiB to spare for headers.
+const maxLineLimit = 1<<20 - 16<<10
+
 // Config is the Open Stream part of the connector's configuration, read by
 // envconfig from the OPENSTREAM_* variables named in its tags.
 // Robots, Monitors and ControlAllow are compact strings parsed by ParseRobots.
@@ -119,7 +123,7 @@ func (c Config) Validate() error {
 	}
 	for _, k := range []check{
 		{"MAJOR", c.Major >= 0, ">= 0"},
-		{"MAX_LINE", c.MaxLine >= 1024 && c.MaxLine <= 16<<20, "between 1024 and 16777216"},
+		{"MAX_LINE", c.MaxLine >= 1024 && c.MaxLine <= maxLineLimit, "between 1024 and 1032192 (a line is published as one NATS message: NATS's default max_payload is 1 MiB, less room for headers)"},
 		{"DIAL_TIMEOUT", c.DialTimeout > 0, "> 0"},
 		{"TCP_KEEPALIVE", c.TCPKeepAlive >= 0, ">= 0"},
 		{"WRITE_TIMEOUT", c.WriteTimeout > 0, "> 0"},

@@ -3,6 +3,7 @@ package openstream
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -45,9 +46,10 @@ type monWaiter struct {
 // sessionEnd says why a session ended and how to go on.
 type sessionEnd struct {
 	reason  string
-	refused bool // version_mismatch / handshake_rejected: retry slowly
-	healthy bool // lived long enough (and streamed) to reset the backoff
-	stopped bool // ended on purpose
+	code    string // one of the reason codes below
+	refused bool   // version_mismatch / handshake_rejected: retry slowly
+	healthy bool   // lived long enough (and streamed) to reset the backoff
+	stopped bool   // ended on purpose
 }
 
 const controlConnID = "control"
@@ -193,13 +195,13 @@ func (c *conn) run(ctx context.Context) {
 		}
 		failures++
 		c.r.host.Metrics().Reconnects.WithLabelValues(end.reasonCode()).Inc()
-		detail := map[string]any{}
+		detail := map[string]any{"reason_code": end.reasonCode()}
 		c.mu.Lock()
 		if !c.lastData.IsZero() {
 			detail["since_data_ms"] = time.Since(c.lastData).Milliseconds()
 		}
 		c.mu.Unlock()
-		c.log.Warn().Str("reason", end.reason).Int("attempt", failures).Dur("backoff", delay).Msg("reconnecting to the controller")
+		c.log.Warn().Str("reason", end.reason).Str("reason_code", end.reasonCode()).Int("attempt", failures).Dur("backoff", delay).Msg("reconnecting to the controller")
 		c.r.report(c, connector.StateReconnecting, end.reason, failures, delay, detail)
 		if !sleep(ctx, delay) {
 			return
@@ -218,7 +220,7 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
 	nc, err := d.DialContext(ctx, "tcp", c.r.cfg.Addr)
 	if err != nil {
-		return sessionEnd{reason: "dial: " + err.Error()}
+		return sessionEnd{reason: "dial: " + err.Error(), code: reasonDial}
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		// Small command lines must not wait for Nagle (CONTROL at 500 Hz).
@@ -239,25 +241,30 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	// HANDSHAKE first: nothing else is accepted before it.
 	line, err := encodeCmd(cmdHandshake, handshakePayload{Major: cfg.Major})
 	if err != nil {
-		return sessionEnd{reason: err.Error()}
+		return sessionEnd{reason: err.Error(), code: reasonProtocol}
 	}
 	sent := time.Now()
 	p, err := s.request(ctx, pendHandshake, "", 0, line)
 	if err != nil {
-		return sessionEnd{reason: "handshake: " + err.Error()}
+		return sessionEnd{reason: "handshake: " + err.Error(), code: s.codeOr(reasonClosedByPeer)}
 	}
 	o, err := s.awaitOrEnd(ctx, p, cfg.AckTimeout)
+	var late *noAnswerError
 	switch {
 	case ctx.Err() != nil:
-		return sessionEnd{reason: "shutdown", stopped: true}
+		return sessionEnd{reason: "shutdown", code: reasonStopped, stopped: true}
+	case errors.As(err, &late):
+		return sessionEnd{reason: "handshake: " + err.Error(), code: reasonHandshakeTimeout}
 	case err != nil:
-		return sessionEnd{reason: "handshake: " + err.Error()}
+		return sessionEnd{reason: "handshake: " + err.Error(), code: s.codeOr(reasonClosedByPeer)}
 	case o.err != nil:
-		refused := o.err.Code == "version_mismatch" || o.err.Code == "handshake_rejected"
-		if refused {
+		code := reasonProtocol
+		switch o.err.Code {
+		case reasonVersionMismatch, reasonHandshakeRejected:
+			code = o.err.Code
 			c.log.Error().Str("code", o.err.Code).Str("message", o.err.Message).Int("major", cfg.Major).Msg("the controller refused the HANDSHAKE")
 		}
-		return sessionEnd{reason: o.err.Code + ": " + o.err.Message, refused: refused}
+		return sessionEnd{reason: o.err.Code + ": " + o.err.Message, code: code, refused: code != reasonProtocol}
 	}
 	rtt := time.Since(sent)
 	c.r.host.Metrics().RTT.Set(rtt.Seconds())
@@ -308,11 +315,12 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 		select {
 		case <-ctx.Done():
 			c.gracefulStop(s)
-			return sessionEnd{reason: "shutdown", stopped: true}
+			return sessionEnd{reason: "shutdown", code: reasonStopped, stopped: true}
 		case <-s.ended:
 			lived := time.Since(s.opened)
 			return sessionEnd{
 				reason:  s.endReason,
+				code:    s.codeOr(reasonClosedByPeer),
 				healthy: lived >= cfg.HealthyAfter && (c.monitor == "" || s.gotData.Load()),
 			}
 		case <-c.apply:
@@ -327,8 +335,13 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 			// backpressure from NATS, not a stalled controller.
 			if armed {
 				if idle := s.stallIdle(now, armedAt, armedBlocked); idle > stall {
-					return sessionEnd{reason: fmt.Sprintf("stalled: no data for %d ms", idle.Milliseconds())}
+					return sessionEnd{reason: fmt.Sprintf("stalled: no data for %d ms", idle.Milliseconds()), code: reasonStalled}
 				}
+			}
+			// The control connection carries no data, so a silent (half-open)
+			// controller shows only as an unanswered keepalive.
+			if c.monitor == "" && s.overdueKeepalive(now, cfg.AckTimeout) {
+				return sessionEnd{reason: fmt.Sprintf("keepalive unanswered for %s: the controller is silent", cfg.AckTimeout), code: reasonPingTimeout}
 			}
 			sinceCmd := now.Sub(time.Unix(0, s.lastCmd.Load()))
 			switch {
@@ -417,15 +430,34 @@ func (s *session) awaitOrEnd(ctx context.Context, p *pending, timeout time.Durat
 		}
 		return o, nil
 	case <-s.ended:
+		// The answer may have arrived just before the end (an error line,
+		// then the controller closes): it wins over the end.
+		select {
+		case o := <-p.done:
+			if !o.closed {
+				return o, nil
+			}
+		default:
+		}
 		s.forget(p)
 		return outcome{}, fmt.Errorf("%w (%s)", errSessionClosed, s.endReason)
 	case <-t.C:
 		s.forget(p)
-		return outcome{}, fmt.Errorf("no answer to %s within %s", p.kind, timeout)
+		return outcome{}, &noAnswerError{kind: p.kind, timeout: timeout}
 	case <-ctx.Done():
 		s.forget(p)
 		return outcome{}, ctx.Err()
 	}
+}
+
+// noAnswerError is a command the controller did not answer in time.
+type noAnswerError struct {
+	kind    pendingKind
+	timeout time.Duration
+}
+
+func (e *noAnswerError) Error() string {
+	return fmt.Sprintf("no answer to %s within %s", e.kind, e.timeout)
 }
 
 // prune forgets internal commands the controller never answered, so the
@@ -469,6 +501,41 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// Reason codes: why a connection ended, a small fixed set shared in spirit
+// with the LaserSell source. Each is the reason label of
+// connector_upstream_reconnects_total and detail.reason_code of the
+// reconnecting status (whose reason keeps the free text).
+const (
+	reasonDial              = "dial"               // TCP connect failed
+	reasonHandshakeTimeout  = "handshake_timeout"  // no handshake_ack (nor error) within OPENSTREAM_ACK_TIMEOUT
+	reasonHandshakeRejected = "handshake_rejected" // the controller refused the HANDSHAKE
+	reasonVersionMismatch   = "version_mismatch"   // the controller speaks another MAJOR
+	reasonStalled           = "stalled"            // no MONITOR data for the stall timeout
+	reasonPingTimeout       = "ping_timeout"       // a keepalive went unanswered (control connection)
+	reasonWatchdog          = "watchdog"           // the controller's session_timeout
+	reasonClosedByPeer      = "closed_by_peer"     // EOF or reset from the controller
+	reasonProtocol          = "protocol"           // stop_failed, handshake_required, unexpected HANDSHAKE error
+	reasonWrite             = "write"              // a write failed or timed out
+	reasonStopped           = "stopped"            // ended on purpose
+)
+
 // reasonCode is the bounded label of connector_upstream_reconnects_total.
-// TODO(reasons): classify; every reason counts as "ended" until then.
-func (e sessionEnd) reasonCode() string { return "ended" }
+func (e sessionEnd) reasonCode() string {
+	if e.code == "" {
+		return reasonProtocol
+	}
+	return e.code
+}
+
+// codeOr is the session's end code, or def when it has not ended (or ended
+// without one).
+func (s *session) codeOr(def string) string {
+	select {
+	case <-s.ended:
+		if s.endCode != "" {
+			return s.endCode
+		}
+	default:
+	}
+	return def
+}

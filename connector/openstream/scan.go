@@ -18,63 +18,92 @@ type lineInfo struct {
 	notOK   bool   // top-level "ok" is present and not true (a refused handshake_ack)
 }
 
-// dataPrefix is how the controller (and the simulator) start every data line,
-// so the hot path skips the key scan.
-const dataPrefix = `{"type":"data"`
-
-// scanLine reports whether line is one JSON object and, if so, its routing keys.
+// scanLine reports whether line is one JSON object and, if so, its routing
+// keys. It validates and routes in one pass (package jsonscan, strict like
+// encoding/json, which FuzzScanLine checks it against): the top-level keys are
+// read, nested values only validated. Keys compare after unescaping and a
+// later duplicate key wins, as with encoding/json; only JSON whitespace may
+// surround the object, since the line is published as it is.
 func scanLine(line []byte) (lineInfo, bool) {
-	line = bytes.TrimSpace(line)
-	if len(line) < 2 || line[0] != '{' || !jsonscan.Valid(line) {
+	var info lineInfo
+	i := jsonscan.SkipSpace(line, 0)
+	if i >= len(line) || line[i] != '{' {
 		return lineInfo{}, false
 	}
-	if len(line) > len(dataPrefix) && string(line[:len(dataPrefix)]) == dataPrefix &&
-		(line[len(dataPrefix)] == ',' || line[len(dataPrefix)] == '}') {
-		return lineInfo{typ: "data", hasType: true}, true
-	}
-	var info lineInfo
-	i := jsonscan.SkipSpace(line, 1)
-	if line[i] == '}' {
-		return info, true
-	}
-	// The line is valid JSON, so the scan below can trust its structure.
-	for i < len(line) {
-		i = jsonscan.SkipSpace(line, i)
-		kEnd := jsonscan.String(line, i)
-		key := line[i+1 : kEnd-1]
-		i = jsonscan.SkipSpace(line, kEnd)
-		i = jsonscan.SkipSpace(line, i+1) // ':'
-		vEnd := jsonscan.Value(line, i, 1)
-		val := line[i:vEnd]
-		switch string(key) {
-		case "type":
-			info.hasType = true
-			info.typ, _ = stringValue(val)
-		case "error":
-			info.hasErr = true
-			info.err, _ = stringValue(val)
-		case "target":
-			info.target, _ = stringValue(val)
-		case "ok":
-			info.notOK = string(val) != "true"
+	i = jsonscan.SkipSpace(line, i+1)
+	if i < len(line) && line[i] == '}' {
+		i++
+	} else {
+		for {
+			if i >= len(line) || line[i] != '"' {
+				return lineInfo{}, false
+			}
+			kEnd := jsonscan.String(line, i)
+			if kEnd < 0 {
+				return lineInfo{}, false
+			}
+			key := line[i:kEnd]
+			i = jsonscan.SkipSpace(line, kEnd)
+			if i >= len(line) || line[i] != ':' {
+				return lineInfo{}, false
+			}
+			i = jsonscan.SkipSpace(line, i+1)
+			vEnd := jsonscan.Value(line, i, 1)
+			if vEnd < 0 {
+				return lineInfo{}, false
+			}
+			info.set(key, line[i:vEnd])
+			i = jsonscan.SkipSpace(line, vEnd)
+			if i >= len(line) {
+				return lineInfo{}, false
+			}
+			if line[i] == '}' {
+				i++
+				break
+			}
+			if line[i] != ',' {
+				return lineInfo{}, false
+			}
+			i = jsonscan.SkipSpace(line, i+1)
 		}
-		i = jsonscan.SkipSpace(line, vEnd)
-		if i >= len(line) || line[i] == '}' {
-			break
-		}
-		i++ // ','
+	}
+	if jsonscan.SkipSpace(line, i) != len(line) {
+		return lineInfo{}, false
 	}
 	return info, true
 }
 
-// stringValue decodes a JSON string value; escapes are rare, so the common
-// case does not allocate a decoder.
+// set records one top-level field if routing needs it; key is the quoted key.
+func (info *lineInfo) set(quotedKey, val []byte) {
+	key := quotedKey[1 : len(quotedKey)-1]
+	if bytes.IndexByte(key, '\\') >= 0 {
+		// An escaped key ("t\u0079pe") is the same key to every JSON decoder.
+		s, _ := stringValue(quotedKey)
+		key = []byte(s)
+	}
+	switch string(key) { // the compiler does not allocate for this conversion
+	case "type":
+		info.hasType = true
+		info.typ, _ = stringValue(val)
+	case "error":
+		info.hasErr = true
+		info.err, _ = stringValue(val)
+	case "target":
+		info.target, _ = stringValue(val)
+	case "ok":
+		info.notOK = string(val) != "true"
+	}
+}
+
+// stringValue decodes a JSON string value exactly as encoding/json does.
+// Escapes and non-ASCII bytes (possibly invalid UTF-8, which encoding/json
+// replaces with U+FFFD) are rare, so only they take the decoder.
 func stringValue(v []byte) (string, bool) {
 	if len(v) < 2 || v[0] != '"' {
 		return "", false
 	}
 	inner := v[1 : len(v)-1]
-	if bytes.IndexByte(inner, '\\') < 0 {
+	if !needsDecoding(inner) {
 		return string(inner), true
 	}
 	var s string
@@ -82,4 +111,13 @@ func stringValue(v []byte) (string, bool) {
 		return "", false
 	}
 	return s, true
+}
+
+func needsDecoding(inner []byte) bool {
+	for _, b := range inner {
+		if b == '\\' || b >= 0x80 {
+			return true
+		}
+	}
+	return false
 }

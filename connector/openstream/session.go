@@ -38,6 +38,7 @@ type session struct {
 	endOnce   sync.Once
 	ended     chan struct{} // closed by the first end()
 	endReason string
+	endCode   string // reason code of endReason (see reasons.go in conn.go)
 
 	mu       sync.Mutex
 	pend     []*pending    // handshake / monitor / stop, oldest first
@@ -97,6 +98,7 @@ type pending struct {
 	// consumed here instead of being published every few seconds.
 	keepalive bool
 	sentAt    time.Time
+	blockedAt int64        // s.blocked at sentAt: reader time in Emit is not the controller's delay
 	done      chan outcome // capacity 1
 }
 
@@ -136,17 +138,18 @@ func (s *session) start() {
 	go s.write()
 }
 
-// end records why the session is over (first reason wins) and wakes its owner.
-func (s *session) end(reason string) {
+// end records why the session is over (first reason wins, code one of the
+// reason codes) and wakes its owner.
+func (s *session) end(code, reason string) {
 	s.endOnce.Do(func() {
-		s.endReason = reason
+		s.endReason, s.endCode = reason, code
 		close(s.ended)
 	})
 }
 
 // close stops both goroutines, waits for them and fails every waiter.
 func (s *session) close() {
-	s.end("closed")
+	s.end(reasonStopped, "closed")
 	s.cancel()
 	_ = s.nc.Close()
 	<-s.readDone
@@ -191,7 +194,7 @@ func (s *session) request(ctx context.Context, kind pendingKind, target string, 
 // send registers p and queues its line.
 func (s *session) send(ctx context.Context, p *pending, line []byte) (*pending, error) {
 	kind, target := p.kind, p.target
-	p.sentAt, p.done = time.Now(), make(chan outcome, 1)
+	p.sentAt, p.blockedAt, p.done = time.Now(), s.blocked.Load(), make(chan outcome, 1)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -217,6 +220,25 @@ func (s *session) forget(p *pending) {
 			return
 		}
 	}
+}
+
+// overdueKeepalive reports whether a keepalive has waited longer than limit
+// for its answer. Time the reader spent waiting in Emit (NATS backpressure)
+// is not the controller's delay: it is not counted, and nothing is overdue
+// while the reader waits there.
+func (s *session) overdueKeepalive(now time.Time, limit time.Duration) bool {
+	if s.emitSince.Load() != 0 {
+		return false
+	}
+	blocked := s.blocked.Load()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.pend {
+		if p.keepalive && now.Sub(p.sentAt)-time.Duration(blocked-p.blockedAt) > limit {
+			return true
+		}
+	}
+	return false
 }
 
 // await waits for the answer to p, at most timeout.
@@ -349,7 +371,7 @@ func (s *session) write() {
 			}
 		}
 		if err != nil {
-			s.end("write: " + err.Error())
+			s.end(reasonWrite, "write: "+err.Error())
 			return
 		}
 	}
@@ -394,10 +416,13 @@ func (s *session) read() {
 			// The server closed mid-line: keep what it sent, for diagnosis.
 			s.malformed(partial.Line, now, "connection closed inside a line")
 		case errors.Is(err, io.EOF):
-			s.end("eof")
+			s.end(reasonClosedByPeer, "eof")
+			return
+		case errors.Is(err, net.ErrClosed):
+			s.end(reasonStopped, "read: "+err.Error()) // our teardown closed the socket
 			return
 		default:
-			s.end("read: " + err.Error())
+			s.end(reasonClosedByPeer, "read: "+err.Error())
 			return
 		}
 	}
@@ -418,7 +443,9 @@ func (s *session) route(line []byte, at time.Time) {
 	switch {
 	case info.hasType:
 		if info.typ != "" {
-			typ = info.typ
+			// A safe token: it is the subject's last token and the
+			// Connector-Type header (known types are tokens already).
+			typ = subjects.Token(info.typ)
 		}
 	case info.hasErr:
 		typ = evError
@@ -503,8 +530,10 @@ func (s *session) onError(code string, payload []byte) (answered *pending) {
 		answered = s.resolveOldest(kinds, o)
 	}
 	switch code {
-	case "session_timeout", "stop_failed", "handshake_required":
-		s.end(code)
+	case "session_timeout":
+		s.end(reasonWatchdog, code)
+	case "stop_failed", "handshake_required":
+		s.end(reasonProtocol, code)
 	}
 	return answered
 }

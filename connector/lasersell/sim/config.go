@@ -164,6 +164,11 @@ type Config struct {
 	// StallFor is the length of a scheduled stall.
 	StallFor time.Duration
 
+	// WithholdHello accepts WebSocket sessions but never sends hello_ok nor
+	// processes their frames (they are still recorded): a peer stuck before its
+	// handshake. Server.SetWithholdHello changes it for new connections.
+	WithholdHello bool
+
 	// StampSendTime adds "sim_sent_ns" (Unix nanoseconds at the socket write) to every
 	// exit_signal_with_tx, for latency benchmarks. Not part of the real protocol.
 	StampSendTime bool
@@ -335,6 +340,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.GarbageEvery, "garbage-every", c.GarbageEvery, "send malformed text/binary frames at this interval (0: off)")
 	fs.DurationVar(&c.StallEvery, "stall-every", c.StallEvery, "stall each connection at this interval (0: off)")
 	fs.DurationVar(&c.StallFor, "stall-for", c.StallFor, "length of a scheduled stall")
+	fs.BoolVar(&c.WithholdHello, "withhold-hello", c.WithholdHello, "fault: accept sessions but never send hello_ok nor answer (a peer stuck before its handshake)")
 	fs.BoolVar(&c.StampSendTime, "stamp-send-time", c.StampSendTime, "add sim_sent_ns to exit signals (latency benchmarks; not in the real protocol)")
 	fs.IntVar(&c.MaxRecorded, "max-recorded", c.MaxRecorded, "client frames kept in memory for inspection")
 }

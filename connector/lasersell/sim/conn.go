@@ -64,6 +64,7 @@ type conn struct {
 	num        int
 	sessionID  uint64
 	helloFirst bool
+	mute       bool // WithholdHello: never hello_ok, frames recorded but not handled
 	log        zerolog.Logger
 
 	mu          sync.Mutex // guards the fields below; taken after Server.mu
@@ -119,6 +120,7 @@ func newConn(s *Server, ws *websocket.Conn, key string, num int, session uint64)
 	c := &conn{
 		s: s, ws: ws, nc: ws.NetConn(), key: key, num: num, sessionID: session,
 		helloFirst: s.cfg.HelloOrder.serverFirst(num),
+		mute:       s.withholdHello.Load(),
 		notify:     make(chan struct{}, 1),
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
@@ -139,7 +141,7 @@ func newConn(s *Server, ws *websocket.Conn, key string, num int, session uint64)
 // run serves the session on the (tracked) HTTP handler goroutine.
 func (c *conn) run() {
 	c.log.Info().Str("remote", c.nc.RemoteAddr().String()).Bool("hello_first", c.helloFirst).Msg("session opened")
-	if c.helloFirst {
+	if c.helloFirst && !c.mute {
 		c.mu.Lock()
 		c.queueHelloLocked()
 		c.mu.Unlock()
@@ -306,6 +308,9 @@ func (c *conn) readLoop() {
 			}
 		}
 		c.record(mt, data, typ)
+		if c.mute {
+			continue
+		}
 		if ok, _ := c.waitStall(); !ok {
 			return
 		}

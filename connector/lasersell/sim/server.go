@@ -114,10 +114,11 @@ type Server struct {
 	upgrader websocket.Upgrader
 	limits   []byte
 
-	apiKey       atomic.Pointer[string]
-	refuseStatus atomic.Int64
-	pnlRateBits  atomic.Uint64
-	posGen       atomic.Uint64 // bumped whenever the set of open positions changes
+	apiKey        atomic.Pointer[string]
+	refuseStatus  atomic.Int64
+	withholdHello atomic.Bool
+	pnlRateBits   atomic.Uint64
+	posGen        atomic.Uint64 // bumped whenever the set of open positions changes
 
 	mu          sync.Mutex // guards everything below and lock-orders before conn.mu
 	closed      bool
@@ -183,6 +184,7 @@ func New(cfg Config, logger zerolog.Logger) *Server {
 	}
 	key := cfg.APIKey
 	s.apiKey.Store(&key)
+	s.withholdHello.Store(cfg.WithholdHello)
 	s.SetPnLRate(cfg.PnLRate)
 	return s
 }
@@ -810,6 +812,10 @@ func (s *Server) pnlRate() float64 { return math.Float64frombits(s.pnlRateBits.L
 
 // SetAPIKey changes the required API key for new connections ("" accepts any).
 func (s *Server) SetAPIKey(key string) { s.apiKey.Store(&key) }
+
+// SetWithholdHello makes new sessions (on) never get hello_ok nor any answer,
+// like Config.WithholdHello; sessions already open keep their behaviour.
+func (s *Server) SetWithholdHello(on bool) { s.withholdHello.Store(on) }
 
 // SetRefuseStatus makes new upgrade requests fail with this HTTP status (for example
 // 503), to exercise client backoff. 0 restores normal service.

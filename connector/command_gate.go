@@ -1,0 +1,171 @@
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+)
+
+// Command admission defaults (Options.CommandMaxBytes, CommandRate, CommandBurst).
+const (
+	// DefaultCommandMaxBytes bounds one command request body. The largest
+	// legitimate request (a LaserSell configure with the limits' wallets and
+	// watch wallets, or a CONTROL body) is a few KiB.
+	DefaultCommandMaxBytes = 64 << 10
+	// DefaultCommandRate is the sustained commands per second one session
+	// accepts: twice a 500 Hz CONTROL trajectory stream.
+	DefaultCommandRate = 1000
+	// DefaultCommandBurst is how many commands a session accepts back to back
+	// (2 s of a 500 Hz trajectory preloaded at once).
+	DefaultCommandBurst = 1000
+)
+
+// Individual audit records of flood refusals (rate_limited, unknown_session):
+// per session (per kind for unknown sessions) at most refusalAuditBurst at once
+// and refusalAuditRate per second; the others are summed into the "suppressed"
+// field of the next record, or of a summary record written refusalAuditFlush
+// after the first suppression. A flood therefore cannot fill the session's
+// high lane (which carries its exit signals) with audit records, and the audit
+// stream still accounts for every refusal.
+const (
+	refusalAuditRate  = 20
+	refusalAuditBurst = 100
+	refusalAuditFlush = time.Second
+)
+
+// tokenBucket is a lazily refilled token bucket: no goroutine, one mutex, a
+// few float operations per call. A nil bucket admits everything.
+type tokenBucket struct {
+	mu     sync.Mutex
+	rate   float64 // tokens per second
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newTokenBucket(rate float64, burst int) *tokenBucket {
+	if rate <= 0 {
+		return nil
+	}
+	b := float64(max(burst, 1))
+	return &tokenBucket{rate: rate, burst: b, tokens: b}
+}
+
+// allow takes one token if there is one.
+func (b *tokenBucket) allow(now time.Time) bool {
+	if b == nil {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() {
+		if elapsed := now.Sub(b.last).Seconds(); elapsed > 0 {
+			b.tokens = min(b.burst, b.tokens+elapsed*b.rate)
+		}
+	}
+	if now.After(b.last) {
+		b.last = now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// auditKey names what suppressed refusals are summed by.
+type auditKey struct{ session, command, code string }
+
+// auditRecord is one record of the audit stream (<kind>.<name>.audit.<command>).
+type auditRecord struct {
+	Command    string          `json:"command"`
+	Received   string          `json:"received"`
+	DurationMS float64         `json:"duration_ms"`
+	WantsReply bool            `json:"wants_reply"`
+	Request    json.RawMessage `json:"request"`
+	Reply      json.RawMessage `json:"reply"`
+	// RequestBytes is the size of a request too large to be recorded.
+	RequestBytes int `json:"request_bytes,omitempty"`
+	// Suppressed counts earlier refusals of the same command and code that
+	// were not recorded one by one (a flood); for a summary record (Request
+	// null) it is the whole count the record stands for.
+	Suppressed int `json:"suppressed,omitempty"`
+}
+
+// refusalAuditor rate-limits the individual audit records of flood refusals
+// and keeps count of the ones it suppresses. write emits one record.
+type refusalAuditor struct {
+	budget *tokenBucket
+	write  func(ctx context.Context, session, command string, rec auditRecord)
+
+	mu         sync.Mutex
+	suppressed map[auditKey]int
+	timer      *time.Timer
+	ctx        context.Context // for the timer's summary records
+	stopped    bool
+}
+
+func newRefusalAuditor(ctx context.Context, write func(ctx context.Context, session, command string, rec auditRecord)) *refusalAuditor {
+	return &refusalAuditor{
+		budget: newTokenBucket(refusalAuditRate, refusalAuditBurst),
+		write:  write, ctx: ctx, suppressed: map[auditKey]int{},
+	}
+}
+
+// record audits one flood refusal, or counts it when over the budget.
+func (a *refusalAuditor) record(ctx context.Context, session, code string, rec auditRecord, now time.Time) {
+	key := auditKey{session, rec.Command, code}
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		return
+	}
+	if !a.budget.allow(now) {
+		a.suppressed[key]++
+		if a.timer == nil {
+			a.timer = time.AfterFunc(refusalAuditFlush, a.flushTimer)
+		}
+		a.mu.Unlock()
+		return
+	}
+	rec.Suppressed = a.suppressed[key]
+	delete(a.suppressed, key)
+	a.mu.Unlock()
+	a.write(ctx, session, rec.Command, rec)
+}
+
+func (a *refusalAuditor) flushTimer() {
+	a.mu.Lock()
+	a.timer = nil
+	a.mu.Unlock()
+	a.flush(a.ctx)
+}
+
+// flush writes one summary record per command and code still suppressed.
+func (a *refusalAuditor) flush(ctx context.Context) {
+	a.mu.Lock()
+	pending := a.suppressed
+	a.suppressed = map[auditKey]int{}
+	a.mu.Unlock()
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	for k, n := range pending {
+		reply, _ := encodeReply(nil, Refuse(k.code, "%d refusals with this code were not recorded one by one", n))
+		a.write(ctx, k.session, k.command, auditRecord{
+			Command: k.command, Received: now, Request: json.RawMessage("null"), Reply: reply, Suppressed: n,
+		})
+	}
+}
+
+// stop cancels the timer and writes what is still suppressed; later
+// refusals are only counted in the metrics.
+func (a *refusalAuditor) stop(ctx context.Context) {
+	a.mu.Lock()
+	a.stopped = true
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	a.mu.Unlock()
+	a.flush(ctx)
+}
