@@ -152,10 +152,16 @@ func checkAccounts(t *testing.T, reg *prometheus.Registry, f *flood) {
 
 // The embedded server shut down and started again on the same store, in the
 // middle of a flood of both lanes.
+//
+// The ack timeout is long (30 s): a publish whose request was in flight when
+// the server died is never answered, and the connector must retry it as soon
+// as the connection is back instead of waiting out its ack timeout (which
+// would hold the high lane for 30 s after a 1 s outage).
 func TestOutageEmbeddedServerRestart(t *testing.T) {
+	const ackTimeout = 30 * time.Second
 	for _, outage := range []time.Duration{time.Second, 10 * time.Second} {
 		t.Run(outage.String(), func(t *testing.T) {
-			env, src, stop := startFloodEnv(t, "flood"+strings.TrimSuffix(outage.String(), "s"))
+			env, src, stop := startFloodEnv(t, "flood"+strings.TrimSuffix(outage.String(), "s"), ackTimeout)
 			_, port, _ := net.SplitHostPort(env.Server.Addr().String())
 			f, recovery := outageRun(t, env.JS, env.Registry, src.host, outage,
 				func() {
@@ -177,6 +183,9 @@ func TestOutageEmbeddedServerRestart(t *testing.T) {
 			checkAccounts(t, env.Registry, f)
 			if r := laneMetric(t, env.Registry, "connector_publish_retries_total", "high", ""); r == 0 {
 				t.Error("no high-lane retry was counted during the outage")
+			}
+			if recovery >= ackTimeout/3 {
+				t.Errorf("publishing resumed %s after the restart: it waited for an ack lost with the connection (ack timeout %s)", recovery, ackTimeout)
 			}
 			t.Logf("outage %s: publishing resumed %s after the restart; %s", outage, recovery.Round(time.Millisecond), o)
 		})
@@ -230,8 +239,12 @@ func (p *natsProcess) kill() {
 }
 
 // A separate NATS server process killed with SIGKILL and started again on the
-// same store directory, in the middle of a flood of both lanes.
+// same store directory, in the middle of a flood of both lanes. The high-lane
+// publish in flight at the kill is never answered: with a 30 s ack timeout,
+// resuming within seconds shows it is retried as soon as the connection is
+// back rather than when its ack wait ends.
 func TestOutageServerProcessKilled(t *testing.T) {
+	const ackTimeout = 30 * time.Second
 	store := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -257,7 +270,7 @@ func TestOutageServerProcessKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rt, err := connector.New(ctx, connector.Options{
-		HighConn: connect(), LowConn: connect(), AckTimeout: 300 * time.Millisecond, DrainTimeout: 30 * time.Second,
+		HighConn: connect(), LowConn: connect(), AckTimeout: ackTimeout, DrainTimeout: 30 * time.Second,
 		Metrics: connector.NewMetrics(reg), Log: connectortest.Logger(t),
 	})
 	if err != nil {
@@ -289,5 +302,8 @@ func TestOutageServerProcessKilled(t *testing.T) {
 	}
 	o := checkStreams(t, js, reg, f)
 	checkAccounts(t, reg, f)
+	if recovery >= ackTimeout/3 {
+		t.Errorf("publishing resumed %s after the restart: it waited for an ack lost with the connection (ack timeout %s)", recovery, ackTimeout)
+	}
 	t.Logf("SIGKILL, 2s down: publishing resumed %s after the restart; %s", recovery.Round(time.Millisecond), o)
 }

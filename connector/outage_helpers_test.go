@@ -273,8 +273,8 @@ func checkStreams(t *testing.T, js jetstream.JetStream, reg *prometheus.Registry
 
 // startFloodEnv is connectortest's environment with one echo session whose
 // lanes are small, so an outage fills them at once.
-func startFloodEnv(t *testing.T, name string) (*connectortest.Env, *echoSource, func() error) {
-	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 30 * time.Second})
+func startFloodEnv(t *testing.T, name string, ackTimeout time.Duration) (*connectortest.Env, *echoSource, func() error) {
+	env := connectortest.Start(t, connectortest.Options{AckTimeout: ackTimeout, DrainTimeout: 30 * time.Second})
 	src := newEcho(t, env, name, connector.LaneSizes{High: floodHighLane, Low: floodLowLane})
 	return env, src, env.Run(src)
 }

@@ -82,22 +82,87 @@ const batchSize = 128
 // hard stop after the drain deadline).
 func (p *publisher) run(ctx context.Context) error {
 	p.metrics.depth.track(p.queue.depth)
+	link := watchLink(p.conn)
+	defer link.stop()
 	if p.window <= 1 {
 		js, err := jetstream.New(p.conn)
 		if err != nil {
 			return fmt.Errorf("jetstream context: %w", err)
 		}
-		p.runOrdered(ctx, js)
+		p.runOrdered(ctx, js, link)
 		return nil
 	}
-	return p.runAsync(ctx)
+	return p.runAsync(ctx, link)
+}
+
+// errLinkLost ends the ack wait of a synchronous publish whose connection dropped.
+var errLinkLost = fmt.Errorf("%w while waiting for the ack", nats.ErrDisconnected)
+
+// linkWatch cuts the ack wait of synchronous publishes short when the NATS
+// connection drops. A request in flight on a dead link is never answered:
+// waiting out the whole ack timeout would hold the high lane for seconds after
+// a sub-second outage. Cut short, the publish is retried (same Nats-Msg-Id) as
+// soon as the connection is back.
+type linkWatch struct {
+	statuses      chan nats.Status
+	stopListening func()
+	done          chan struct{}
+
+	mu      sync.Mutex
+	waiting context.CancelCauseFunc // the publish waiting for its ack, if any
+}
+
+func watchLink(conn *nats.Conn) *linkWatch {
+	w := &linkWatch{statuses: conn.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED), done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		for range w.statuses { // closed by stop
+			w.mu.Lock()
+			if w.waiting != nil {
+				w.waiting(errLinkLost)
+			}
+			w.mu.Unlock()
+		}
+	}()
+	stopListening := func() { conn.RemoveStatusListener(w.statuses) }
+	w.stopListening = stopListening
+	return w
+}
+
+// stop ends the watch and waits for its goroutine.
+func (w *linkWatch) stop() {
+	if w == nil {
+		return
+	}
+	w.stopListening()
+	<-w.done
+}
+
+// ackContext returns the context one synchronous publish waits under: it ends
+// at the ack timeout, with ctx, or when the connection drops.
+func (w *linkWatch) ackContext(ctx context.Context, ackTimeout time.Duration) (context.Context, func()) {
+	cctx, cancelCause := context.WithCancelCause(ctx)
+	actx, cancelTimeout := context.WithTimeout(cctx, ackTimeout)
+	if w == nil {
+		return actx, func() { cancelTimeout(); cancelCause(nil) }
+	}
+	w.mu.Lock()
+	w.waiting = cancelCause
+	w.mu.Unlock()
+	return actx, func() {
+		w.mu.Lock()
+		w.waiting = nil
+		w.mu.Unlock()
+		cancelTimeout()
+		cancelCause(nil)
+	}
 }
 
 // runOrdered publishes one event at a time, waiting for its ack. It takes one
 // event at a time too (a batch would not save anything next to a round trip
 // per event), so while NATS is away the connector holds at most the lane's
 // capacity plus the one event in retry.
-func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
+func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream, link *linkWatch) {
 	buf := make([]queued, 0, 1)
 	for {
 		var ok bool
@@ -106,9 +171,9 @@ func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
 			received := buf[i].Received
 			msg := p.build(buf[i])
 			buf[i] = queued{}
-			err := publishSync(ctx, js, msg, received, p.ackTimeout, p.metrics)
+			err := publishSync(ctx, js, link, msg, received, p.ackTimeout, p.metrics)
 			if err != nil {
-				retryPublish(ctx, js, p.conn, msg, received, err, p.ackTimeout, p.metrics, p.log)
+				retryPublish(ctx, js, p.conn, link, msg, received, err, p.ackTimeout, p.metrics, p.log)
 			}
 		}
 		if !ok {
@@ -120,15 +185,18 @@ func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream) {
 
 // publishSync publishes msg and waits at most ackTimeout for its ack; a stored
 // event is counted and its latency observed.
-func publishSync(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, received time.Time,
+func publishSync(ctx context.Context, js jetstream.JetStream, link *linkWatch, msg *nats.Msg, received time.Time,
 	ackTimeout time.Duration, m laneMetrics,
 ) error {
 	m.inflight.Inc()
-	actx, cancel := context.WithTimeout(ctx, ackTimeout)
+	actx, done := link.ackContext(ctx, ackTimeout)
 	// No retries inside nats.go: "no responders" comes back at once and
 	// retryPublish handles it with its own backoff and diagnosis.
 	_, err := js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(0))
-	cancel()
+	if err != nil && errors.Is(context.Cause(actx), errLinkLost) {
+		err = errLinkLost
+	}
+	done()
 	m.inflight.Dec()
 	if err != nil {
 		return err
@@ -139,8 +207,8 @@ func publishSync(ctx context.Context, js jetstream.JetStream, msg *nats.Msg, rec
 }
 
 // runAsync publishes asynchronously with at most window acks outstanding.
-func (p *publisher) runAsync(ctx context.Context) error {
-	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout, true,
+func (p *publisher) runAsync(ctx context.Context, link *linkWatch) error {
+	sender, err := startAsyncSender(ctx, p.conn, link, p.window, p.ackTimeout, true,
 		func(string) (laneMetrics, zerolog.Logger, bool) { return p.metrics, p.log, true }, p.log)
 	if err != nil {
 		return err
@@ -186,7 +254,11 @@ type asyncSender struct {
 // charged to; false when the subject belongs to no known lane.
 type laneOfSubject func(subject string) (laneMetrics, zerolog.Logger, bool)
 
-func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, retry bool,
+// startAsyncSender starts publishing with at most window acks outstanding.
+// With retry, failed publishes are retried in failure order by a retrier
+// goroutine whose ack waits link (nil: none) cuts short when the connection
+// drops; without it, a failure is final (the low lane's rule).
+func startAsyncSender(ctx context.Context, conn *nats.Conn, link *linkWatch, window int, ackTimeout time.Duration, retry bool,
 	laneOf laneOfSubject, log zerolog.Logger,
 ) (*asyncSender, error) {
 	a := &asyncSender{conn: conn, gate: newSendGate(), retrierDone: make(chan struct{})}
@@ -250,7 +322,7 @@ func startAsyncSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 			batch, open := a.failed.take(ctx)
 			for _, f := range batch {
 				if m, log, ok := laneOf(f.msg.Subject); ok {
-					retryPublish(ctx, js, conn, f.msg, receivedOf(f.msg), f.err, ackTimeout, m, log)
+					retryPublish(ctx, js, conn, link, f.msg, receivedOf(f.msg), f.err, ackTimeout, m, log)
 				} else {
 					// Emit checks every subject against its session, so this
 					// cannot happen; say so loudly if it does.
@@ -491,7 +563,7 @@ const (
 // retryPublish republishes msg synchronously until it is stored, the error is
 // permanent, or ctx ends; every failed attempt is counted by reason and
 // logged, and the final outcome is counted.
-func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, msg *nats.Msg, received time.Time,
+func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, link *linkWatch, msg *nats.Msg, received time.Time,
 	err error, ackTimeout time.Duration, m laneMetrics, log zerolog.Logger,
 ) {
 	wait := retryFirstWait
@@ -530,7 +602,7 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, 
 			continue
 		}
 		waitConnected(ctx, conn)
-		if err = publishSync(ctx, js, msg, received, ackTimeout, m); err == nil {
+		if err = publishSync(ctx, js, link, msg, received, ackTimeout, m); err == nil {
 			return
 		}
 		wait = min(wait*2, retryMaxWait)

@@ -105,7 +105,7 @@ func (p *lowPump) close() {
 // run publishes until every registered lane is closed and drained, or ctx ends
 // (the hard stop after the drain deadline).
 func (p *lowPump) run(ctx context.Context) error {
-	sender, err := startAsyncSender(ctx, p.conn, p.window, p.ackTimeout, false, func(subject string) (laneMetrics, zerolog.Logger, bool) {
+	sender, err := startAsyncSender(ctx, p.conn, nil, p.window, p.ackTimeout, false, func(subject string) (laneMetrics, zerolog.Logger, bool) {
 		if l := p.laneOf(subject); l != nil {
 			return l.metrics, l.log, true
 		}
