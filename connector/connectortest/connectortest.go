@@ -238,28 +238,11 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
-// Metric sums every series of the named metric in the runtime's registry.
+// Metric sums every series of the named metric in the runtime's registry
+// (histograms: their sample counts).
 func (e *Env) Metric(name string) float64 {
 	e.T.Helper()
-	families, err := e.Registry.Gather()
-	if err != nil {
-		e.T.Fatalf("gather metrics: %v", err)
-	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			switch {
-			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				sum += m.GetGauge().GetValue()
-			}
-		}
-	}
-	return sum
+	return e.MetricWhere(name, nil)
 }
 
 // MetricWhere sums the series of the named metric whose labels include every

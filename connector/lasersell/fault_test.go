@@ -205,23 +205,7 @@ func (r *faultRig) positionOpenedOnce(ids ...uint64) {
 // reconnects reads connector_upstream_reconnects_total for one reason code.
 func (r *faultRig) reconnects(code string) float64 {
 	r.t.Helper()
-	mfs, err := r.env.Registry.Gather()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "connector_upstream_reconnects_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == code {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return r.env.MetricWhere("connector_upstream_reconnects_total", map[string]string{"reason": code})
 }
 
 // noMalformed asserts that no partial or broken frame was published.

@@ -100,23 +100,7 @@ func (f *faultFixture) waitStatus(since time.Time, conn, state, code string, wit
 // reconnects reads connector_upstream_reconnects_total for one reason code.
 func (f *faultFixture) reconnects(code string) float64 {
 	f.t.Helper()
-	mfs, err := f.env.Registry.Gather()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "connector_upstream_reconnects_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == code {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return f.env.MetricWhere("connector_upstream_reconnects_total", map[string]string{"reason": code})
 }
 
 // dataFlowsAfter waits for 20 more data lines and returns when they were stored.
