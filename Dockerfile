@@ -1,7 +1,7 @@
 # One small static image for the connector and both simulators (docker-compose.yml).
 #   docker build -t connector .
 #   docker run --rm connector help
-FROM golang:1.26 AS build
+FROM golang:1.26.8 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download

@@ -32,6 +32,8 @@ const (
 	refusalAuditRate  = 20
 	refusalAuditBurst = 100
 	refusalAuditFlush = time.Second
+	// refusalAuditStopTimeout bounds writing the last summary at shutdown.
+	refusalAuditStopTimeout = 2 * time.Second
 )
 
 // tokenBucket is a lazily refilled token bucket: no goroutine, one mutex, a
@@ -104,6 +106,7 @@ type refusalAuditor struct {
 	timer      *time.Timer
 	ctx        context.Context // for the timer's summary records
 	stopped    bool
+	flushing   sync.WaitGroup // timer flushes under way; stop waits for them
 }
 
 func newRefusalAuditor(ctx context.Context, write func(ctx context.Context, session, command string, rec auditRecord)) *refusalAuditor {
@@ -124,6 +127,7 @@ func (a *refusalAuditor) record(ctx context.Context, session, code string, rec a
 	if !a.budget.allow(now) {
 		a.suppressed[key]++
 		if a.timer == nil {
+			a.flushing.Add(1)
 			a.timer = time.AfterFunc(refusalAuditFlush, a.flushTimer)
 		}
 		a.mu.Unlock()
@@ -136,10 +140,14 @@ func (a *refusalAuditor) record(ctx context.Context, session, code string, rec a
 }
 
 func (a *refusalAuditor) flushTimer() {
+	defer a.flushing.Done()
 	a.mu.Lock()
 	a.timer = nil
+	stopped := a.stopped
 	a.mu.Unlock()
-	a.flush(a.ctx)
+	if !stopped { // stop writes the summary itself
+		a.flush(a.ctx)
+	}
 }
 
 // flush writes one summary record per command and code still suppressed.
@@ -157,15 +165,19 @@ func (a *refusalAuditor) flush(ctx context.Context) {
 	}
 }
 
-// stop cancels the timer and writes what is still suppressed; later
-// refusals are only counted in the metrics.
+// stop cancels the timer, waits for a flush under way and writes what is
+// still suppressed; later refusals are only counted in the metrics. ctx may
+// have ended already (shutdown): the summary gets its own bounded time.
 func (a *refusalAuditor) stop(ctx context.Context) {
 	a.mu.Lock()
 	a.stopped = true
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
+	if a.timer != nil && a.timer.Stop() {
+		a.flushing.Done() // the timer will not run
 	}
+	a.timer = nil
 	a.mu.Unlock()
-	a.flush(ctx)
+	a.flushing.Wait()
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), refusalAuditStopTimeout)
+	defer cancel()
+	a.flush(fctx)
 }

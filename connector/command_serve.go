@@ -146,11 +146,9 @@ func (r *Runtime) commandHandler(ctx context.Context, s *servedSession, name str
 		}
 		ev.Str("command", name).Dur("took", time.Since(received)).Msg("command handled")
 		rec := r.auditRecordOf(cmd, received, reply)
-		if refusal != nil && refusal.Code == CodeRateLimited {
-			s.auditor.record(ctx, h.name, refusal.Code, rec, received)
-		} else {
-			r.emitAudit(ctx, h, rec)
-		}
+		// Reply before auditing: the audit record waits for room in the
+		// session's high lane, and a requester must not time out (and maybe
+		// retry a CONTROL that already moved the robot) because JetStream is slow.
 		if cmd.WantsReply {
 			var rerr error
 			if refusal == nil {
@@ -163,6 +161,11 @@ func (r *Runtime) commandHandler(ctx context.Context, s *servedSession, name str
 			}
 		}
 		latency.Observe(time.Since(received).Seconds())
+		if refusal != nil && refusal.Code == CodeRateLimited {
+			s.auditor.record(ctx, h.name, refusal.Code, rec, received)
+		} else {
+			r.emitAudit(ctx, h, rec)
+		}
 	}
 }
 

@@ -33,21 +33,39 @@ type highQueue struct {
 	ch      chan queued
 	closing chan struct{}
 	once    sync.Once
-	// putMu makes "number, then enqueue" atomic, so Connector-Seq follows
-	// queue (and so publish) order even with several producers.
-	putMu sync.Mutex
-	seq   uint64
+	// putTurn (one slot) makes "number, then enqueue" atomic, so Connector-Seq
+	// follows queue (and so publish) order even with several producers. It is
+	// a channel rather than a mutex so that a producer waiting for its turn
+	// behind one blocked on a full lane still gives up when its ctx ends (an
+	// audit record's bounded wait, a status at shutdown).
+	putTurn chan struct{}
+	seq     uint64
 }
 
 func newHighQueue(capacity int) *highQueue {
-	return &highQueue{ch: make(chan queued, capacity), closing: make(chan struct{})}
+	return &highQueue{ch: make(chan queued, capacity), closing: make(chan struct{}), putTurn: make(chan struct{}, 1)}
 }
 
 // put numbers the item and blocks while the queue is full; it fails only when
 // ctx ends or the queue is closed.
 func (q *highQueue) put(ctx context.Context, it queued) error {
-	q.putMu.Lock()
-	defer q.putMu.Unlock()
+	select {
+	case <-q.closing:
+		return errQueueClosed
+	default:
+	}
+	select {
+	case q.putTurn <- struct{}{}:
+	default:
+		select {
+		case q.putTurn <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.closing:
+			return errQueueClosed
+		}
+	}
+	defer func() { <-q.putTurn }()
 	select {
 	case <-q.closing:
 		return errQueueClosed

@@ -117,6 +117,9 @@ func watchLink(conn *nats.Conn) *linkWatch {
 	go func() {
 		defer close(w.done)
 		for range w.statuses { // closed by stop
+			if conn.IsConnected() {
+				continue // a stale event of an outage already over
+			}
 			w.mu.Lock()
 			if w.waiting != nil {
 				w.waiting(errLinkLost)
@@ -248,6 +251,9 @@ type asyncSender struct {
 	gate        *sendGate
 	failed      *failedQueue // nil when failures are not retried
 	retrierDone chan struct{}
+	// refusedLog reports events JetStream refuses permanently, sampled (a
+	// stream of oversized telemetry must not flood the log; the metric counts all).
+	refusedLog zerolog.Logger
 }
 
 // laneOfSubject returns the metrics and logger that a message's outcome is
@@ -261,7 +267,8 @@ type laneOfSubject func(subject string) (laneMetrics, zerolog.Logger, bool)
 func startAsyncSender(ctx context.Context, conn *nats.Conn, link *linkWatch, window int, ackTimeout time.Duration, retry bool,
 	laneOf laneOfSubject, log zerolog.Logger,
 ) (*asyncSender, error) {
-	a := &asyncSender{conn: conn, gate: newSendGate(), retrierDone: make(chan struct{})}
+	a := &asyncSender{conn: conn, gate: newSendGate(), retrierDone: make(chan struct{}),
+		refusedLog: log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second})}
 	if retry {
 		a.failed = newFailedQueue(window, func(msg *nats.Msg, err error) {
 			if m, log, ok := laneOf(msg.Subject); ok {
@@ -290,22 +297,8 @@ func startAsyncSender(ctx context.Context, conn *nats.Conn, link *linkWatch, win
 			m, _, ok := laneOf(msg.Subject)
 			if ok {
 				m.inflight.Dec()
-				m.errors.WithLabelValues(publishErrorReason(err)).Inc()
 			}
-			if a.gate.fail() {
-				log.Warn().Err(err).Str("reason", publishErrorReason(err)).
-					Msg("publish failed; publishing pauses and probes until JetStream acknowledges again")
-			}
-			switch {
-			case a.failed != nil:
-				a.failed.add(msg, err)
-			case ok:
-				// The low lane does not retry: a retried event would be stored
-				// behind newer ones, and without a Nats-Msg-Id a publish whose
-				// ack was lost would be stored twice. The loss shows as a
-				// Connector-Seq gap, counted with the drops.
-				m.dropped.Inc()
-			}
+			a.lost(msg, err, m, ok, log)
 		}),
 	)
 	if err != nil {
@@ -394,14 +387,43 @@ func (a *asyncSender) send(ctx context.Context, msg *nats.Msg, m laneMetrics) {
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil {
 			continue // the window stayed full for the stall wait: keep waiting
 		}
-		m.errors.WithLabelValues(publishErrorReason(err)).Inc()
-		a.gate.fail()
-		if a.failed != nil {
-			a.failed.add(msg, err)
-		} else {
-			m.dropped.Inc()
-		}
+		a.lost(msg, err, m, true, a.refusedLog)
 		return
+	}
+}
+
+// lost handles a failed asynchronous publish. A permanent refusal (the event
+// itself is unacceptable, e.g. too large) is the event's fault, not
+// JetStream's: it does not pause publishing. Any other failure pauses it until
+// JetStream acknowledges again. With retries the event goes to the retrier
+// (which also counts permanent refusals); without (the low lane) it is
+// counted: failed if refused permanently, else dropped (a Connector-Seq gap).
+// Called from nats.go's callbacks: must not block.
+func (a *asyncSender) lost(msg *nats.Msg, err error, m laneMetrics, known bool, log zerolog.Logger) {
+	reason := publishErrorReason(err)
+	permanent := permanentReason(reason)
+	if known {
+		m.errors.WithLabelValues(reason).Inc()
+	}
+	if !permanent && a.gate.fail() {
+		log.Warn().Err(err).Str("reason", reason).
+			Msg("publish failed; publishing pauses and probes until JetStream acknowledges again")
+	}
+	switch {
+	case a.failed != nil:
+		a.failed.add(msg, err)
+	case !known:
+	case permanent:
+		m.failed.Inc()
+		a.refusedLog.Error().Err(err).Str("reason", reason).Str("subject", msg.Subject).
+			Str("connector_seq", msg.Header.Get(subjects.HeaderSeq)).Int("bytes", len(msg.Data)).
+			Msg("JetStream refused the event permanently; it is not stored")
+	default:
+		// The low lane does not retry: a retried event would be stored
+		// behind newer ones, and without a Nats-Msg-Id a publish whose ack
+		// was lost would be stored twice. The loss shows as a Connector-Seq
+		// gap, counted with the drops.
+		m.dropped.Inc()
 	}
 }
 
@@ -568,6 +590,13 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, 
 ) {
 	wait := retryFirstWait
 	for attempt := 1; ; attempt++ {
+		if ctx.Err() != nil {
+			// The hard stop, not JetStream, ended this attempt: no error reason.
+			m.failed.Inc()
+			log.Error().Err(err).Str("subject", msg.Subject).
+				Msg("connector stopped while an event was still unacknowledged")
+			return
+		}
 		reason := publishErrorReason(err)
 		if reason == reasonNoResponders && streamMissing(ctx, js, msg.Subject) {
 			reason = reasonStreamMissing
@@ -578,12 +607,6 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, 
 			log.Error().Err(err).Str("reason", reason).Str("subject", msg.Subject).
 				Str("msg_id", msg.Header.Get(subjects.HeaderMsgID)).Str("connector_seq", msg.Header.Get(subjects.HeaderSeq)).
 				Int("bytes", len(msg.Data)).Msg("JetStream refused the event permanently; it is not stored")
-			return
-		}
-		if ctx.Err() != nil {
-			m.failed.Inc()
-			log.Error().Err(err).Str("subject", msg.Subject).
-				Msg("connector stopped while an event was still unacknowledged")
 			return
 		}
 		m.retries.Inc()

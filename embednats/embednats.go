@@ -44,6 +44,15 @@ func Start(opts Options) (*Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	if port != server.RANDOM_PORT {
+		// Say why at once: the server itself only reports, after its start
+		// timeout, that it never became ready.
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, portStr))
+		if err != nil {
+			return nil, fmt.Errorf("embedded NATS cannot listen on %s: %w", opts.Listen, err)
+		}
+		ln.Close()
+	}
 	s := &Server{}
 	if opts.StoreDir == "" {
 		dir, err := os.MkdirTemp("", "connector-nats-*")

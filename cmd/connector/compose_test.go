@@ -215,6 +215,16 @@ func TestComposeCommandsAndEnvironmentAreValid(t *testing.T) {
 		}
 		t.Setenv(k, v)
 	}
+	// The key the connector reads from its secret is the one the simulator requires.
+	if keyFile := env["LASERSELL_API_KEY_FILE"]; keyFile != "" {
+		key, err := os.ReadFile("../../" + strings.TrimPrefix(compose.Secrets[conn.Secrets[0]].File, "./"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := flagValue(compose.Services["lasersell-sim"].Command, "api-key"); strings.TrimSpace(string(key)) != want {
+			t.Errorf("the connector's API key secret %q is not the simulator's -api-key %q: the stack would never become ready", strings.TrimSpace(string(key)), want)
+		}
+	}
 	summary, err := checkConfig()
 	if err != nil {
 		t.Fatalf("connector environment: %v", err)

@@ -62,6 +62,7 @@ func printEnv(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", v[0], v[1], v[2])
 	}
 	fmt.Fprintln(tw, "STREAM_<NAME>_{MAX_AGE,MAX_BYTES,REPLICAS,STORAGE,DUPLICATES}\t(per stream)\tretention of each stream, see README")
+	fmt.Fprintln(tw, "GOGC\t400\tGo garbage-collector target (read by the Go runtime; the connector sets 400 unless given)")
 	return tw.Flush()
 }
 

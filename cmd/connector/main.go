@@ -39,6 +39,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := dispatch(ctx, os.Args[1:], os.Stdout)
 	stop()
+	if errors.Is(err, errInterrupted) {
+		os.Exit(130)
+	}
 	if err == nil || errors.Is(err, context.Canceled) {
 		return
 	}

@@ -28,7 +28,7 @@ func startNATS(cfg Config, log zerolog.Logger) (url string, embedded *embednats.
 	}
 	srv, err := embednats.Start(embednats.Options{Listen: cfg.EmbeddedConfig.Listen, StoreDir: dir})
 	if err != nil {
-		return "", nil, err
+		return "", nil, badConfig("CONNECTOR_NATS_LISTEN=%q (NATS_URL is empty, so an embedded server starts): %v", cfg.EmbeddedConfig.Listen, err)
 	}
 	log.Info().Str("url", srv.URL()).Str("store_dir", dir).
 		Msg("NATS_URL is not set: started an embedded NATS server with JetStream; point the nats CLI and your services at this URL")

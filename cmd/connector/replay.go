@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -103,34 +104,48 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *to != "" {
 		dest = *to + ".>"
 	}
+	// The file is written beside its final name and renamed into place only
+	// when the replay ran (completed or interrupted): a typo in a filter must
+	// not destroy the export of the last incident.
+	var file *os.File
 	if *output != "" {
-		f, err := os.Create(*output)
+		file, err = os.CreateTemp(filepath.Dir(*output), "."+filepath.Base(*output)+".*.partial")
 		if err != nil {
 			return fmt.Errorf("replay: output: %w", err)
 		}
-		defer f.Close()
-		opts.Output, dest = f, *output
+		defer os.Remove(file.Name()) // gone after the rename; left over only on failure
+		defer file.Close()
+		opts.Output, dest = file, *output
 	}
 	if showBar {
 		opts.Progress = replay.NewBar(stderr, 250*time.Millisecond).Update
 	}
 	sum, err := replay.Run(ctx, js, opts)
-	if f, ok := opts.Output.(*os.File); ok && *output != "" {
-		if cerr := f.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("replay: close %s: %w", *output, cerr)
+	if file != nil && (err == nil || sum.Canceled) {
+		if cerr := file.Close(); cerr != nil {
+			return fmt.Errorf("replay: close %s: %w", *output, cerr)
+		}
+		if rerr := os.Rename(file.Name(), *output); rerr != nil {
+			return fmt.Errorf("replay: output: %w", rerr)
 		}
 	}
-	fmt.Fprintln(stderr, replaySummary(sum, dest))
 	switch {
 	case err == nil:
+		fmt.Fprintln(stderr, replaySummary(sum, dest))
 		return nil
 	case errors.Is(err, context.Canceled):
-		return context.Canceled
+		fmt.Fprintln(stderr, replaySummary(sum, dest))
+		return errInterrupted
 	case errors.Is(err, replay.ErrRefused):
 		return badConfig("replay: --to: %v", err)
 	}
 	return fmt.Errorf("replay: %w", err)
 }
+
+// errInterrupted ends a command stopped by Ctrl-C before it finished its
+// work: the process exits 130, like a shell, so `replay ... && upload` does
+// not upload a partial file.
+var errInterrupted = errors.New("interrupted")
 
 // stringList is a repeatable string flag.
 type stringList []string
@@ -210,8 +225,11 @@ func replayConnect(ctx context.Context, timeout time.Duration, stderr io.Writer)
 	defer cancel()
 	if err := waitConnected(wctx, conn, log); err != nil {
 		conn.Close()
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
+		case !errors.Is(err, context.DeadlineExceeded):
+			return nil, nil, fmt.Errorf("replay: NATS at %s: %w", redactURL(url), err) // e.g. authorization violation
 		}
 		return nil, nil, fmt.Errorf("replay: NATS at %s not reachable within %s", redactURL(url), timeout)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -146,6 +147,19 @@ func TestReplayCommandEndToEnd(t *testing.T) {
 		t.Fatalf("stdout %q, stderr %q", stdout.String(), stderr.String())
 	}
 
+	// A replay that fails (a filter no stream captures) leaves the earlier
+	// export untouched and no partial file behind.
+	before, _ := os.ReadFile(file)
+	if err := runReplay(ctx, []string{"--subject", "lasersell.cli.exti.*", "--output", file, "--progress", "off"}, io.Discard, io.Discard); err == nil {
+		t.Fatal("a filter no stream captures was accepted")
+	}
+	if after, _ := os.ReadFile(file); !bytes.Equal(after, before) {
+		t.Fatalf("a failed replay changed the earlier export (%d -> %d bytes)", len(before), len(after))
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(file), ".*.partial")); len(left) != 0 {
+		t.Fatalf("partial files left behind: %v", left)
+	}
+
 	// A sequence range of one wallet, to stdout, through the embedded
 	// server's address when NATS_URL is empty.
 	t.Setenv("NATS_URL", "")
@@ -247,8 +261,8 @@ func TestReplayCommandCtrlCFlushesAndSummarises(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("replay did not stop after the interrupt")
 	}
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v, want context.Canceled (exit status 0 in main)", err)
+	if !errors.Is(err, errInterrupted) {
+		t.Fatalf("got %v, want errInterrupted (exit status 130 in main)", err)
 	}
 	recs, derr := replay.DecodeRecords(&stdout)
 	if derr != nil || len(recs) != 1 || recs[0].Seq != seqs[0] {

@@ -278,9 +278,13 @@ func TestFaultHalfOpenDetectedByReadTimeout(t *testing.T) {
 	r.waitStatus(stall, connector.StateDisconnected, reasonHandshakeTimeout, wait)
 
 	heal := time.Now()
+	before := r.sim.Connections()
 	r.proxy.Resume()
 	up := r.waitStatus(heal, connector.StateConnected, "", wait)
-	r.configuredConn()
+	// The abandoned upgrade the proxy held may reach the simulator after the
+	// live connection, so wait for a configure on any connection since the heal.
+	waitFrame(r.t, r.sim, before+1, "configure", nil)
+	connectortest.Eventually(r.t, wait, "one simulator session", func() bool { return r.sim.ActiveSessions() == 1 })
 	stored := r.sendExit(pos, 2)
 	t.Logf("measured: half-open detected after %s (read timeout %s), recovered %s after the path healed, exit stored %s after",
 		detect, r.src.cfg.ReadTimeout, up.At.Sub(heal), stored.Sub(heal))

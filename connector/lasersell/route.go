@@ -1,6 +1,7 @@
 package lasersell
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -36,8 +37,9 @@ type route struct {
 // local state. It fails only when the event cannot be queued (shutdown).
 func (s *Source) handleFrame(ctx context.Context, c *conn, mt int, data []byte, now time.Time) error {
 	if len(data) > maxEventBytes {
-		// JetStream would refuse it forever (max_payload): keep its start, for diagnosis.
-		return s.malformed(ctx, c, data[:oversizedKeep], now,
+		// JetStream would refuse it forever (max_payload): keep its start, for
+		// diagnosis, copied so the multi-megabyte read buffer can be freed.
+		return s.malformed(ctx, c, bytes.Clone(data[:oversizedKeep]), now,
 			fmt.Sprintf("frame of %d bytes is larger than %d, the most one event may carry", len(data), maxEventBytes))
 	}
 	if mt != websocket.TextMessage {
