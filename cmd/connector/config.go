@@ -70,13 +70,27 @@ type streamEnv struct {
 	Duplicates time.Duration `split_words:"true"`
 }
 
-// configError is a bad configuration: the process exits with one line saying it.
-type configError struct{ msg string }
+// configError is bad configuration or command-line usage: the process exits
+// with status 2 and one line saying it.
+type configError struct {
+	msg   string
+	usage bool // a flag or argument, not the environment
+}
 
-func (e *configError) Error() string { return "configuration: " + e.msg }
+func (e *configError) Error() string {
+	if e.usage {
+		return e.msg
+	}
+	return "configuration: " + e.msg
+}
 
 func badConfig(format string, args ...any) error {
 	return &configError{msg: fmt.Sprintf(format, args...)}
+}
+
+// badUsage reports a wrong flag or argument (the message names the command).
+func badUsage(format string, args ...any) error {
+	return &configError{msg: fmt.Sprintf(format, args...), usage: true}
 }
 
 // loadEnv fills spec from the environment, turning envconfig's errors into one

@@ -48,10 +48,10 @@ func parseProbe(args []string, w io.Writer) (url string, timeout time.Duration, 
 		return "", 0, flagError(err)
 	}
 	if fs.NArg() != 1 {
-		return "", 0, badConfig("probe needs exactly one URL, for example http://127.0.0.1:8080/readyz")
+		return "", 0, badUsage("probe: needs exactly one URL, for example http://127.0.0.1:8080/readyz")
 	}
 	if timeout <= 0 {
-		return "", 0, badConfig("probe -timeout must be positive")
+		return "", 0, badUsage("probe: -timeout must be positive")
 	}
 	return fs.Arg(0), timeout, nil
 }

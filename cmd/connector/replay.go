@@ -56,23 +56,23 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return flagError(err)
 	}
 	if fs.NArg() > 0 {
-		return badConfig("replay: unexpected argument %q (flags only)", fs.Arg(0))
+		return badUsage("replay: unexpected argument %q (flags only)", fs.Arg(0))
 	}
 
 	opts := replay.Options{Subjects: filters, Stream: *stream, StartSeq: *startSeq, EndSeq: *endSeq, Prefix: *to}
 	now := time.Now()
 	var err error
 	if opts.Since, err = parseWhen(*since, now); err != nil {
-		return badConfig("replay: --since: %v", err)
+		return badUsage("replay: --since: %v", err)
 	}
 	if opts.Until, err = parseWhen(*until, now); err != nil {
-		return badConfig("replay: --until: %v", err)
+		return badUsage("replay: --until: %v", err)
 	}
 	if *to != "" && *output != "" {
-		return badConfig("replay: --to and --output exclude each other")
+		return badUsage("replay: --to and --output exclude each other")
 	}
 	if *to == "" && flagGiven(fs, "to") {
-		return badConfig("replay: --to needs a prefix; an empty one would re-publish into the live subjects")
+		return badUsage("replay: --to needs a prefix; an empty one would re-publish into the live subjects")
 	}
 	if *speed == "" {
 		*speed = "max"
@@ -81,7 +81,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	if opts.Speed, err = replay.ParseSpeed(*speed); err != nil {
-		return badConfig("replay: --speed: %v", err)
+		return badUsage("replay: --speed: %v", err)
 	}
 	showBar, err := progressWanted(*progress, *output == "" && *to == "", stdout, stderr)
 	if err != nil {
@@ -91,7 +91,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		opts.Output = stdout // replaced by the file below, after connecting
 	}
 	if err := opts.Validate(); err != nil {
-		return badConfig("replay: %v", err)
+		return badUsage("replay: %v", err)
 	}
 
 	js, closeNATS, err := replayConnect(ctx, *connectTimeout, stderr)
@@ -137,7 +137,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, replaySummary(sum, dest))
 		return errInterrupted
 	case errors.Is(err, replay.ErrRefused):
-		return badConfig("replay: --to: %v", err)
+		return badUsage("replay: --to: %v", err)
 	}
 	return fmt.Errorf("replay: %w", err)
 }
@@ -196,7 +196,7 @@ func progressWanted(mode string, toStdout bool, stdout, stderr io.Writer) (bool,
 		}
 		return !(toStdout && isTerminal(stdout)), nil
 	}
-	return false, badConfig("replay: --progress=%q must be auto, on or off", mode)
+	return false, badUsage("replay: --progress=%q must be auto, on or off", mode)
 }
 
 func isTerminal(w io.Writer) bool {

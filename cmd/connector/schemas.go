@@ -27,7 +27,7 @@ func runSchemas(args []string, stdout io.Writer) error {
 	case len(args) == 0:
 		return listSchemas(cat, stdout)
 	case len(args) > 1:
-		return badConfig("schemas takes at most one argument, a schema name or a subject\n%s", schemasUsage)
+		return badUsage("schemas: takes at most one argument, a schema name or a subject\n%s", schemasUsage)
 	}
 	arg := args[0]
 	if arg == "-h" || arg == "--help" || arg == "help" {
@@ -39,7 +39,7 @@ func runSchemas(args []string, stdout io.Writer) error {
 		s, ok = cat.ForSubject(arg, "")
 	}
 	if !ok {
-		return badConfig("no schema named %q and no schema for it as a subject; `connector schemas` lists them", arg)
+		return badUsage("schemas: no schema named %q and no schema for it as a subject; `connector schemas` lists them", arg)
 	}
 	if _, err := stdout.Write(s.JSON); err != nil {
 		return err

@@ -75,7 +75,7 @@ func flagError(err error) error {
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
-	return badConfig("%v", err)
+	return badUsage("%v", err)
 }
 
 func envOr(name, def string) string {
