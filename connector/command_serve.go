@@ -115,6 +115,10 @@ func (r *Runtime) commandHandler(ctx context.Context, s *servedSession, name str
 	latency := r.opts.Metrics.commandLatency.WithLabelValues(h.kind, h.name, name)
 	outcomes := r.opts.Metrics.commands.MustCurryWith(prometheus.Labels{"source": h.kind, "session": h.name, "command": name})
 	return func(req micro.Request) {
+		if !r.enterHandler() {
+			return
+		}
+		defer r.handlers.Done()
 		received := time.Now()
 		cmd := Command{Name: name, Body: req.Data(), WantsReply: req.Reply() != ""}
 		var result any
@@ -216,6 +220,10 @@ func (r *Runtime) serveUnknown(ctx context.Context, kind string, sessions map[st
 		r.publishAudit(ctx, kind, session, rec)
 	})
 	sub, err := r.opts.HighConn.Subscribe(subjects.Command(kind, "*", "*"), func(m *nats.Msg) {
+		if !r.enterHandler() {
+			return
+		}
+		defer r.handlers.Done()
 		tokens := strings.Split(m.Subject, ".")
 		if len(tokens) != 4 {
 			return

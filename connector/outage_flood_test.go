@@ -181,9 +181,11 @@ func TestOutageEmbeddedServerRestart(t *testing.T) {
 			}
 			o := checkStreams(t, env.JS, env.Registry, f)
 			checkAccounts(t, env.Registry, f)
-			if r := laneMetric(t, env.Registry, "connector_publish_retries_total", "high", ""); r == 0 {
-				t.Error("no high-lane retry was counted during the outage")
-			}
+			// Whether the high lane retried depends on when the server went
+			// away: a publish sent during the outage waits in nats.go's
+			// reconnect buffer and is answered after it; one in flight at the
+			// shutdown is retried. Either way it is stored once (checkStreams).
+			t.Logf("high-lane retries: %v", laneMetric(t, env.Registry, "connector_publish_retries_total", "high", ""))
 			if recovery >= ackTimeout/3 {
 				t.Errorf("publishing resumed %s after the restart: it waited for an ack lost with the connection (ack timeout %s)", recovery, ackTimeout)
 			}

@@ -96,6 +96,11 @@ type Runtime struct {
 	cmdMu    sync.Mutex
 	stopping bool           // new commands are refused with shutting_down
 	commands sync.WaitGroup // commands in progress
+	// handlers counts command callbacks running, refusals included: micro's
+	// Stop drains its subscriptions in the background, and Run returns only
+	// after the last callback (they audit into the lanes Close drains).
+	handlersClosed bool // under cmdMu: callbacks from now on return at once
+	handlers       sync.WaitGroup
 }
 
 // New connects the runtime to JetStream and provisions the streams and buckets.
@@ -299,6 +304,7 @@ func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
 		<-sourcesDone
 	}
 	stopServices()
+	r.waitHandlers()
 	r.Close()
 	return err
 }
@@ -310,6 +316,37 @@ func (r *Runtime) refuseCommands() {
 	r.stopping = true
 	r.cmdMu.Unlock()
 	r.commands.Wait()
+}
+
+// enterHandler registers a running command callback; false once the
+// services have stopped (a late message drained by micro: no reply, the
+// requester is told nothing by a process that is going away).
+func (r *Runtime) enterHandler() bool {
+	r.cmdMu.Lock()
+	defer r.cmdMu.Unlock()
+	if r.handlersClosed {
+		return false
+	}
+	r.handlers.Add(1)
+	return true
+}
+
+// waitHandlers waits for the command callbacks still running after the
+// services stopped, at most CommandTimeout (each is bounded by it).
+func (r *Runtime) waitHandlers() {
+	r.cmdMu.Lock()
+	r.handlersClosed = true
+	r.cmdMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		r.handlers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(r.opts.CommandTimeout):
+		r.opts.Log.Warn().Dur("timeout", r.opts.CommandTimeout).Msg("command callbacks still running after the services stopped")
+	}
 }
 
 // beginCommand registers a command in progress; false once shutting down.

@@ -26,8 +26,10 @@ type Env struct {
 	Conn     *nats.Conn
 	JS       jetstream.JetStream
 	Runtime  *connector.Runtime
-	Registry *prometheus.Registry
-	Log      zerolog.Logger
+	// HighConn and LowConn are the runtime's own connections (Conn is the test's).
+	HighConn, LowConn *nats.Conn
+	Registry          *prometheus.Registry
+	Log               zerolog.Logger
 }
 
 // Options tweak the runtime a test gets.
@@ -67,10 +69,11 @@ func Start(t testing.TB, opts Options) *Env {
 		t.Fatalf("jetstream: %v", err)
 	}
 	env.Registry = prometheus.NewRegistry()
+	env.HighConn, env.LowConn = env.Connect(), env.Connect()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	env.Runtime, err = connector.New(ctx, connector.Options{
-		HighConn: env.Connect(), LowConn: env.Connect(),
+		HighConn: env.HighConn, LowConn: env.LowConn,
 		Window: opts.Window, HighWindow: opts.HighWindow, LowLinger: opts.LowLinger, SingleLane: opts.SingleLane,
 		AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
 		CommandTimeout: opts.CommandTimeout, CommandMaxBytes: opts.CommandMaxBytes,
