@@ -115,6 +115,15 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer os.Remove(file.Name()) // gone after the rename; left over only on failure
 		defer file.Close()
+		// CreateTemp makes the file private (0600); an export gets the mode
+		// of the file it replaces, or the usual 0644.
+		mode := os.FileMode(0o644)
+		if fi, err := os.Stat(*output); err == nil {
+			mode = fi.Mode().Perm()
+		}
+		if err := file.Chmod(mode); err != nil {
+			return fmt.Errorf("replay: output: %w", err)
+		}
 		opts.Output, dest = file, *output
 	}
 	if showBar {
