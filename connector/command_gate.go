@@ -32,6 +32,10 @@ const (
 	refusalAuditRate  = 20
 	refusalAuditBurst = 100
 	refusalAuditFlush = time.Second
+	// maxSuppressedKeys bounds the distinct (session, command, code) sums kept
+	// between summaries; beyond it, refusals are summed under manyKey.
+	maxSuppressedKeys = 256
+	manyKey           = "_many"
 	// refusalAuditStopTimeout bounds writing the last summary at shutdown.
 	refusalAuditStopTimeout = 2 * time.Second
 )
@@ -125,6 +129,11 @@ func (a *refusalAuditor) record(ctx context.Context, session, code string, rec a
 		return
 	}
 	if !a.budget.allow(now) {
+		if _, seen := a.suppressed[key]; !seen && len(a.suppressed) >= maxSuppressedKeys {
+			// Session and command names of unknown sessions come from the
+			// requester: a flood of random names is summed under one key.
+			key = auditKey{manyKey, manyKey, code}
+		}
 		a.suppressed[key]++
 		if a.timer == nil {
 			a.flushing.Add(1)

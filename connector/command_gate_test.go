@@ -1,7 +1,10 @@
 package connector
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 )
@@ -91,5 +94,46 @@ func TestDecodeStrictRefusesAmbiguousBodies(t *testing.T) {
 		if err := DecodeStrict([]byte(good), &v); err != nil {
 			t.Errorf("%q: %v", good, err)
 		}
+	}
+}
+
+// A flood of refusals for random session names (chosen by the requester)
+// keeps a bounded number of sums, and every refusal is still accounted for:
+// recorded one by one or summed.
+func TestRefusalAuditorBoundsRandomNames(t *testing.T) {
+	var records []auditRecord
+	var sessions []string
+	a := newRefusalAuditor(context.Background(), func(_ context.Context, session, _ string, rec auditRecord) {
+		records = append(records, rec)
+		sessions = append(sessions, session)
+	})
+	now := time.Now()
+	const n = 5000
+	for i := range n {
+		a.record(context.Background(), fmt.Sprintf("s%d", i), CodeUnknownSession,
+			auditRecord{Command: fmt.Sprintf("c%d", i)}, now)
+	}
+	a.mu.Lock()
+	kept := len(a.suppressed)
+	a.mu.Unlock()
+	if kept > maxSuppressedKeys+1 {
+		t.Fatalf("%d sums kept for random names, bound %d", kept, maxSuppressedKeys+1)
+	}
+	a.stop(context.Background())
+	// Summary records (Request null) stand for Suppressed refusals; the
+	// others for themselves plus the ones summed into them.
+	total := 0
+	for _, r := range records {
+		if string(r.Request) == "null" {
+			total += r.Suppressed
+		} else {
+			total += 1 + r.Suppressed
+		}
+	}
+	if total != n {
+		t.Fatalf("audit accounts for %d refusals, want %d", total, n)
+	}
+	if !slices.Contains(sessions, manyKey) {
+		t.Fatalf("no summary under %q", manyKey)
 	}
 }

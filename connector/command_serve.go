@@ -116,6 +116,10 @@ func (r *Runtime) commandHandler(ctx context.Context, s *servedSession, name str
 	outcomes := r.opts.Metrics.commands.MustCurryWith(prometheus.Labels{"source": h.kind, "session": h.name, "command": name})
 	return func(req micro.Request) {
 		if !r.enterHandler() {
+			if req.Reply() != "" {
+				reply, refusal := encodeReply(nil, shuttingDown())
+				_ = req.Error(statusOf(refusal.Code), refusal.Message, reply)
+			}
 			return
 		}
 		defer r.handlers.Done()
@@ -136,7 +140,7 @@ func (r *Runtime) commandHandler(ctx context.Context, s *servedSession, name str
 				cancel()
 			}
 		} else {
-			err = Refuse(CodeShuttingDown, "the connector is shutting down")
+			err = shuttingDown()
 		}
 		reply, refusal := encodeReply(result, err)
 		outcome := "ok"
@@ -221,6 +225,10 @@ func (r *Runtime) serveUnknown(ctx context.Context, kind string, sessions map[st
 	})
 	sub, err := r.opts.HighConn.Subscribe(subjects.Command(kind, "*", "*"), func(m *nats.Msg) {
 		if !r.enterHandler() {
+			if m.Reply != "" {
+				reply, refusal := encodeReply(nil, shuttingDown())
+				_ = respondError(m, refusal, reply)
+			}
 			return
 		}
 		defer r.handlers.Done()
@@ -294,6 +302,11 @@ func (r *Runtime) refuseUnknownCommand(ctx context.Context, s *servedSession, co
 
 // respondError replies with a refusal the way micro endpoints do (status
 // headers and the JSON body), so clients see one format.
+// shuttingDown refuses commands once shutdown has begun.
+func shuttingDown() *CommandError {
+	return Refuse(CodeShuttingDown, "the connector is shutting down")
+}
+
 func respondError(m *nats.Msg, refusal *CommandError, reply []byte) error {
 	resp := nats.NewMsg(m.Reply)
 	resp.Data = reply

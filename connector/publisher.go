@@ -108,20 +108,26 @@ type linkWatch struct {
 	stopListening func()
 	done          chan struct{}
 
+	conn *nats.Conn
+
 	mu      sync.Mutex
 	waiting context.CancelCauseFunc // the publish waiting for its ack, if any
+	epoch   uint64                  // the client's reconnect count when it was sent
 }
 
 func watchLink(conn *nats.Conn) *linkWatch {
-	w := &linkWatch{statuses: conn.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED), done: make(chan struct{})}
+	w := &linkWatch{conn: conn, statuses: conn.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED), done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
 		for range w.statuses { // closed by stop
-			if conn.IsConnected() {
-				continue // a stale event of an outage already over
-			}
+			// The waiting publish went out on the connection of its epoch.
+			// That connection is gone when the client is not connected now,
+			// or has reconnected since (a fast failover to another server).
+			// An event of an outage over before the publish began matches
+			// neither and is ignored.
+			connected, reconnects := conn.IsConnected(), conn.Stats().Reconnects
 			w.mu.Lock()
-			if w.waiting != nil {
+			if w.waiting != nil && (!connected || reconnects > w.epoch) {
 				w.waiting(errLinkLost)
 			}
 			w.mu.Unlock()
@@ -149,8 +155,9 @@ func (w *linkWatch) ackContext(ctx context.Context, ackTimeout time.Duration) (c
 	if w == nil {
 		return actx, func() { cancelTimeout(); cancelCause(nil) }
 	}
+	epoch := w.conn.Stats().Reconnects
 	w.mu.Lock()
-	w.waiting = cancelCause
+	w.waiting, w.epoch = cancelCause, epoch
 	w.mu.Unlock()
 	return actx, func() {
 		w.mu.Lock()
@@ -196,7 +203,7 @@ func publishSync(ctx context.Context, js jetstream.JetStream, link *linkWatch, m
 	// No retries inside nats.go: "no responders" comes back at once and
 	// retryPublish handles it with its own backoff and diagnosis.
 	_, err := js.PublishMsg(actx, msg, jetstream.WithRetryAttempts(0))
-	if err != nil && errors.Is(context.Cause(actx), errLinkLost) {
+	if err != nil && errors.Is(err, context.Canceled) && errors.Is(context.Cause(actx), errLinkLost) {
 		err = errLinkLost
 	}
 	done()
@@ -387,6 +394,10 @@ func (a *asyncSender) send(ctx context.Context, msg *nats.Msg, m laneMetrics) {
 		if errors.Is(err, jetstream.ErrTooManyStalledMsgs) && ctx.Err() == nil {
 			continue // the window stayed full for the stall wait: keep waiting
 		}
+		if ctx.Err() != nil {
+			m.failed.Inc() // the hard stop, not JetStream: no error reason, no pause
+			return
+		}
 		a.lost(msg, err, m, true, a.refusedLog)
 		return
 	}
@@ -402,7 +413,7 @@ func (a *asyncSender) send(ctx context.Context, msg *nats.Msg, m laneMetrics) {
 func (a *asyncSender) lost(msg *nats.Msg, err error, m laneMetrics, known bool, log zerolog.Logger) {
 	reason := publishErrorReason(err)
 	permanent := permanentReason(reason)
-	if known {
+	if known && a.failed == nil { // the retrier counts the reasons of what it retries
 		m.errors.WithLabelValues(reason).Inc()
 	}
 	if !permanent && a.gate.fail() {
@@ -437,6 +448,9 @@ func (a *asyncSender) finish(ctx context.Context) {
 		a.failed.close()
 	}
 	<-a.retrierDone
+	if a.failed != nil {
+		a.failed.abandonRest()
+	}
 }
 
 // sendGate is the asynchronous senders' circuit breaker: closed while
@@ -574,6 +588,19 @@ func (q *failedQueue) close() {
 	select {
 	case q.wake <- struct{}{}:
 	default:
+	}
+}
+
+// abandonRest counts what is still queued once the retrier has ended (the
+// hard stop came while failures kept arriving): each is a late failure.
+func (q *failedQueue) abandonRest() {
+	q.mu.Lock()
+	q.closed = true
+	rest := q.items
+	q.items = nil
+	q.mu.Unlock()
+	for _, f := range rest {
+		q.late(f.msg, f.err)
 	}
 }
 

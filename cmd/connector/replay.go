@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -95,6 +94,9 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 
 	js, closeNATS, err := replayConnect(ctx, *connectTimeout, stderr)
+	if errors.Is(err, context.Canceled) {
+		return errInterrupted // Ctrl-C while connecting: nothing replayed
+	}
 	if err != nil {
 		return err
 	}
@@ -104,38 +106,24 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *to != "" {
 		dest = *to + ".>"
 	}
-	// The file is written beside its final name and renamed into place only
-	// when the replay ran (completed or interrupted): a typo in a filter must
-	// not destroy the export of the last incident.
-	var file *os.File
+	var export *exportFile
 	if *output != "" {
-		file, err = os.CreateTemp(filepath.Dir(*output), "."+filepath.Base(*output)+".*.partial")
-		if err != nil {
+		if export, err = openExport(*output); err != nil {
 			return fmt.Errorf("replay: output: %w", err)
 		}
-		defer os.Remove(file.Name()) // gone after the rename; left over only on failure
-		defer file.Close()
-		// CreateTemp makes the file private (0600); an export gets the mode
-		// of the file it replaces, or the usual 0644.
-		mode := os.FileMode(0o644)
-		if fi, err := os.Stat(*output); err == nil {
-			mode = fi.Mode().Perm()
-		}
-		if err := file.Chmod(mode); err != nil {
-			return fmt.Errorf("replay: output: %w", err)
-		}
-		opts.Output, dest = file, *output
+		opts.Output, dest = export, *output
 	}
 	if showBar {
 		opts.Progress = replay.NewBar(stderr, 250*time.Millisecond).Update
 	}
 	sum, err := replay.Run(ctx, js, opts)
-	if file != nil && (err == nil || sum.Canceled) {
-		if cerr := file.Close(); cerr != nil {
-			return fmt.Errorf("replay: close %s: %w", *output, cerr)
-		}
-		if rerr := os.Rename(file.Name(), *output); rerr != nil {
-			return fmt.Errorf("replay: output: %w", rerr)
+	if export != nil {
+		if err != nil && !sum.Canceled {
+			export.discard()
+		} else if dest, err = export.commit(sum.Canceled); err != nil {
+			return fmt.Errorf("replay: output: %w", err)
+		} else if sum.Canceled {
+			err = context.Canceled
 		}
 	}
 	switch {
