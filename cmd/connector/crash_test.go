@@ -11,12 +11,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"github.com/rs/zerolog"
 
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	ossim "github.com/jetbridge/connector/connector/openstream/sim"
-	"github.com/jetbridge/connector/embednats"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -94,20 +91,7 @@ func TestCrashRestoresDesiredStateWithoutDuplicates(t *testing.T) {
 	const jointsURL, poseURL = "/project/robot/joints/joint_states", "/project/robot/po_cur"
 	openedPrefix := "lasersell." + session + ".event.position_opened."
 
-	nsrv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nsrv.Stop)
-	nc, err := nats.Connect(nsrv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nsrv, nc, js := startTestNATS(t)
 
 	lcfg := lssim.DefaultConfig()
 	lcfg.APIKey = "crash-test-key"
@@ -116,18 +100,7 @@ func TestCrashRestoresDesiredStateWithoutDuplicates(t *testing.T) {
 	lcfg.ExitEvery = 25 * time.Millisecond
 	lcfg.OpenEvery = 300 * time.Millisecond
 	lcfg.EnforceSessionLimit = false
-	ls := lssim.New(lcfg, zerolog.Nop())
-	lsURL, err := ls.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ls.Close)
-	robot := ossim.New(ossim.DefaultConfig(), zerolog.Nop())
-	robotAddr, err := robot.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = robot.Close() })
+	ls, lsURL, robot, robotAddr := startSims(t, lcfg)
 
 	env := map[string]string{
 		"NATS_URL": nsrv.URL(), "CONNECTOR_HTTP_ADDR": freeLoopbackAddr(t),

@@ -16,6 +16,7 @@ import (
 
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	ossim "github.com/jetbridge/connector/connector/openstream/sim"
+	"github.com/jetbridge/connector/embednats"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -64,6 +65,46 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// startSims starts a LaserSell simulator with cfg and an Open Stream robot
+// with the defaults, both on free loopback ports, stopped at cleanup.
+func startSims(t *testing.T, cfg lssim.Config) (ls *lssim.Server, lsURL string, robot *ossim.Server, robotAddr string) {
+	t.Helper()
+	ls = lssim.New(cfg, zerolog.Nop())
+	lsURL, err := ls.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ls.Close)
+	robot = ossim.New(ossim.DefaultConfig(), zerolog.Nop())
+	robotAddr, err = robot.Start("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = robot.Close() })
+	return ls, lsURL, robot, robotAddr
+}
+
+// startTestNATS starts an embedded JetStream server on a free port and a
+// client connection to it, stopped at cleanup.
+func startTestNATS(t *testing.T) (*embednats.Server, *nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	nc, err := nats.Connect(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, nc, js
+}
+
 // The real `connector run` wiring, end to end: environment -> embedded NATS ->
 // both sources against their simulators -> JetStream; a command over NATS; a
 // graceful shutdown that says goodbye to the robot.
@@ -71,18 +112,7 @@ func TestRunEndToEnd(t *testing.T) {
 	ls := lssim.DefaultConfig()
 	ls.APIKey = "e2e-key"
 	ls.AutoPositions = 1
-	lsSrv := lssim.New(ls, zerolog.Nop())
-	lsURL, err := lsSrv.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lsSrv.Close)
-	robot := ossim.New(ossim.DefaultConfig(), zerolog.Nop())
-	robotAddr, err := robot.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = robot.Close() })
+	_, lsURL, robot, robotAddr := startSims(t, ls)
 
 	natsAddr := freePort(t)
 	for k, v := range map[string]string{

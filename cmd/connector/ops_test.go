@@ -12,11 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/rs/zerolog"
 
 	"github.com/jetbridge/connector/connector/connectortest"
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
-	ossim "github.com/jetbridge/connector/connector/openstream/sim"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -82,18 +80,7 @@ func TestOperatorSurface(t *testing.T) {
 	ls := lssim.DefaultConfig()
 	ls.APIKey = "ops-key"
 	ls.AutoPositions = 1
-	lsSrv := lssim.New(ls, zerolog.Nop())
-	lsURL, err := lsSrv.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(lsSrv.Close)
-	robot := ossim.New(ossim.DefaultConfig(), zerolog.Nop())
-	robotAddr, err := robot.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = robot.Close() })
+	lsSrv, lsURL, _, robotAddr := startSims(t, ls)
 
 	natsAddr, httpAddr := freePort(t), freePort(t)
 	for k, v := range map[string]string{

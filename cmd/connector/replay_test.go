@@ -81,20 +81,7 @@ func TestParseWhen(t *testing.T) {
 // streams and points the environment at it.
 func replayServer(t *testing.T) (*nats.Conn, jetstream.JetStream, *embednats.Server) {
 	t.Helper()
-	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, nc, js := startTestNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := connector.Provision(ctx, js, subjects.Streams(), connector.DefaultRetention, nil, 1); err != nil {

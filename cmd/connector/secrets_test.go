@@ -21,10 +21,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
-	"github.com/rs/zerolog"
 
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
-	ossim "github.com/jetbridge/connector/connector/openstream/sim"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -312,18 +310,7 @@ func newSecretsRig(t *testing.T, apiKey string) *secretsRig {
 	cfg.PnLRate = 20
 	cfg.ExitEvery = 100 * time.Millisecond
 	cfg.EnforceSessionLimit = false
-	ls := lssim.New(cfg, zerolog.Nop())
-	lsURL, err := ls.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ls.Close)
-	robot := ossim.New(ossim.DefaultConfig(), zerolog.Nop())
-	robotAddr, err := robot.Start("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = robot.Close() })
+	ls, lsURL, _, robotAddr := startSims(t, cfg)
 	return &secretsRig{ls: ls, lsURL: lsURL, robotAddr: robotAddr, apiKey: apiKey}
 }
 
