@@ -10,8 +10,8 @@ import (
 // Command admission defaults (Options.CommandMaxBytes, CommandRate, CommandBurst).
 const (
 	// DefaultCommandMaxBytes bounds one command request body. The largest
-	// legitimate request (a LaserSell configure with the limits' wallets and
-	// watch wallets, or a CONTROL body) is a few KiB.
+	// legitimate request known (a trading session's configure with as many
+	// wallets as its limits allow, or a robot's CONTROL body) is a few KiB.
 	DefaultCommandMaxBytes = 64 << 10
 	// DefaultCommandRate is the sustained commands per second one session
 	// accepts: twice a 500 Hz CONTROL trajectory stream.

@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,101 +34,116 @@ type servedSession struct {
 	bucket   *tokenBucket    // the session's command rate limit
 	auditor  *refusalAuditor // audit budget of its rate_limited refusals
 	refusals zerolog.Logger  // sampled: a refused 500 Hz stream must not flood the log
+	svc      micro.Service
+	ctx      context.Context // the session's: commands and audits run under it
+
+	mu       sync.Mutex
+	stopping bool           // new commands are refused with shutting_down
+	running  sync.WaitGroup // commands in progress
+	// handlers counts command callbacks running, refusals included: micro's
+	// Stop drains its subscriptions in the background, and stop returns only
+	// after the last callback (they audit into the session's lanes).
+	handlersClosed bool
+	handlers       sync.WaitGroup
 }
 
-// serveAll registers every source's command service, then one subscription
-// per source kind that refuses commands for unknown sessions and commands.
-// stop unregisters them all and audits what flood refusals are still counted.
-func (r *Runtime) serveAll(ctx context.Context, sources []Source) (stop func(), err error) {
-	var stops []func()
-	stop = func() {
-		for _, s := range slices.Backward(stops) {
-			s()
-		}
-		stops = nil
-	}
-	byKind := map[string]map[string]*servedSession{}
-	for _, src := range sources {
-		s, stopSvc, err := r.serveCommands(ctx, src)
-		if err != nil {
-			stop()
-			return nil, err
-		}
-		stops = append(stops, stopSvc)
-		if byKind[src.Kind()] == nil {
-			byKind[src.Kind()] = map[string]*servedSession{}
-		}
-		byKind[src.Kind()][src.Name()] = s
-	}
-	for kind, sessions := range byKind {
-		stopKind, err := r.serveUnknown(ctx, kind, sessions)
-		if err != nil {
-			stop()
-			return nil, err
-		}
-		stops = append(stops, stopKind)
-	}
-	return stop, nil
-}
-
-// serveCommands registers one NATS micro service per source session, with one
+// serveCommands registers one NATS micro service for the session, with one
 // endpoint per command on <kind>.<name>.cmd.<command>. Requests of one command
 // are handled in arrival order (CONTROL trajectories depend on it).
-func (r *Runtime) serveCommands(ctx context.Context, src Source) (*servedSession, func(), error) {
-	h := r.host(src.Kind(), src.Name())
-	if h == nil {
-		return nil, nil, fmt.Errorf("%s %s has no host: create it with NewHost", src.Kind(), src.Name())
-	}
+func (r *Runtime) serveCommands(ctx context.Context, h *Host, src Source) (*servedSession, error) {
 	s := &servedSession{
-		src: src, host: h, commands: map[string]bool{},
+		src: src, host: h, commands: map[string]bool{}, ctx: ctx,
 		bucket:   newTokenBucket(r.opts.CommandRate, r.opts.CommandBurst),
 		refusals: h.log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 	}
 	s.auditor = newRefusalAuditor(ctx, func(ctx context.Context, _, _ string, rec auditRecord) { r.emitAudit(ctx, h, rec) })
 	svc, err := micro.AddService(r.opts.HighConn, micro.Config{
-		Name:        "connector-" + src.Kind(),
+		Name:        "connector-" + h.kind,
 		Version:     r.opts.Version,
-		Description: fmt.Sprintf("commands for %s session %s", src.Kind(), src.Name()),
-		Metadata:    map[string]string{"source": src.Kind(), "session": src.Name()},
+		Description: fmt.Sprintf("commands for %s session %s", h.kind, h.name),
+		Metadata:    map[string]string{"source": h.kind, "session": h.name},
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("command service for %s %s: %w", src.Kind(), src.Name(), err)
+		return nil, fmt.Errorf("command service for %s %s: %w", h.kind, h.name, err)
 	}
+	s.svc = svc
 	for _, name := range src.Commands() {
 		s.commands[name] = true
-		subject := subjects.Command(src.Kind(), src.Name(), name)
-		if err := svc.AddEndpoint(name, r.commandHandler(ctx, s, name), micro.WithEndpointSubject(subject)); err != nil {
+		subject := subjects.Command(h.kind, h.name, name)
+		if err := svc.AddEndpoint(name, r.commandHandler(s, name), micro.WithEndpointSubject(subject)); err != nil {
 			_ = svc.Stop()
-			return nil, nil, fmt.Errorf("command endpoint %s: %w", subject, err)
+			return nil, fmt.Errorf("command endpoint %s: %w", subject, err)
 		}
 	}
-	return s, func() {
-		_ = svc.Stop()
-		s.auditor.stop(ctx)
-	}, nil
+	return s, nil
+}
+
+// refuse makes new commands fail with shutting_down and waits for the ones
+// in progress.
+func (s *servedSession) refuse() {
+	s.mu.Lock()
+	s.stopping = true
+	s.mu.Unlock()
+	s.running.Wait()
+}
+
+// stop unregisters the service, waits for its callbacks (each bounded by
+// the command timeout) and audits what flood refusals are still counted.
+func (s *servedSession) stop(timeout time.Duration) {
+	_ = s.svc.Stop()
+	s.mu.Lock()
+	s.handlersClosed = true
+	s.mu.Unlock()
+	if !waitTimeout(&s.handlers, timeout) {
+		s.host.log.Warn().Dur("timeout", timeout).Msg("command callbacks still running after the service stopped")
+	}
+	s.auditor.stop(s.ctx)
+}
+
+// enterHandler registers a running callback; false once the service has
+// stopped (a late message drained by micro: no reply, the session is gone).
+func (s *servedSession) enterHandler() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handlersClosed {
+		return false
+	}
+	s.handlers.Add(1)
+	return true
+}
+
+// begin registers a command in progress; false once the session is stopping.
+func (s *servedSession) begin() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return false
+	}
+	s.running.Add(1)
+	return true
 }
 
 // commandHandler admits a request (size, rate), lets the source handle it,
 // and replies, counts and audits the outcome.
-func (r *Runtime) commandHandler(ctx context.Context, s *servedSession, name string) micro.HandlerFunc {
-	h := s.host
+func (r *Runtime) commandHandler(s *servedSession, name string) micro.HandlerFunc {
+	h, ctx := s.host, s.ctx
 	latency := r.opts.Metrics.commandLatency.WithLabelValues(h.kind, h.name, name)
 	outcomes := r.opts.Metrics.commands.MustCurryWith(prometheus.Labels{"source": h.kind, "session": h.name, "command": name})
 	return func(req micro.Request) {
-		if !r.enterHandler() {
+		if !s.enterHandler() {
 			if req.Reply() != "" {
 				reply, refusal := encodeReply(nil, shuttingDown())
 				_ = req.Error(statusOf(refusal.Code), refusal.Message, reply)
 			}
 			return
 		}
-		defer r.handlers.Done()
+		defer s.handlers.Done()
 		received := time.Now()
 		cmd := Command{Name: name, Body: req.Data(), WantsReply: req.Reply() != ""}
 		var result any
 		var err error
-		if r.beginCommand() {
-			defer r.commands.Done() // after the audit: shutdown waits for it
+		if s.begin() {
+			defer s.running.Done() // after the audit: stopping waits for it
 			switch {
 			case !s.bucket.allow(received):
 				err = r.rateLimited(h.kind, h.name)
@@ -197,33 +212,30 @@ func statusOf(code string) string {
 	return "400"
 }
 
-// serveUnknown subscribes to <kind>.*.cmd.* and answers, at once, the
-// requests no endpoint of this process answers: commands a served session
-// does not have (unknown_command) and sessions this process does not serve
-// (unknown_session, naming the sessions it does serve), instead of letting
-// the requester wait for a timeout or get "no responders". Requests for
-// served commands reach this subscription too and are ignored here.
+// serveKind subscribes, once per kind, to <kind>.*.cmd.* and answers at
+// once the requests no endpoint of this process answers: commands a served
+// session does not have (unknown_command) and sessions this process does not
+// serve (unknown_session, naming the sessions it does serve), instead of
+// letting the requester wait for a timeout or get "no responders". Requests
+// for served commands reach this subscription too and are ignored here.
 //
 // Caveat: there is no session ownership or lease between connector processes
 // yet. If two processes share one NATS account and serve different sessions of
 // the same kind, each refuses the other's sessions as unknown, and the
 // requester may get that refusal before the real reply (the command still
 // runs on its owner). Such deployments set Options.QuietUnknownSessions.
-func (r *Runtime) serveUnknown(ctx context.Context, kind string, sessions map[string]*servedSession) (func(), error) {
-	names := make([]string, 0, len(sessions))
-	kindCommands := map[string]bool{}
-	for name, s := range sessions {
-		names = append(names, name)
-		for c := range s.commands {
-			kindCommands[c] = true
-		}
+func (r *Runtime) serveKind(ctx context.Context, kind string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.kinds[kind] != nil {
+		return nil
 	}
-	slices.Sort(names)
-	known := strings.Join(names, ", ")
+	// The subscription outlives the session that started it.
+	ctx = context.WithoutCancel(ctx)
 	auditor := newRefusalAuditor(ctx, func(ctx context.Context, session, _ string, rec auditRecord) {
 		r.publishAudit(ctx, kind, session, rec)
 	})
-	sub, err := r.opts.HighConn.Subscribe(subjects.Command(kind, "*", "*"), func(m *nats.Msg) {
+	sub, err := r.opts.HighConn.Subscribe(subjects.Command(kind, subjects.Any, subjects.Any), func(m *nats.Msg) {
 		if !r.enterHandler() {
 			if m.Reply != "" {
 				reply, refusal := encodeReply(nil, shuttingDown())
@@ -237,47 +249,75 @@ func (r *Runtime) serveUnknown(ctx context.Context, kind string, sessions map[st
 			return
 		}
 		name, command := tokens[1], tokens[3]
-		if s, ok := sessions[name]; ok {
-			if !s.commands[command] {
-				r.refuseUnknownCommand(ctx, s, command, m)
+		if s := r.session(kind, name); s != nil {
+			if !s.served.commands[command] {
+				r.refuseUnknownCommand(s.served, command, m)
 			}
 			return
 		}
-		if r.opts.QuietUnknownSessions {
-			return
-		}
-		received := time.Now()
-		label := unknownLabel
-		if kindCommands[command] {
-			label = command
-		}
-		refusal := Refuse(CodeUnknownSession, "%s has no session %q in this connector; sessions: %s", kind, name, known)
-		reply, _ := encodeReply(nil, refusal)
-		if m.Reply != "" {
-			if err := respondError(m, refusal, reply); err != nil {
-				r.opts.Log.Warn().Err(err).Str("source", kind).Msg("could not refuse a command for an unknown session")
-			}
-		}
-		r.opts.Metrics.commands.WithLabelValues(kind, unknownLabel, label, CodeUnknownSession).Inc()
-		r.opts.Metrics.commandLatency.WithLabelValues(kind, unknownLabel, label).Observe(time.Since(received).Seconds())
-		// Audited per kind within the flood-refusal budget (a flood of random
-		// session names is summed up); the reply never waits for it.
-		rec := r.auditRecordOf(Command{Name: command, Body: m.Data, WantsReply: m.Reply != ""}, received, reply)
-		auditor.record(ctx, name, CodeUnknownSession, rec, received)
+		r.refuseUnknownSession(ctx, kind, name, command, m, auditor)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("unknown-command subscription %s: %w", subjects.Command(kind, "*", "*"), err)
+		return fmt.Errorf("unknown-command subscription %s: %w", subjects.Command(kind, subjects.Any, subjects.Any), err)
 	}
-	return func() {
+	r.kinds[kind] = func() {
 		_ = sub.Unsubscribe()
 		auditor.stop(ctx)
-	}, nil
+	}
+	return nil
+}
+
+// refuseUnknownSession answers a command for a session this process does not
+// serve: unknown_session (shutting_down once shutdown began), audited per
+// kind within the flood-refusal budget.
+func (r *Runtime) refuseUnknownSession(ctx context.Context, kind, name, command string, m *nats.Msg, auditor *refusalAuditor) {
+	r.mu.Lock()
+	stopping := r.stopping
+	r.mu.Unlock()
+	if r.opts.QuietUnknownSessions && !stopping {
+		return
+	}
+	received := time.Now()
+	label := unknownLabel
+	if r.kindHasCommand(kind, command) {
+		label = command
+	}
+	refusal := Refuse(CodeUnknownSession, "%s has no session %q in this connector; sessions: %s", kind, name, r.sessionNames(kind))
+	if stopping {
+		refusal = shuttingDown()
+	}
+	reply, _ := encodeReply(nil, refusal)
+	if m.Reply != "" {
+		if err := respondError(m, refusal, reply); err != nil {
+			r.opts.Log.Warn().Err(err).Str("source", kind).Msg("could not refuse a command for an unknown session")
+		}
+	}
+	r.opts.Metrics.commands.WithLabelValues(kind, unknownLabel, label, refusal.Code).Inc()
+	r.opts.Metrics.commandLatency.WithLabelValues(kind, unknownLabel, label).Observe(time.Since(received).Seconds())
+	// Audited per kind within the flood-refusal budget (a flood of random
+	// session names is summed up); the reply never waits for it.
+	rec := r.auditRecordOf(Command{Name: command, Body: m.Data, WantsReply: m.Reply != ""}, received, reply)
+	auditor.record(ctx, name, refusal.Code, rec, received)
+}
+
+// kindHasCommand reports whether a running session of kind serves command
+// (the metric label of refusals for unknown sessions: never a requester's
+// arbitrary name).
+func (r *Runtime) kindHasCommand(kind, command string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.sessions {
+		if s.spec.Kind == kind && s.served != nil && s.served.commands[command] {
+			return true
+		}
+	}
+	return false
 }
 
 // refuseUnknownCommand answers a command a served session does not have,
 // within the session's rate limit.
-func (r *Runtime) refuseUnknownCommand(ctx context.Context, s *servedSession, command string, m *nats.Msg) {
-	h := s.host
+func (r *Runtime) refuseUnknownCommand(s *servedSession, command string, m *nats.Msg) {
+	h, ctx := s.host, s.ctx
 	received := time.Now()
 	refusal := Refuse(CodeUnknownCommand, "%s has no command %q; commands: %s",
 		h.kind, command, strings.Join(s.src.Commands(), ", "))
@@ -411,10 +451,4 @@ func (r *Runtime) publishAudit(ctx context.Context, kind, session string, rec au
 		r.opts.Log.Error().Err(err).Str("source", kind).Str("command", rec.Command).
 			Msg("could not record a command for an unknown session in the audit stream")
 	}
-}
-
-func (r *Runtime) host(kind, name string) *Host {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.hosts[kind+"."+name]
 }

@@ -55,8 +55,14 @@ type Host struct {
 
 	singleLane bool
 
+	// stopPublishing is the hard stop of the session's publishers, after its
+	// drain deadline, and the end of its status writer.
+	stopPublishing context.CancelFunc
+	highDone       chan struct{} // closed when the high lane's publisher returned
+	statusDone     chan struct{} // closed when the status writer returned
+
 	statusMu   sync.Mutex
-	lastStatus map[string]any
+	lastStatus *statusRecord
 	statusKV   chan []byte // latest-wins slot for the status bucket writer
 
 	// lastEvent is when the last upstream event was accepted (Unix ns; 0: none yet).
@@ -87,7 +93,7 @@ type typeCounters struct {
 // Kind returns the source kind this host serves.
 func (h *Host) Kind() string { return h.kind }
 
-// Name returns the session or robot name this host serves.
+// Name returns the session name this host serves.
 func (h *Host) Name() string { return h.name }
 
 // Log returns the session's logger (fields source and session set).
@@ -186,37 +192,29 @@ func (h *Host) addTypeCounter(typ string) prometheus.Counter {
 	return c
 }
 
+// statusRecord is the published status document: the session's Status with
+// its source, session and time (schemas/connector/status.json).
+type statusRecord struct {
+	Source  string `json:"source"`
+	Session string `json:"session"`
+	Time    string `json:"time"`
+	Status
+	// raw is the document as published.
+	raw []byte
+}
+
 // SetStatus publishes a lifecycle event on <kind>.<name>.status (high lane) and
 // records it, with the time, as the session's entry in the status KV bucket.
 func (h *Host) SetStatus(ctx context.Context, st Status) error {
 	now := time.Now()
-	doc := map[string]any{
-		"source":  h.kind,
-		"session": h.name,
-		"time":    now.UTC().Format(time.RFC3339Nano),
-		"state":   st.State,
-	}
-	if st.Reason != "" {
-		doc["reason"] = st.Reason
-	}
-	if st.Attempt != 0 {
-		doc["attempt"] = st.Attempt
-	}
-	if st.BackoffMS != 0 {
-		doc["backoff_ms"] = st.BackoffMS
-	}
-	if st.UpstreamSession != "" {
-		doc["upstream_session"] = st.UpstreamSession
-	}
-	if st.Detail != nil {
-		doc["detail"] = st.Detail
-	}
-	payload, err := json.Marshal(doc)
+	rec := &statusRecord{Source: h.kind, Session: h.name, Time: now.UTC().Format(time.RFC3339Nano), Status: st}
+	payload, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode status: %w", err)
 	}
+	rec.raw = payload
 	h.statusMu.Lock()
-	h.lastStatus = doc
+	h.lastStatus = rec
 	h.statusMu.Unlock()
 	h.offerStatus(payload)
 	return h.Emit(ctx, Event{
@@ -245,8 +243,19 @@ func (h *Host) offerStatus(payload []byte) {
 	}
 }
 
-// LastStatus returns the last status document, for health reports.
-func (h *Host) LastStatus() map[string]any {
+// LastStatus returns the last status document exactly as published (nil
+// before the first status).
+func (h *Host) LastStatus() json.RawMessage {
+	h.statusMu.Lock()
+	defer h.statusMu.Unlock()
+	if h.lastStatus == nil {
+		return nil
+	}
+	return h.lastStatus.raw
+}
+
+// lastStatusRecord returns the last status (nil before the first).
+func (h *Host) lastStatusRecord() *statusRecord {
 	h.statusMu.Lock()
 	defer h.statusMu.Unlock()
 	return h.lastStatus
@@ -255,7 +264,7 @@ func (h *Host) LastStatus() map[string]any {
 // State returns the session's view of a KV bucket: keys are scoped under
 // <kind>.<name>. so sessions never see each other's entries.
 func (h *Host) State(bucket string) *Store {
-	return &Store{kv: h.rt.buckets[bucket], bucket: bucket, prefix: subjects.StatusKey(h.kind, h.name) + "."}
+	return &Store{kv: h.rt.buckets[bucket], bucket: bucket, prefix: subjects.SessionKey(h.kind, h.name) + "."}
 }
 
 // message turns a queued event into the NATS message stored in JetStream.
@@ -319,4 +328,89 @@ func (h *Host) writeStatus(ctx context.Context) {
 			cancel()
 		}
 	}
+}
+
+// newHost builds the host of a starting session and starts its publishers
+// and status writer. r.mu is held.
+func (r *Runtime) newHost(spec Session) *Host {
+	sizes := spec.Lanes
+	if sizes.High <= 0 {
+		sizes.High = DefaultHighLane
+	}
+	if sizes.Low <= 0 {
+		sizes.Low = DefaultLowLane
+	}
+	kind, name, key := spec.Kind, spec.Name, spec.Key()
+	log := r.opts.Log.With().Str("source", kind).Str("session", name).Logger()
+	dropped := r.opts.Metrics.dropped.WithLabelValues(kind, name)
+	pubCtx, stop := context.WithCancel(r.pubCtx)
+	h := &Host{
+		kind: kind, name: name, rt: r, log: log,
+		metrics:        r.opts.Metrics.session(kind, name),
+		high:           newHighQueue(sizes.High),
+		low:            newLowQueue(sizes.Low, dropped.Inc, r.pump.wake),
+		highM:          r.opts.Metrics.lane(kind, name, LaneHigh),
+		lowM:           r.opts.Metrics.lane(kind, name, LaneLow),
+		sourceHdr:      []string{kind},
+		sessionHdr:     []string{name},
+		idPrefix:       key + "." + r.runID + ".",
+		subjectPrefix:  key + ".",
+		statusKV:       make(chan []byte, 1),
+		singleLane:     r.opts.SingleLane,
+		stopPublishing: stop,
+		highDone:       make(chan struct{}),
+		statusDone:     make(chan struct{}),
+	}
+	high := &publisher{
+		queue: h.high, window: r.opts.HighWindow, metrics: h.highM, conn: r.opts.HighConn,
+		ackTimeout: r.opts.AckTimeout, build: h.message, log: log.With().Str("lane", "high").Logger(),
+	}
+	go func() {
+		defer close(h.highDone)
+		if err := high.run(pubCtx); err != nil {
+			high.log.Error().Err(err).Msg("high-lane publisher could not start; its events are not published")
+		}
+	}()
+	r.pump.add(h.subjectPrefix, &pumpLane{queue: h.low, build: h.message, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()})
+	go func() {
+		defer close(h.statusDone)
+		h.writeStatus(pubCtx)
+	}()
+	return h
+}
+
+// closeLanes closes both lanes (idempotent): Emit fails from now on, and the
+// publishers finish what is queued.
+func (h *Host) closeLanes() {
+	h.high.close()
+	h.low.close()
+}
+
+// releaseHost closes a stopped session's lanes and waits for its publishers
+// to store what is queued, at most DrainTimeout; then it abandons the rest
+// (each abandoned event is logged and counted as failed), stops the status
+// writer and writes the last status to KV.
+func (r *Runtime) releaseHost(h *Host) {
+	h.closeLanes()
+	lowDone := r.pump.remove(h.subjectPrefix)
+	deadline := time.After(r.opts.DrainTimeout)
+	select {
+	case <-h.highDone:
+	case <-deadline:
+		h.log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("high lane did not drain in time; abandoning unpublished events")
+		deadline = nil // the low lane gets no more time either
+	}
+	if deadline != nil {
+		select {
+		case <-lowDone:
+		case <-deadline:
+			// The shared pump keeps the closed lane until it is empty (or
+			// abandons it at its own hard stop); nothing waits for it here.
+			h.log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("low lane did not drain in time")
+		}
+	}
+	h.stopPublishing()
+	<-h.highDone
+	<-h.statusDone
+	h.flushStatus()
 }

@@ -31,9 +31,8 @@ func DefaultRetention(spec subjects.StreamSpec) Retention {
 	if spec.Lane == LaneLow {
 		r.MaxAge = 24 * time.Hour
 	}
-	if spec.Name == subjects.StreamLaserSellEvents {
-		// position_opened and balance_update are re-emitted after every reconnect.
-		r.Duplicates = time.Hour
+	if spec.Duplicates > 0 {
+		r.Duplicates = spec.Duplicates // the kind knows what its reconnects re-emit
 	}
 	return r
 }

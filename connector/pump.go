@@ -2,7 +2,7 @@ package connector
 
 import (
 	"context"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,10 +22,10 @@ import (
 // visible as Connector-Seq gaps, never as reordering or duplicates:
 //   - While the connection is down the pump sends nothing: events wait in the
 //     rings, which drop their oldest when full (connector_lane_dropped_total).
-//   - A failed publish (any reason; see publisher.go) is not retried: a retry
-//     would be stored behind newer events, and without a Nats-Msg-Id a publish
-//     whose ack was lost would be stored twice. It is counted as dropped
-//     too (connector_lane_dropped_total; the reason in
+//   - A failed publish (any reason; see publish_errors.go) is not retried: a
+//     retry would be stored behind newer events, and without a Nats-Msg-Id a
+//     publish whose ack was lost would be stored twice. It is counted as
+//     dropped too (connector_lane_dropped_total; the reason in
 //     connector_publish_errors_total): the events in flight are the oldest.
 //     Those are the events in flight when a connection dies (at most Window),
 //     or, while JetStream refuses publishes (restarting, stream full or
@@ -42,8 +42,10 @@ type lowPump struct {
 
 	mu       sync.RWMutex
 	closed   bool // no more events will be queued: finish and return
+	stopped  bool // run has returned: removals complete at once
 	lanes    []*pumpLane
-	byPrefix map[string]*pumpLane // "<kind>.<name>." -> lane, for ack callbacks
+	byPrefix map[string]*pumpLane // "<kind>.<name>." -> lane, for remove
+	leaving  map[*pumpLane]leave  // lanes being removed: drained, then forgotten
 }
 
 type pumpLane struct {
@@ -53,10 +55,16 @@ type pumpLane struct {
 	log     zerolog.Logger
 }
 
+// leave is a removal in progress: done is closed once the lane is forgotten.
+type leave struct {
+	prefix string
+	done   chan struct{}
+}
+
 func newLowPump(conn *nats.Conn, window int, ackTimeout, linger time.Duration, log zerolog.Logger) *lowPump {
 	return &lowPump{
 		conn: conn, window: window, ackTimeout: ackTimeout, linger: linger, log: log,
-		wake: make(chan struct{}, 1), byPrefix: map[string]*pumpLane{},
+		wake: make(chan struct{}, 1), byPrefix: map[string]*pumpLane{}, leaving: map[*pumpLane]leave{},
 	}
 }
 
@@ -69,25 +77,76 @@ func (p *lowPump) add(prefix string, l *pumpLane) {
 	p.byPrefix[prefix] = l
 }
 
-// laneOf finds the lane of a published message by its subject's first two tokens.
-func (p *lowPump) laneOf(subject string) *pumpLane {
-	i := strings.IndexByte(subject, '.')
-	if i < 0 {
-		return nil
+// remove takes one session's low lane out of the pump, for a session that
+// stops while others run. The caller has closed the lane's queue. The pump
+// publishes what is still queued in it, then forgets the lane and closes the
+// returned channel. Acks that arrive later are still charged to the lane's
+// metrics. The channel is closed at once when prefix is unknown or the pump
+// has stopped; while NATS is away it closes only when the queue could be
+// handed to nats.go or the pump's hard stop came (the queue is then counted
+// as failed, as at shutdown).
+func (p *lowPump) remove(prefix string) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.byPrefix[prefix]
+	if l == nil || p.stopped {
+		done := make(chan struct{})
+		close(done)
+		return done
 	}
-	j := strings.IndexByte(subject[i+1:], '.')
-	if j < 0 {
-		return nil
+	if lv, ok := p.leaving[l]; ok {
+		return lv.done // removed twice: the same removal
 	}
-	p.mu.RLock()
-	defer p.mu.RUnlock()
-	return p.byPrefix[subject[:i+1+j+1]]
+	lv := leave{prefix: prefix, done: make(chan struct{})}
+	p.leaving[l] = lv
+	// The queue's close already woke the pump, possibly before the lane was
+	// marked: wake it again so it sees the mark.
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return lv.done
 }
 
-func (p *lowPump) snapshot() (lanes []*pumpLane, closed bool) {
+// snapshot copies the lanes into buf and lists those marked for removal. A
+// lane marked here had its queue closed before: a poll that comes after the
+// snapshot and finds it short of a batch has emptied it for good.
+func (p *lowPump) snapshot(buf, leaving []*pumpLane) (lanes, marked []*pumpLane, closed bool) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	return append([]*pumpLane(nil), p.lanes...), p.closed
+	lanes = append(buf[:0], p.lanes...)
+	marked = leaving[:0]
+	for l := range p.leaving {
+		marked = append(marked, l)
+	}
+	return lanes, marked, p.closed
+}
+
+// forget drops drained lanes that were marked for removal and completes their
+// removal.
+func (p *lowPump) forget(drained []*pumpLane) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range drained {
+		lv := p.leaving[l]
+		delete(p.leaving, l)
+		p.lanes = slices.DeleteFunc(p.lanes, func(x *pumpLane) bool { return x == l })
+		if p.byPrefix[lv.prefix] == l { // not a new lane added under the same prefix since
+			delete(p.byPrefix, lv.prefix)
+		}
+		close(lv.done)
+	}
+}
+
+// stop marks the pump as stopped and completes every removal in progress.
+func (p *lowPump) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
+	for l, lv := range p.leaving {
+		delete(p.leaving, l)
+		close(lv.done)
+	}
 }
 
 // close tells the pump to publish what is queued and return. Call it after
@@ -105,23 +164,22 @@ func (p *lowPump) close() {
 // run publishes until every registered lane is closed and drained, or ctx ends
 // (the hard stop after the drain deadline).
 func (p *lowPump) run(ctx context.Context) error {
-	sender, err := startAsyncSender(ctx, p.conn, nil, p.window, p.ackTimeout, false, func(subject string) (laneMetrics, zerolog.Logger, bool) {
-		if l := p.laneOf(subject); l != nil {
-			return l.metrics, l.log, true
-		}
-		return laneMetrics{}, p.log, false
-	}, p.log)
+	defer p.stop()
+	sender, err := startAsyncSender(ctx, p.conn, nil, p.window, p.ackTimeout, false, p.log)
 	if err != nil {
 		return err
 	}
 	buf := make([]queued, 0, batchSize)
+	var lanes, marked, drained []*pumpLane
+	var closed bool
 	next := 0 // round-robin start, so no session always goes first
 	for ctx.Err() == nil {
 		sender.waitBacklog(ctx)
 		// Events wait in the rings, not in hand, while NATS is away or
 		// refusing: there the bound and drop-oldest apply.
 		sender.awaitTurn(ctx)
-		lanes, closed := p.snapshot()
+		lanes, marked, closed = p.snapshot(lanes, marked)
+		drained = drained[:0]
 		polled := 0
 		for k := range lanes {
 			l := lanes[(next+k)%len(lanes)]
@@ -131,11 +189,18 @@ func (p *lowPump) run(ctx context.Context) error {
 					l.metrics.failed.Add(float64(len(buf) - i))
 					break
 				}
+				received := buf[i].Received
 				msg := l.build(buf[i])
 				buf[i] = queued{}
-				sender.send(ctx, msg, l.metrics)
+				sender.send(ctx, msg, l, received)
 			}
 			polled += len(buf)
+			if len(buf) < batchSize && len(marked) > 0 && slices.Contains(marked, l) {
+				drained = append(drained, l)
+			}
+		}
+		if len(drained) > 0 {
+			p.forget(drained)
 		}
 		if len(lanes) > 0 {
 			next = (next + 1) % len(lanes)
@@ -162,6 +227,7 @@ func (p *lowPump) run(ctx context.Context) error {
 }
 
 func (p *lowPump) lanesNow() []*pumpLane {
-	lanes, _ := p.snapshot()
-	return lanes
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return append([]*pumpLane(nil), p.lanes...)
 }

@@ -22,8 +22,9 @@ type Options struct {
 	// from queueing in front of an exit signal in one socket buffer. They may be
 	// the same connection.
 	HighConn, LowConn *nats.Conn
-	// Kinds limits provisioning to the streams of these source kinds (all if empty).
-	Kinds []string
+	// Kinds are the source kinds whose streams and buckets are provisioned,
+	// and whose sessions the runtime may start.
+	Kinds []subjects.Kind
 	// Retention returns the retention of a stream; nil means DefaultRetention.
 	Retention func(subjects.StreamSpec) Retention
 	// KVReplicas is the replica count of the KV buckets.
@@ -71,7 +72,8 @@ type Options struct {
 }
 
 // Runtime owns everything that is the same for every source: lanes, publishing,
-// acks and retries, dedup ids, command services, KV state and metrics.
+// acks and retries, dedup ids, command services, KV state and metrics. It
+// starts and stops sessions one by one (Start, Stop) while the others run.
 type Runtime struct {
 	opts    Options
 	highJS  jetstream.JetStream // administration and KV
@@ -79,31 +81,35 @@ type Runtime struct {
 	buckets map[string]jetstream.KeyValue
 	runID   string
 
-	mu     sync.Mutex
-	hosts  map[string]*Host
-	closed bool // lanes closed: no new hosts
+	mu       sync.Mutex
+	sessions map[string]*running // by Session.Key, from Start until stopped
+	kinds    map[string]func()   // the unknown-command subscription of each kind served, by kind
+	closed   bool                // no new sessions
+	stopping bool                // shutdown began: requests for no session are refused with shutting_down
+
+	// failed carries the first error of a source whose Run failed: Run
+	// stops everything and returns it.
+	failed chan error
 
 	// pubCtx outlives the sources: the lanes keep publishing while they drain.
 	pubCtx         context.Context
 	stopPublishing context.CancelFunc
-	lanesDone      sync.WaitGroup
-	statusDone     sync.WaitGroup
+	pumpDone       chan struct{}
 
-	serving     chan struct{} // closed once Run has registered the command services
+	serving     chan struct{} // closed once Run has started every session it was given
 	servingOnce sync.Once
 	closeOnce   sync.Once
 
-	cmdMu    sync.Mutex
-	stopping bool           // new commands are refused with shutting_down
-	commands sync.WaitGroup // commands in progress
-	// handlers counts command callbacks running, refusals included: micro's
-	// Stop drains its subscriptions in the background, and Run returns only
-	// after the last callback (they audit into the lanes Close drains).
-	handlersClosed bool // under cmdMu: callbacks from now on return at once
+	// handlers counts the unknown-command callbacks running: the
+	// subscriptions stop in the background, and Run returns only after the
+	// last callback (they audit into lanes that Close drains).
+	handlersMu     sync.Mutex
+	handlersClosed bool
 	handlers       sync.WaitGroup
 }
 
-// New connects the runtime to JetStream and provisions the streams and buckets.
+// New connects the runtime to JetStream and provisions the streams and buckets
+// of Options.Kinds.
 func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if opts.HighConn == nil {
 		return nil, errors.New("connector: a NATS connection is required")
@@ -155,20 +161,20 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	buckets, err := Provision(ctx, highJS, subjects.Streams(opts.Kinds...), opts.Retention, subjects.Buckets(), opts.KVReplicas)
+	buckets, err := Provision(ctx, highJS, subjects.Streams(opts.Kinds...), opts.Retention, subjects.Buckets(opts.Kinds...), opts.KVReplicas)
 	if err != nil {
 		return nil, err
 	}
 	pubCtx, stop := context.WithCancel(context.Background())
 	r := &Runtime{
 		opts: opts, highJS: highJS, buckets: buckets,
-		hosts: map[string]*Host{}, runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop,
+		sessions: map[string]*running{}, kinds: map[string]func(){}, failed: make(chan error, 1),
+		runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop, pumpDone: make(chan struct{}),
 		serving: make(chan struct{}),
 	}
 	r.pump = newLowPump(opts.LowConn, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
-	r.lanesDone.Add(1)
 	go func() {
-		defer r.lanesDone.Done()
+		defer close(r.pumpDone)
 		if err := r.pump.run(pubCtx); err != nil {
 			opts.Log.Error().Err(err).Msg("low-lane publisher could not start; telemetry is not published")
 		}
@@ -179,151 +185,67 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 // JetStream returns the runtime's JetStream context (high-lane connection).
 func (r *Runtime) JetStream() jetstream.JetStream { return r.highJS }
 
-// NewHost creates the host of one source session and starts its publishers.
-// Kind and name must be valid subject tokens.
-func (r *Runtime) NewHost(kind, name string, sizes LaneSizes) (*Host, error) {
-	if !subjects.ValidToken(kind) || !subjects.ValidToken(name) {
-		return nil, fmt.Errorf("session %q of %q: names may not contain '.', '*', '>' or whitespace", name, kind)
-	}
-	if sizes.High <= 0 {
-		sizes.High = DefaultHighLane
-	}
-	if sizes.Low <= 0 {
-		sizes.Low = DefaultLowLane
-	}
-	key := kind + "." + name
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return nil, fmt.Errorf("session %s: the runtime is closed", key)
-	}
-	if _, dup := r.hosts[key]; dup {
-		return nil, fmt.Errorf("session %s is configured twice", key)
-	}
-	log := r.opts.Log.With().Str("source", kind).Str("session", name).Logger()
-	dropped := r.opts.Metrics.dropped.WithLabelValues(kind, name)
-	h := &Host{
-		kind: kind, name: name, rt: r, log: log,
-		metrics:       r.opts.Metrics.session(kind, name),
-		high:          newHighQueue(sizes.High),
-		low:           newLowQueue(sizes.Low, dropped.Inc, r.pump.wake),
-		highM:         r.opts.Metrics.lane(kind, name, LaneHigh),
-		lowM:          r.opts.Metrics.lane(kind, name, LaneLow),
-		sourceHdr:     []string{kind},
-		sessionHdr:    []string{name},
-		idPrefix:      kind + "." + name + "." + r.runID + ".",
-		subjectPrefix: key + ".",
-		statusKV:      make(chan []byte, 1),
-		singleLane:    r.opts.SingleLane,
-	}
-	r.hosts[key] = h
-	high := &publisher{
-		queue: h.high, window: r.opts.HighWindow, metrics: h.highM, conn: r.opts.HighConn,
-		ackTimeout: r.opts.AckTimeout, build: h.message, log: log.With().Str("lane", "high").Logger(),
-	}
-	r.lanesDone.Add(1)
-	go func() {
-		defer r.lanesDone.Done()
-		if err := high.run(r.pubCtx); err != nil {
-			high.log.Error().Err(err).Msg("high-lane publisher could not start; its events are not published")
-		}
-	}()
-	r.pump.add(key+".", &pumpLane{queue: h.low, build: h.message, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()})
-	r.statusDone.Add(1)
-	go func() {
-		defer r.statusDone.Done()
-		h.writeStatus(r.pubCtx)
-	}()
-	return h, nil
-}
-
-// Statuses returns every session's last status, keyed by <kind>.<name>.
-func (r *Runtime) Statuses() map[string]map[string]any {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make(map[string]map[string]any, len(r.hosts))
-	for k, h := range r.hosts {
-		out[k] = h.LastStatus()
-	}
-	return out
-}
-
-// Serving is closed once Run has registered every command subject, so a
+// Serving is closed once Run has started every session it was given, so a
 // request sent after it gets an answer.
 func (r *Runtime) Serving() <-chan struct{} { return r.serving }
 
-// Run serves the sources' commands and runs the sources until ctx ends, then
-// shuts down in order: new commands are refused and those in progress finish
-// (they may need their source), the sources stop, the command services stop,
-// and the lanes drain into JetStream (bounded by DrainTimeout). A source that
-// fails stops them all; its error is returned. Run may be called once.
-func (r *Runtime) Run(ctx context.Context, sources ...Source) error {
-	// Sources outlive ctx until the commands in progress are done.
-	srcCtx, stopSources := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopSources()
-	failed := make(chan error, len(sources))
-
-	stopServices, err := r.serveAll(srcCtx, sources)
-	if err != nil {
-		r.Close()
-		return err
+// Run starts the given sessions, serves until ctx ends or a session's source
+// fails, then shuts down: every session still running (whoever started it)
+// is stopped as Stop does, in parallel, and the lanes drain into JetStream
+// (each step bounded by DrainTimeout). A failing source's error is returned.
+// Run may be called once; Start and Stop may be called while it runs.
+func (r *Runtime) Run(ctx context.Context, sessions ...Session) error {
+	var err error
+	for _, s := range sessions {
+		if err = r.Start(ctx, s); err != nil {
+			break
+		}
 	}
-	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
-		r.opts.Log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
+	if err == nil {
+		if ferr := r.opts.HighConn.FlushTimeout(5 * time.Second); ferr != nil {
+			r.opts.Log.Warn().Err(ferr).Msg("command subscriptions not confirmed by the server yet")
+		}
+		r.servingOnce.Do(func() { close(r.serving) })
+		select {
+		case <-ctx.Done():
+		case err = <-r.failed:
+		}
 	}
-	r.servingOnce.Do(func() { close(r.serving) })
-
-	var wg sync.WaitGroup
-	for _, src := range sources {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := src.Run(srcCtx); err != nil && srcCtx.Err() == nil {
-				failed <- fmt.Errorf("%s %s: %w", src.Kind(), src.Name(), err)
-			}
-		}()
-	}
-	select {
-	case <-ctx.Done():
-	case err = <-failed:
-	}
-	r.refuseCommands()
-	stopSources()
-	sourcesDone := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(sourcesDone)
-	}()
-	select {
-	case <-sourcesDone:
-	case <-time.After(r.opts.DrainTimeout):
-		// A source blocked on a full high lane (NATS down) cannot finish:
-		// closing the lanes makes its Emit fail so it can return.
-		r.opts.Log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("sources did not stop in time; closing the lanes")
-		r.closeLanes()
-		<-sourcesDone
-	}
-	stopServices()
-	r.waitHandlers()
-	r.Close()
+	r.shutdown()
 	return err
 }
 
-// refuseCommands makes new commands fail with shutting_down and waits for the
-// ones in progress.
-func (r *Runtime) refuseCommands() {
-	r.cmdMu.Lock()
-	r.stopping = true
-	r.cmdMu.Unlock()
-	r.commands.Wait()
+// shutdown stops every session, the kinds' subscriptions and the publishers.
+func (r *Runtime) shutdown() {
+	r.mu.Lock()
+	r.closed, r.stopping = true, true
+	all := make([]*running, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		all = append(all, s)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Go(func() { r.stopSession(s) })
+	}
+	wg.Wait()
+	r.Close()
 }
 
-// enterHandler registers a running command callback; false once the
-// services have stopped (a late message drained by micro: no reply, the
-// requester is told nothing by a process that is going away).
+// fail reports a source that stopped with an error; the first one ends Run.
+func (r *Runtime) fail(err error) {
+	select {
+	case r.failed <- err:
+	default:
+	}
+}
+
+// enterHandler registers a running unknown-command callback; false once the
+// subscriptions have stopped (a late message drained by the client: no
+// reply, the requester is told nothing by a process that is going away).
 func (r *Runtime) enterHandler() bool {
-	r.cmdMu.Lock()
-	defer r.cmdMu.Unlock()
+	r.handlersMu.Lock()
+	defer r.handlersMu.Unlock()
 	if r.handlersClosed {
 		return false
 	}
@@ -331,74 +253,62 @@ func (r *Runtime) enterHandler() bool {
 	return true
 }
 
-// waitHandlers waits for the command callbacks still running after the
-// services stopped, at most CommandTimeout (each is bounded by it).
+// waitHandlers waits for the callbacks still running after the subscriptions
+// stopped, at most CommandTimeout (each is bounded by it).
 func (r *Runtime) waitHandlers() {
-	r.cmdMu.Lock()
+	r.handlersMu.Lock()
 	r.handlersClosed = true
-	r.cmdMu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		r.handlers.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(r.opts.CommandTimeout):
+	r.handlersMu.Unlock()
+	if !waitTimeout(&r.handlers, r.opts.CommandTimeout) {
 		r.opts.Log.Warn().Dur("timeout", r.opts.CommandTimeout).Msg("command callbacks still running after the services stopped")
 	}
 }
 
-// beginCommand registers a command in progress; false once shutting down.
-func (r *Runtime) beginCommand() bool {
-	r.cmdMu.Lock()
-	defer r.cmdMu.Unlock()
-	if r.stopping {
-		return false
-	}
-	r.commands.Add(1)
-	return true
+// Close stops every session still running, the kinds' subscriptions and the
+// publishers. Run calls it; call it yourself only when Run is never called.
+// It is idempotent.
+func (r *Runtime) Close() {
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		r.closed, r.stopping = true, true
+		left := make([]*running, 0, len(r.sessions))
+		for _, s := range r.sessions {
+			left = append(left, s)
+		}
+		kinds := r.kinds
+		r.kinds = map[string]func(){}
+		r.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, s := range left {
+			wg.Go(func() { r.stopSession(s) })
+		}
+		wg.Wait()
+		for _, stop := range kinds {
+			stop()
+		}
+		r.waitHandlers()
+		r.pump.close()
+		select {
+		case <-r.pumpDone:
+		case <-time.After(r.opts.DrainTimeout):
+			r.opts.Log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("low lanes did not drain in time; abandoning unpublished events")
+		}
+		r.stopPublishing()
+		<-r.pumpDone
+	})
 }
 
-// Close drains the lanes and stops the publishers. Run calls it; call it
-// yourself only when Run is never called (a start-up error after NewHost).
-func (r *Runtime) Close() { r.closeOnce.Do(r.drain) }
-
-// closeLanes closes every lane (idempotent): Emit fails from now on, and the
-// publishers finish what is queued.
-func (r *Runtime) closeLanes() []*Host {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.closed = true
-	hosts := make([]*Host, 0, len(r.hosts))
-	for _, h := range r.hosts {
-		h.high.close()
-		h.low.close()
-		hosts = append(hosts, h)
-	}
-	r.pump.close()
-	return hosts
-}
-
-// drain closes every lane and waits for the publishers to store what is queued,
-// at most DrainTimeout; then it abandons the rest (each abandoned event is
-// logged and counted as failed).
-func (r *Runtime) drain() {
-	hosts := r.closeLanes()
-	lanes := make(chan struct{})
+// waitTimeout waits for wg at most d; false when d passed first.
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
 	go func() {
-		r.lanesDone.Wait()
-		close(lanes)
+		wg.Wait()
+		close(done)
 	}()
 	select {
-	case <-lanes:
-	case <-time.After(r.opts.DrainTimeout):
-		r.opts.Log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("lanes did not drain in time; abandoning unpublished events")
-	}
-	r.stopPublishing()
-	<-lanes
-	r.statusDone.Wait()
-	for _, h := range hosts {
-		h.flushStatus()
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }

@@ -1,6 +1,8 @@
 package connector
 
 import (
+	"cmp"
+	"encoding/json"
 	"slices"
 	"strings"
 	"time"
@@ -16,19 +18,21 @@ type SessionSnapshot struct {
 	Source  string `json:"source"`
 	Session string `json:"session"`
 	// Connected is the source's own verdict that its upstream session is
-	// established (connector_upstream_connected): LaserSell after hello_ok,
-	// an Open Stream robot once every one of its connections is handshaken.
+	// established (connector_upstream_connected).
 	Connected bool `json:"connected"`
 	// State is the state of the last status ("" before the first one).
 	State string `json:"state,omitempty"`
+	// Reason is the reason of the last status, if any.
+	Reason string `json:"reason,omitempty"`
 	// UpstreamSession is the upstream's session id from the last status, if any.
 	UpstreamSession string `json:"upstream_session,omitempty"`
-	// Limits are the limits the upstream advertised (LaserSell hello_ok), if any.
+	// Limits are the limits the upstream advertised with the last status
+	// (Status.Limits), if any.
 	Limits any `json:"limits,omitempty"`
 	// LastEvent is when the last upstream event was accepted (nil: none yet).
 	LastEvent *time.Time `json:"last_event,omitempty"`
 	// Status is the last status document, exactly as published.
-	Status    map[string]any        `json:"status,omitempty"`
+	Status    json.RawMessage       `json:"status,omitempty"`
 	Lanes     map[string]LaneCounts `json:"lanes"`
 	Malformed uint64                `json:"malformed"`
 	// RTTSeconds is the last application-level round trip to the upstream.
@@ -45,20 +49,32 @@ type LaneCounts struct {
 	Depth     int64  `json:"depth"`
 }
 
-// Sessions returns a snapshot of every session, sorted by source and name.
+// Sessions returns a snapshot of every running session, sorted by source and name.
 func (r *Runtime) Sessions() []SessionSnapshot {
 	r.mu.Lock()
-	hosts := make([]*Host, 0, len(r.hosts))
-	for _, h := range r.hosts {
-		hosts = append(hosts, h)
+	hosts := make([]*Host, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		hosts = append(hosts, s.host)
 	}
 	r.mu.Unlock()
 	slices.SortFunc(hosts, func(a, b *Host) int {
-		return strings.Compare(a.kind+"."+a.name, b.kind+"."+b.name)
+		return cmp.Or(strings.Compare(a.kind, b.kind), strings.Compare(a.name, b.name))
 	})
 	out := make([]SessionSnapshot, len(hosts))
 	for i, h := range hosts {
 		out[i] = h.Snapshot()
+	}
+	return out
+}
+
+// Statuses returns every running session's last status document, exactly
+// as published, keyed by <kind>.<name>.
+func (r *Runtime) Statuses() map[string]json.RawMessage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string]json.RawMessage, len(r.sessions))
+	for k, s := range r.sessions {
+		out[k] = s.host.LastStatus()
 	}
 	return out
 }
@@ -70,7 +86,6 @@ func (h *Host) Snapshot() SessionSnapshot {
 		Connected:  metricValue(h.metrics.Connected) == 1,
 		Malformed:  uint64(metricValue(h.metrics.Malformed)),
 		RTTSeconds: metricValue(h.metrics.RTT),
-		Status:     h.LastStatus(),
 		Lanes: map[string]LaneCounts{
 			LaneHigh.String(): laneCounts(h.highM, nil),
 			LaneLow.String():  laneCounts(h.lowM, h.rt.opts.Metrics.dropped.WithLabelValues(h.kind, h.name)),
@@ -80,16 +95,9 @@ func (h *Host) Snapshot() SessionSnapshot {
 		t := time.Unix(0, ns).UTC()
 		s.LastEvent = &t
 	}
-	if s.Status != nil {
-		s.State, _ = s.Status["state"].(string)
-		s.UpstreamSession, _ = s.Status["upstream_session"].(string)
-		if detail, ok := s.Status["detail"].(map[string]any); ok {
-			s.Limits = detail["limits"]
-			if s.UpstreamSession == "" {
-				// Open Stream reports the session of the connection that changed.
-				s.UpstreamSession, _ = detail["session"].(string)
-			}
-		}
+	if st := h.lastStatusRecord(); st != nil {
+		s.Status = st.raw
+		s.State, s.Reason, s.UpstreamSession, s.Limits = st.State, st.Reason, st.UpstreamSession, st.Limits
 	}
 	return s
 }

@@ -25,20 +25,19 @@ const (
 	LaneLow  = subjects.LaneLow
 )
 
-// Source keeps its upstream session(s) alive, emits every upstream event through
-// the Host it was built with, and executes commands. It reconnects by itself; Run
-// returns when ctx ends (nil) or on an error that retrying cannot fix.
+// Source is one running upstream session: it keeps the session alive,
+// emits every upstream event through the Host it was opened on, and executes
+// commands. It reconnects by itself; Run returns when ctx ends (nil) or on an
+// error that retrying cannot fix. Its identity (kind and name) is its Host's.
 type Source interface {
-	// Kind is the first subject token, for example "lasersell".
-	Kind() string
-	// Name is the session or robot name, the second subject token.
-	Name() string
 	// Commands lists the command names served on <kind>.<name>.cmd.<command>.
 	Commands() []string
 	Run(ctx context.Context) error
 	// Handle executes one command. It returns a JSON object (struct or map) merged
 	// into the {"ok":true} reply, or an error: a *CommandError is refused with its
-	// code, anything else is reported as an internal error.
+	// code, anything else is reported as an internal error. The runtime calls it
+	// only between the start and the end of Run's session, but it may be called
+	// before Run has loaded its state: a source waits for that itself.
 	Handle(ctx context.Context, cmd Command) (any, error)
 }
 
@@ -70,7 +69,9 @@ type Event struct {
 }
 
 // Status is a session's connector-lifecycle state, published on
-// <kind>.<name>.status and kept in the status KV bucket.
+// <kind>.<name>.status and kept in the status KV bucket. The published
+// document is this struct's JSON with the session's source, name and time
+// (see statusRecord).
 type Status struct {
 	State           string `json:"state"`
 	Reason          string `json:"reason,omitempty"`
@@ -79,6 +80,10 @@ type Status struct {
 	UpstreamSession string `json:"upstream_session,omitempty"`
 	// Detail carries source-specific facts (limits, gap, monitor name...).
 	Detail any `json:"detail,omitempty"`
+	// Limits are the limits the upstream advertised for the session, if any,
+	// shown in the session's snapshot (/status). The core does not publish
+	// them: a source whose protocol has them puts them in Detail as well.
+	Limits any `json:"-"`
 }
 
 // Status states shared by all sources.

@@ -62,9 +62,9 @@ func overlap(a, b string) bool {
 // liveSubjects returns the connector's stream patterns: the ones the code
 // declares and the ones the server's copies of those streams actually capture
 // (an operator may have edited a stream).
-func liveSubjects(ctx context.Context, js jetstream.JetStream) (map[string][]string, error) {
+func liveSubjects(ctx context.Context, js jetstream.JetStream, kinds []subjects.Kind) (map[string][]string, error) {
 	live := map[string][]string{}
-	for _, spec := range subjects.Streams() {
+	for _, spec := range subjects.Streams(kinds...) {
 		live[spec.Name] = append(live[spec.Name], spec.Subjects...)
 		s, err := js.Stream(ctx, spec.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -86,7 +86,7 @@ func liveSubjects(ctx context.Context, js jetstream.JetStream) (map[string][]str
 // back where the connector's streams (or its consumers) would take it for live
 // data. It returns nil only when no target subject of any filter can be
 // captured by a connector stream.
-func checkPrefix(prefix string, filters []string, live map[string][]string) error {
+func checkPrefix(prefix string, filters []string, live map[string][]string, kinds []subjects.Kind) error {
 	if prefix == "" {
 		return refuse("re-publish prefix is empty: messages would go back to their live subjects")
 	}
@@ -99,11 +99,11 @@ func checkPrefix(prefix string, filters []string, live map[string][]string) erro
 	if strings.HasPrefix(first, "$") || first == "_INBOX" {
 		return refuse("re-publish prefix %q starts with a NATS system token (%s)", prefix, first)
 	}
-	for _, kind := range []string{subjects.KindLaserSell, subjects.KindOpenStream} {
+	for _, kind := range kinds {
 		// Case-insensitive on purpose: "LaserSell.x" is not live, but it reads as
 		// live to people and tools that fold case.
-		if strings.EqualFold(first, kind) {
-			return refuse("re-publish prefix %q starts with the live source kind %q", prefix, kind)
+		if strings.EqualFold(first, kind.Name) {
+			return refuse("re-publish prefix %q starts with the live source kind %q", prefix, kind.Name)
 		}
 	}
 	names := make([]string, 0, len(live))

@@ -33,6 +33,10 @@ type Options struct {
 	// Exactly one output: NDJSON to Output, or re-publish under Prefix.
 	Output io.Writer
 	Prefix string
+	// Kinds are the connector's source kinds: their first subject tokens and
+	// stream patterns are live, and a re-publish target must stay clear of
+	// them. Required with Prefix.
+	Kinds []subjects.Kind
 
 	// Speed divides the original gaps between publish times; 0 means as fast
 	// as possible.
@@ -131,7 +135,7 @@ func Run(ctx context.Context, js jetstream.JetStream, opts Options) (Summary, er
 
 	var out sink
 	if opts.Prefix != "" {
-		rp, err := newRepublisher(ctx, js, opts.Prefix, opts.Subjects)
+		rp, err := newRepublisher(ctx, js, opts.Prefix, opts.Subjects, opts.Kinds)
 		if err != nil {
 			return sum, err
 		}
@@ -362,12 +366,15 @@ type republisher struct {
 	viaJetStream bool
 }
 
-func newRepublisher(ctx context.Context, js jetstream.JetStream, prefix string, filters []string) (*republisher, error) {
-	live, err := liveSubjects(ctx, js)
+func newRepublisher(ctx context.Context, js jetstream.JetStream, prefix string, filters []string, kinds []subjects.Kind) (*republisher, error) {
+	if len(kinds) == 0 {
+		return nil, errors.New("replay: re-publishing needs the connector's kinds (Options.Kinds) to keep clear of live subjects")
+	}
+	live, err := liveSubjects(ctx, js, kinds)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPrefix(prefix, filters, live); err != nil {
+	if err := checkPrefix(prefix, filters, live, kinds); err != nil {
 		return nil, err
 	}
 	rp := &republisher{nc: js.Conn(), js: js, prefix: prefix}

@@ -10,35 +10,21 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
-// Source kinds: the first token of every subject a source owns.
+// KV buckets every kind shares (a kind declares its own in its Kind).
 const (
-	KindLaserSell  = "lasersell"
-	KindOpenStream = "openstream"
-)
-
-// Stream names.
-const (
-	StreamLaserSellExit   = "LASERSELL_EXIT"
-	StreamLaserSellPnL    = "LASERSELL_PNL"
-	StreamLaserSellEvents = "LASERSELL_EVENTS"
-	StreamOpenStreamData  = "OPENSTREAM_DATA"
-	StreamOpenStreamEvent = "OPENSTREAM_EVENTS"
-	StreamAudit           = "CONNECTOR_AUDIT"
-)
-
-// KV buckets.
-const (
-	// BucketDesired holds the desired upstream state per session (LaserSell configure,
-	// Open Stream monitors), re-applied after every reconnect and restart.
+	// BucketDesired holds the desired upstream state per session, re-applied
+	// after every reconnect and restart; keys start with <kind>.<session>.
 	BucketDesired = "CONNECTOR_DESIRED"
 	// BucketStatus holds each session's last status, for operators.
 	BucketStatus = "CONNECTOR_STATUS"
-	// BucketPositions holds LaserSell open positions, one key per position.
-	BucketPositions = "LASERSELL_POSITIONS"
 )
+
+// StreamAudit records every command received, for every kind.
+const StreamAudit = "CONNECTOR_AUDIT"
 
 // Headers the connector sets on every message it publishes.
 const (
@@ -128,6 +114,12 @@ func unsafeRune(r rune) bool {
 
 func join(tokens ...string) string { return strings.Join(tokens, ".") }
 
+// Any is the single-token wildcard. The builders pass their kind and session
+// arguments through unchanged, so Status(kind, Any) is the pattern of every
+// session's status subject: patterns are derived from the builders, never
+// written a second time.
+const Any = "*"
+
 // Status is the subject of a session's connector-lifecycle events.
 func Status(kind, name string) string { return join(kind, name, "status") }
 
@@ -138,41 +130,22 @@ func Malformed(kind, name string) string { return join(kind, name, "malformed") 
 func Command(kind, name, command string) string { return join(kind, name, "cmd", command) }
 
 // Audit is the subject recording a command forwarded (or refused) for a session.
-func Audit(kind, name, command string) string {
-	return join(kind, name, "audit", Token(command))
+func Audit(kind, name, command string) string { return audit(kind, name, Token(command)) }
+
+func audit(kind, name, commandToken string) string {
+	return join(kind, name, "audit", commandToken)
 }
 
-// StatusKey is the key of a session in BucketStatus and BucketDesired.
-func StatusKey(kind, name string) string { return join(kind, name) }
+// AuditPattern captures the audit records of every session of kind.
+func AuditPattern(kind string) string { return audit(kind, Any, Any) }
 
-// LaserSell subjects.
+// SessionKey names a session: "<kind>.<name>". It is the session's key in
+// BucketStatus, the prefix of its keys in the other buckets, and the first two
+// tokens of every subject it owns.
+func SessionKey(kind, name string) string { return join(kind, name) }
 
-// LaserSellExit is where exit_signal_with_tx for a wallet goes.
-func LaserSellExit(session, wallet string) string {
-	return join(KindLaserSell, session, "exit", Token(wallet))
-}
-
-// LaserSellPnL is where pnl_update for a position goes.
-func LaserSellPnL(session, positionID string) string {
-	return join(KindLaserSell, session, "pnl", Token(positionID))
-}
-
-// LaserSellEvent is where every other server message goes, one token per type.
-func LaserSellEvent(session, msgType, key string) string {
-	return join(KindLaserSell, session, "event", Token(msgType), Token(key))
-}
-
-// Open Stream subjects.
-
-// OpenStreamData is where MONITOR data of monitor M of robot R goes.
-func OpenStreamData(robot, monitor string) string {
-	return join(KindOpenStream, robot, "data", Token(monitor))
-}
-
-// OpenStreamEvent is where acks, errors and other non-data events of a robot go.
-func OpenStreamEvent(robot, eventType string) string {
-	return join(KindOpenStream, robot, "event", Token(eventType))
-}
+// StatusKey is the key of a session in BucketStatus (its SessionKey).
+func StatusKey(kind, name string) string { return SessionKey(kind, name) }
 
 // Lane says which publishing lane a stream's messages travel in.
 type Lane int
@@ -198,76 +171,9 @@ type StreamSpec struct {
 	Description string
 	Subjects    []string
 	Lane        Lane
-}
-
-// Streams lists every stream for the given source kinds (all kinds when none are
-// given). No stream captures a cmd subject: JetStream would answer the request
-// itself with a publish ack.
-func Streams(kinds ...string) []StreamSpec {
-	all := []StreamSpec{
-		{
-			Name:        StreamLaserSellExit,
-			Description: "LaserSell exit_signal_with_tx, per session and wallet",
-			Subjects:    []string{"lasersell.*.exit.*"},
-			Lane:        LaneHigh,
-		},
-		{
-			Name:        StreamLaserSellPnL,
-			Description: "LaserSell pnl_update, per session and position",
-			Subjects:    []string{"lasersell.*.pnl.*"},
-			Lane:        LaneLow,
-		},
-		{
-			Name:        StreamLaserSellEvents,
-			Description: "LaserSell server messages other than exits and PnL, connector status, malformed frames",
-			Subjects:    []string{"lasersell.*.event.>", "lasersell.*.status", "lasersell.*.malformed"},
-			Lane:        LaneHigh,
-		},
-		{
-			Name:        StreamOpenStreamData,
-			Description: "Open Stream MONITOR data, per robot and monitor",
-			Subjects:    []string{"openstream.*.data.*"},
-			Lane:        LaneLow,
-		},
-		{
-			Name:        StreamOpenStreamEvent,
-			Description: "Open Stream acks, errors and unknown events, connector status, malformed lines",
-			Subjects:    []string{"openstream.*.event.*", "openstream.*.status", "openstream.*.malformed"},
-			Lane:        LaneHigh,
-		},
-		{
-			Name:        StreamAudit,
-			Description: "Every command received for an upstream: what, when, outcome",
-			Subjects:    []string{"lasersell.*.audit.*", "openstream.*.audit.*"},
-			Lane:        LaneHigh,
-		},
-	}
-	if len(kinds) == 0 {
-		return all
-	}
-	var out []StreamSpec
-	for _, s := range all {
-		if s.Name == StreamAudit {
-			out = append(out, s)
-			continue
-		}
-		for _, k := range kinds {
-			if strings.HasPrefix(s.Subjects[0], k+".") {
-				out = append(out, s)
-				break
-			}
-		}
-	}
-	return out
-}
-
-// Buckets lists the KV buckets the connector owns.
-func Buckets() []BucketSpec {
-	return []BucketSpec{
-		{Name: BucketDesired, Description: "desired upstream state per session, re-applied after reconnects and restarts", History: 5},
-		{Name: BucketStatus, Description: "last status of every upstream session", History: 1},
-		{Name: BucketPositions, Description: "LaserSell open positions", History: 1},
-	}
+	// Duplicates is the Nats-Msg-Id deduplication window this stream needs
+	// by default (0: the connector's default); configuration may change it.
+	Duplicates time.Duration
 }
 
 // BucketSpec describes one KV bucket the connector owns.

@@ -130,3 +130,38 @@ func matches(pattern, subject string) bool {
 	}
 	return len(p) == len(s)
 }
+
+// The stream patterns are derived from the builders; this pins what they
+// derive to the documented contract (README, DESIGN.md), so a change to a
+// builder cannot silently move a stream's subjects.
+func TestStreamPatternsAreTheDocumentedContract(t *testing.T) {
+	want := map[string][]string{
+		StreamLaserSellExit:   {"lasersell.*.exit.*"},
+		StreamLaserSellPnL:    {"lasersell.*.pnl.*"},
+		StreamLaserSellEvents: {"lasersell.*.event.>", "lasersell.*.status", "lasersell.*.malformed"},
+		StreamOpenStreamData:  {"openstream.*.data.*"},
+		StreamOpenStreamEvent: {"openstream.*.event.*", "openstream.*.status", "openstream.*.malformed"},
+		StreamAudit:           {"lasersell.*.audit.*", "openstream.*.audit.*"},
+	}
+	streams := Streams(LaserSell(), OpenStream())
+	if len(streams) != len(want) {
+		t.Fatalf("%d streams, want %d", len(streams), len(want))
+	}
+	for _, s := range streams {
+		if got := strings.Join(s.Subjects, " "); got != strings.Join(want[s.Name], " ") {
+			t.Errorf("stream %s captures %q, want %q", s.Name, got, want[s.Name])
+		}
+		for _, p := range s.Subjects {
+			if strings.Contains(p, ".cmd.") || strings.HasSuffix(p, ".cmd") {
+				t.Errorf("stream %s captures command subjects with %q", s.Name, p)
+			}
+		}
+	}
+	var names []string
+	for _, b := range Buckets(LaserSell(), OpenStream()) {
+		names = append(names, b.Name)
+	}
+	if got := strings.Join(names, " "); got != "CONNECTOR_DESIRED CONNECTOR_STATUS LASERSELL_POSITIONS" {
+		t.Errorf("buckets %s", got)
+	}
+}

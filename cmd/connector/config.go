@@ -21,14 +21,14 @@ type Config struct {
 	LogLevel  string `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error"`
 	LogFormat string `envconfig:"LOG_FORMAT" default:"auto" desc:"json, console, or auto (console when stdout is a terminal)"`
 	HTTPAddr  string `envconfig:"CONNECTOR_HTTP_ADDR" default:"127.0.0.1:8080" desc:"address of /healthz, /readyz, /metrics and /status; empty disables"`
-	Sources   string `envconfig:"CONNECTOR_SOURCES" default:"auto" desc:"sources to run: lasersell, openstream, both comma-separated, or auto (each source whose upstream is configured)"`
+	Sources   string `envconfig:"CONNECTOR_SOURCES" default:"auto" desc:"sources to run: kind names (lasersell, openstream), comma-separated, or auto (each kind whose upstream is configured)"`
 
 	// Embedded (anonymous) so envconfig reads their tags as they are, without
 	// prefixing the field name.
 	NATSConfig
 	EmbeddedConfig
 
-	PublishWindow        int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged low-lane JetStream publishes per session (the high lane publishes one at a time)"`
+	PublishWindow        int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"512" desc:"unacknowledged low-lane JetStream publishes, one window shared by the low lanes of all sessions (the high lane publishes one at a time)"`
 	AckTimeout           time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
 	DrainTimeout         time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
 	CommandTimeout       time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`
@@ -210,11 +210,12 @@ func validNATSURLs(list string) error {
 	return nil
 }
 
-// retention reads STREAM_<NAME>_* over the defaults of every stream, so a bad
-// value stops start-up instead of surfacing when the stream is created.
-func retention() (func(subjects.StreamSpec) connector.Retention, error) {
+// retention reads STREAM_<NAME>_* over the defaults of every stream of the
+// kinds, so a bad value stops start-up instead of surfacing when the stream
+// is created.
+func retention(kinds []connector.Kind) (func(subjects.StreamSpec) connector.Retention, error) {
 	byName := map[string]connector.Retention{}
-	for _, spec := range subjects.Streams() {
+	for _, spec := range subjects.Streams(subjectKinds(kinds)...) {
 		d := connector.DefaultRetention(spec)
 		env := streamEnv{MaxAge: d.MaxAge, MaxBytes: d.MaxBytes, Replicas: d.Replicas, Storage: d.Storage, Duplicates: d.Duplicates}
 		prefix := "STREAM_" + spec.Name

@@ -43,7 +43,8 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ret, err := retention()
+	kinds := builtinKinds()
+	ret, err := retention(kinds)
 	if err != nil {
 		return err
 	}
@@ -102,7 +103,11 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 
 	cfg.Sources = "lasersell,openstream"
-	factories := []sourceFactory{laserSellFactory(lcfg), openStreamFactory(ocfg)}
+	robotSessions, err := ocfg.Sessions()
+	if err != nil {
+		return err
+	}
+	sel := selection{kinds: kinds, sessions: append([]connector.Session{lasersell.NewSession(lcfg)}, robotSessions...)}
 	ready := func(rt *connector.Runtime, natsURL string) {
 		header := demoHeader(redactURL(natsURL), cfg.HTTPAddr)
 		if *quiet {
@@ -119,7 +124,7 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 			log.Error().Err(err).Msg("demo summary stopped")
 		}
 	}
-	return serve(ctx, cfg, ret, factories, log, ready)
+	return serve(ctx, cfg, ret, sel, log, ready)
 }
 
 // redactURL hides credentials embedded in NATS URLs (nats://user:pass@host).

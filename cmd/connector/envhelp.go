@@ -9,8 +9,7 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 
-	"github.com/jetbridge/connector/connector/lasersell"
-	"github.com/jetbridge/connector/connector/openstream"
+	"github.com/jetbridge/connector/connector"
 )
 
 // envSpec is one configuration struct and the prefix it is read with.
@@ -20,21 +19,21 @@ type envSpec struct {
 	spec   any
 }
 
-func envSpecs() []envSpec {
-	ls := lasersell.DefaultConfig()
-	os := openstream.Defaults()
-	return []envSpec{
-		{"connector and NATS", "", &Config{}},
-		{"LaserSell source", lasersell.EnvPrefix, &ls},
-		{"Open Stream source", "", &os},
+// envSpecs lists the process's configuration, then each kind's.
+func envSpecs(kinds []connector.Kind) []envSpec {
+	out := []envSpec{{"connector and NATS", "", &Config{}}}
+	for _, k := range kinds {
+		c := k.Config()
+		out = append(out, envSpec{k.Title, c.EnvPrefix(), c})
 	}
+	return out
 }
 
 // envVariables lists every variable the connector reads (stream retention
 // variables aside), as name, default, description.
 func envVariables() ([][3]string, error) {
 	var out [][3]string
-	for _, s := range envSpecs() {
+	for _, s := range envSpecs(builtinKinds()) {
 		var b strings.Builder
 		format := "{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
 		if err := envconfig.Usagef(s.prefix, s.spec, &b, format); err != nil {
@@ -97,17 +96,15 @@ func checkConfig() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, err := retention(); err != nil {
+	all := builtinKinds()
+	if _, err := retention(all); err != nil {
 		return "", err
 	}
-	factories, err := configuredSources(cfg)
+	sel, err := configuredSources(cfg, all)
 	if err != nil {
 		return "", err
 	}
-	kinds := make([]string, len(factories))
-	for i, f := range factories {
-		kinds[i] = f.kind
-	}
+	kinds := kindNames(sel.kinds)
 	natsTarget := "embedded server on " + cfg.EmbeddedConfig.Listen
 	if cfg.NATSConfig.URL != "" {
 		natsTarget = "from NATS_URL" // not echoed: it may carry credentials

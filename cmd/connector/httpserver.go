@@ -24,7 +24,7 @@ type httpDeps struct {
 	reg   *prometheus.Registry
 	rt    *connector.Runtime
 	conns map[string]*nats.Conn // by role: high, low
-	kinds []string              // source kinds whose streams the connector owns
+	kinds []subjects.Kind       // source kinds whose streams and buckets the connector owns
 	// streamsTTL is how long /readyz trusts its last stream listing (default 2 s).
 	streamsTTL time.Duration
 }
@@ -135,8 +135,8 @@ func (r *readiness) check(ctx context.Context) readyReport {
 		reason := "no status yet"
 		if s.State != "" {
 			reason = "upstream session not established; last state " + s.State
-			if why, _ := s.Status["reason"].(string); why != "" {
-				reason += ": " + why
+			if s.Reason != "" {
+				reason += ": " + s.Reason
 			}
 		}
 		failing = append(failing, failedCheck{Check: "session", Name: s.Source + "." + s.Session, Reason: reason})
@@ -168,7 +168,7 @@ func (r *readiness) streams(ctx context.Context) []failedCheck {
 				missing = append(missing, failedCheck{Check: "stream", Name: s.Name, Reason: "stream does not exist"})
 			}
 		}
-		for _, b := range subjects.Buckets() {
+		for _, b := range subjects.Buckets(r.deps.kinds...) {
 			if !present["KV_"+b.Name] {
 				missing = append(missing, failedCheck{Check: "stream", Name: "KV_" + b.Name, Reason: "KV bucket " + b.Name + " does not exist"})
 			}

@@ -58,7 +58,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return badUsage("replay: unexpected argument %q (flags only)", fs.Arg(0))
 	}
 
-	opts := replay.Options{Subjects: filters, Stream: *stream, StartSeq: *startSeq, EndSeq: *endSeq, Prefix: *to}
+	opts := replay.Options{Subjects: filters, Stream: *stream, StartSeq: *startSeq, EndSeq: *endSeq, Prefix: *to, Kinds: subjectKinds(builtinKinds())}
 	now := time.Now()
 	var err error
 	if opts.Since, err = parseWhen(*since, now); err != nil {

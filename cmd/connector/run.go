@@ -15,12 +15,6 @@ import (
 	"github.com/jetbridge/connector/subjects"
 )
 
-// sourceFactory builds the sources of one kind on a runtime (creating their hosts).
-type sourceFactory struct {
-	kind  string
-	build func(rt *connector.Runtime) ([]connector.Source, error)
-}
-
 // runConnector is `connector run`: everything from the environment.
 func runConnector(ctx context.Context) error {
 	cfg, err := loadConfig()
@@ -28,22 +22,23 @@ func runConnector(ctx context.Context) error {
 		return err
 	}
 	log := newLogger(cfg.LogLevel, cfg.LogFormat, stdoutFile())
-	ret, err := retention()
+	kinds := builtinKinds()
+	ret, err := retention(kinds)
 	if err != nil {
 		return err
 	}
-	factories, err := configuredSources(cfg)
+	sel, err := configuredSources(cfg, kinds)
 	if err != nil {
 		return err
 	}
-	return serve(ctx, cfg, ret, factories, log, nil)
+	return serve(ctx, cfg, ret, sel, log, nil)
 }
 
-// serve starts NATS (or connects to it), provisions streams and buckets, builds
-// the sources and runs them until ctx ends. ready, if set, is called once the
-// command subjects are served.
+// serve starts NATS (or connects to it), provisions the selected kinds'
+// streams and buckets and runs their sessions until ctx ends. ready, if set,
+// is called once the command subjects are served.
 func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connector.Retention,
-	factories []sourceFactory, log zerolog.Logger, ready func(rt *connector.Runtime, natsURL string),
+	sel selection, log zerolog.Logger, ready func(rt *connector.Runtime, natsURL string),
 ) error {
 	url, embedded, err := startNATS(cfg, log)
 	if err != nil {
@@ -65,10 +60,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	kinds := make([]string, 0, len(factories))
-	for _, f := range factories {
-		kinds = append(kinds, f.kind)
-	}
+	kinds := subjectKinds(sel.kinds)
 	rt, err := provision(ctx, connector.Options{
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
@@ -81,14 +73,6 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		return err
 	}
 	defer rt.Close() // idempotent: covers the error returns before Run
-	var sources []connector.Source
-	for _, f := range factories {
-		built, err := f.build(rt)
-		if err != nil {
-			return err
-		}
-		sources = append(sources, built...)
-	}
 	if cfg.HTTPAddr != "" {
 		stopHTTP, err := startHTTP(cfg.HTTPAddr, httpDeps{
 			reg: reg, rt: rt, conns: map[string]*nats.Conn{"high": high, "low": low}, kinds: kinds,
@@ -98,9 +82,9 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		}
 		defer stopHTTP()
 	}
-	for _, s := range sources {
-		log.Info().Str("source", s.Kind()).Str("session", s.Name()).
-			Str("commands", subjects.Command(s.Kind(), s.Name(), "*")).Msg("starting source")
+	for _, s := range sel.sessions {
+		log.Info().Str("source", s.Kind).Str("session", s.Name).
+			Str("commands", subjects.Command(s.Kind, s.Name, subjects.Any)).Msg("starting source")
 	}
 	var readyDone sync.WaitGroup
 	defer readyDone.Wait()
@@ -115,7 +99,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 			}
 		}()
 	}
-	err = rt.Run(ctx, sources...)
+	err = rt.Run(ctx, sel.sessions...)
 	log.Info().Msg("connector stopped")
 	return err
 }

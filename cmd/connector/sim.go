@@ -6,10 +6,9 @@ import (
 	"flag"
 	"os"
 
-	"github.com/rs/zerolog"
+	"strings"
 
-	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
-	ossim "github.com/jetbridge/connector/connector/openstream/sim"
+	"github.com/rs/zerolog"
 )
 
 // runSim runs one simulator in the foreground until ctx ends (docker-compose,
@@ -32,43 +31,34 @@ func runSim(ctx context.Context, name string, args []string) error {
 // parseSim parses a simulator's flags and returns how to start it; nil when
 // only help was asked for.
 func parseSim(name string, args []string, log zerolog.Logger) (start func() (stop func(), err error), err error) {
-	fs := flag.NewFlagSet("connector sim "+name, flag.ContinueOnError)
-	switch name {
-	case "lasersell":
-		cfg := lssim.DemoConfig()
-		cfg.RegisterFlags(fs)
+	kinds := builtinKinds()
+	var names []string
+	for _, k := range kinds {
+		if k.Simulator == nil {
+			continue
+		}
+		names = append(names, k.Name())
+		if k.Name() != name {
+			continue
+		}
+		fs := flag.NewFlagSet("connector sim "+name, flag.ContinueOnError)
+		run := k.Simulator(fs)
 		if err := fs.Parse(args); err != nil {
 			return nil, flagError(err)
 		}
-		if err := cfg.Validate(); err != nil {
+		if err := run.Validate(); err != nil {
 			return nil, badConfig("%v", err)
 		}
 		return func() (func(), error) {
-			srv := lssim.New(cfg, log)
-			url, err := srv.Start(cfg.Addr)
+			addr, stop, err := run.Start(log)
 			if err != nil {
 				return nil, err
 			}
-			log.Info().Str("url", url).Msg("LaserSell simulator listening")
-			return srv.Close, nil
-		}, nil
-	case "openstream":
-		cfg := ossim.DefaultConfig()
-		cfg.RegisterFlags(fs)
-		if err := fs.Parse(args); err != nil {
-			return nil, flagError(err)
-		}
-		return func() (func(), error) {
-			srv := ossim.New(cfg, log)
-			addr, err := srv.Start(cfg.Addr)
-			if err != nil {
-				return nil, err
-			}
-			log.Info().Str("addr", addr).Msg("Open Stream robot-controller simulator listening")
-			return func() { _ = srv.Close() }, nil
+			log.Info().Str("kind", k.Name()).Str("addr", addr).Msg("simulator listening")
+			return stop, nil
 		}, nil
 	}
-	return nil, badConfig("unknown simulator %q: lasersell or openstream", name)
+	return nil, badConfig("unknown simulator %q: %s", name, strings.Join(names, " or "))
 }
 
 func flagError(err error) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 
 	"github.com/jetbridge/connector/connector"
@@ -9,77 +10,79 @@ import (
 	"github.com/jetbridge/connector/subjects"
 )
 
-// configuredSources reads each source's variables and returns the factories of
-// the sources selected by CONNECTOR_SOURCES.
-func configuredSources(cfg Config) ([]sourceFactory, error) {
-	ls := lasersell.DefaultConfig()
-	if err := loadEnv(lasersell.EnvPrefix, &ls); err != nil {
-		return nil, err
+// builtinKinds lists the kinds of upstream this binary is built with: adding
+// a kind is one package, its subjects/<kind>.go, and one line here.
+func builtinKinds() []connector.Kind {
+	return []connector.Kind{
+		lasersell.Kind(),
+		openstream.Kind(),
 	}
-	os := openstream.Defaults()
-	if err := loadEnv("", &os); err != nil {
-		return nil, err
+}
+
+// kindNames lists the kinds' first subject tokens, in order.
+func kindNames(kinds []connector.Kind) []string {
+	out := make([]string, len(kinds))
+	for i, k := range kinds {
+		out[i] = k.Name()
 	}
-	want := map[string]bool{}
+	return out
+}
+
+// subjectKinds returns the kinds' parts of the contract, for provisioning.
+func subjectKinds(kinds []connector.Kind) []subjects.Kind {
+	out := make([]subjects.Kind, len(kinds))
+	for i, k := range kinds {
+		out[i] = k.Subjects
+	}
+	return out
+}
+
+// selection is what CONNECTOR_SOURCES selected: the kinds and their sessions.
+type selection struct {
+	kinds    []connector.Kind
+	sessions []connector.Session
+}
+
+// configuredSources reads each kind's variables and returns the kinds selected
+// by CONNECTOR_SOURCES with the sessions their configuration declares.
+func configuredSources(cfg Config, kinds []connector.Kind) (selection, error) {
+	configs := make([]connector.KindConfig, len(kinds))
+	for i, k := range kinds {
+		configs[i] = k.Config()
+		if err := loadEnv(configs[i].EnvPrefix(), configs[i]); err != nil {
+			return selection{}, err
+		}
+	}
+	names := kindNames(kinds)
+	want := make([]bool, len(kinds))
 	switch strings.TrimSpace(cfg.Sources) {
 	case "", "auto":
-		want[subjects.KindLaserSell] = ls.Configured()
-		want[subjects.KindOpenStream] = os.Robots != ""
+		for i, c := range configs {
+			want[i] = c.Configured()
+		}
 	default:
 		for _, k := range strings.Split(cfg.Sources, ",") {
-			k = strings.TrimSpace(k)
-			if k != subjects.KindLaserSell && k != subjects.KindOpenStream {
-				return nil, badConfig("CONNECTOR_SOURCES: unknown source %q (lasersell, openstream or auto)", k)
+			i := slices.Index(names, strings.TrimSpace(k))
+			if i < 0 {
+				return selection{}, badConfig("CONNECTOR_SOURCES: unknown source %q (%s or auto)", strings.TrimSpace(k), strings.Join(names, ", "))
 			}
-			want[k] = true
+			want[i] = true
 		}
 	}
-	var out []sourceFactory
-	if want[subjects.KindLaserSell] {
-		if err := ls.Validate(); err != nil {
-			return nil, badConfig("%v", err)
+	var out selection
+	for i, k := range kinds {
+		if !want[i] {
+			continue
 		}
-		out = append(out, laserSellFactory(ls))
+		sessions, err := configs[i].Sessions()
+		if err != nil {
+			return selection{}, badConfig("%v", err)
+		}
+		out.kinds = append(out.kinds, k)
+		out.sessions = append(out.sessions, sessions...)
 	}
-	if want[subjects.KindOpenStream] {
-		if os.Robots == "" {
-			return nil, badConfig("OPENSTREAM_ROBOTS is empty but CONNECTOR_SOURCES asks for openstream")
-		}
-		if err := os.Validate(); err != nil {
-			return nil, badConfig("%v", err)
-		}
-		out = append(out, openStreamFactory(os))
-	}
-	if len(out) == 0 {
-		return nil, badConfig("no source is configured: set LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE) and/or OPENSTREAM_ROBOTS, or CONNECTOR_SOURCES")
+	if len(out.kinds) == 0 {
+		return selection{}, badConfig("no source is configured: set LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE) and/or OPENSTREAM_ROBOTS, or CONNECTOR_SOURCES")
 	}
 	return out, nil
-}
-
-func laserSellFactory(cfg lasersell.Config) sourceFactory {
-	return sourceFactory{kind: subjects.KindLaserSell, build: func(rt *connector.Runtime) ([]connector.Source, error) {
-		h, err := rt.NewHost(subjects.KindLaserSell, cfg.Session, cfg.LaneSizes())
-		if err != nil {
-			return nil, err
-		}
-		src, err := lasersell.New(cfg, h)
-		if err != nil {
-			return nil, err
-		}
-		return []connector.Source{src}, nil
-	}}
-}
-
-func openStreamFactory(cfg openstream.Config) sourceFactory {
-	return sourceFactory{kind: subjects.KindOpenStream, build: func(rt *connector.Runtime) ([]connector.Source, error) {
-		robots, err := openstream.NewAll(cfg, rt)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]connector.Source, len(robots))
-		for i, r := range robots {
-			out[i] = r
-		}
-		return out, nil
-	}}
 }

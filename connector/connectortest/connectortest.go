@@ -34,6 +34,8 @@ type Env struct {
 
 // Options tweak the runtime a test gets.
 type Options struct {
+	// Kinds are provisioned; nil means LaserSell and Open Stream.
+	Kinds []subjects.Kind
 	// StoreDir reuses a JetStream directory (to test a restart); empty = t.TempDir().
 	StoreDir string
 	// These are as in connector.Options (zero means its default).
@@ -72,8 +74,11 @@ func Start(t testing.TB, opts Options) *Env {
 	env.HighConn, env.LowConn = env.Connect(), env.Connect()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if opts.Kinds == nil {
+		opts.Kinds = []subjects.Kind{subjects.LaserSell(), subjects.OpenStream()}
+	}
 	env.Runtime, err = connector.New(ctx, connector.Options{
-		HighConn: env.HighConn, LowConn: env.LowConn,
+		HighConn: env.HighConn, LowConn: env.LowConn, Kinds: opts.Kinds,
 		Window: opts.Window, HighWindow: opts.HighWindow, LowLinger: opts.LowLinger, SingleLane: opts.SingleLane,
 		AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
 		CommandTimeout: opts.CommandTimeout, CommandMaxBytes: opts.CommandMaxBytes,
@@ -111,13 +116,13 @@ func (e *Env) Connect() *nats.Conn {
 	return nc
 }
 
-// Run runs the sources on the runtime in the background. The returned stop
+// Run runs the sessions on the runtime in the background. The returned stop
 // function cancels them and waits for the runtime to drain; it is also called
 // at cleanup.
-func (e *Env) Run(sources ...connector.Source) (stop func() error) {
+func (e *Env) Run(sessions ...connector.Session) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- e.Runtime.Run(ctx, sources...) }()
+	go func() { done <- e.Runtime.Run(ctx, sessions...) }()
 	var err error
 	stopped := false
 	stop = func() error {
@@ -344,4 +349,40 @@ func (e *Env) AuditedRefusals(filter string) map[string]int {
 		}
 	}
 	return out
+}
+
+// Opened wraps spec so that the source its Open builds is also stored in
+// *src (typed as the test needs it), for tests that look inside a source.
+func Opened[S connector.Source](spec connector.Session, src *S) connector.Session {
+	open := spec.Open
+	spec.Open = func(h *connector.Host) (connector.Source, error) {
+		s, err := open(h)
+		if err == nil {
+			*src = s.(S)
+		}
+		return s, err
+	}
+	return spec
+}
+
+// idle is a source that serves no command and emits nothing by itself.
+type idle struct{}
+
+func (idle) Commands() []string                                     { return nil }
+func (idle) Run(ctx context.Context) error                          { <-ctx.Done(); return nil }
+func (idle) Handle(context.Context, connector.Command) (any, error) { return nil, nil }
+
+// Host starts a session kind.name whose source does nothing, and returns
+// its host: for tests of the lanes, status and KV without a source.
+func (e *Env) Host(kind, name string, sizes connector.LaneSizes) *connector.Host {
+	e.T.Helper()
+	var h *connector.Host
+	err := e.Runtime.Start(context.Background(), connector.Session{
+		Kind: kind, Name: name, Lanes: sizes,
+		Open: func(host *connector.Host) (connector.Source, error) { h = host; return idle{}, nil },
+	})
+	if err != nil {
+		e.T.Fatalf("start session %s.%s: %v", kind, name, err)
+	}
+	return h
 }

@@ -73,16 +73,15 @@ func ConfigFromEnv() (Config, error) {
 	return c, c.Validate()
 }
 
-// DefaultConfig returns the defaults of every field, as envconfig would set
-// them from an empty environment (no API key, no initial configure).
+// DefaultConfig returns the defaults of every field, from the struct tags,
+// as envconfig sets them from an empty environment (no API key, no initial
+// configure).
 func DefaultConfig() Config {
-	return Config{
-		URL: DefaultURL, Session: "default",
-		HighLane: connector.DefaultHighLane, LowLane: connector.DefaultLowLane,
-		PingInterval: 30 * time.Second, ReadTimeout: 60 * time.Second, WriteTimeout: 10 * time.Second,
-		DialTimeout: 10 * time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second,
-		HealthyAfter: 5 * time.Second, PingTimeout: 5 * time.Second, ReconcileAfter: 5 * time.Second,
+	var c Config
+	if err := connector.Defaults(&c); err != nil {
+		panic(err) // the tags are constants: a bad one fails every test at once
 	}
+	return c
 }
 
 // Secret is a string that never prints: fmt, JSON and text encodings show
@@ -107,7 +106,7 @@ func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 // Configured reports whether an API key is given, the sign that LaserSell is meant to run.
 func (c Config) Configured() bool { return c.APIKey != "" || c.APIKeyFile != "" }
 
-// LaneSizes returns the lane capacities for connector.Runtime.NewHost.
+// LaneSizes returns the lane capacities of the session.
 func (c Config) LaneSizes() connector.LaneSizes {
 	return connector.LaneSizes{High: c.HighLane, Low: c.LowLane}
 }

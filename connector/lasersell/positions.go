@@ -472,7 +472,7 @@ func (s *Source) auditAutomatic(ctx context.Context, command, origin string, at 
 		return
 	}
 	ev := connector.Event{
-		Subject: subjects.Audit(s.Kind(), s.cfg.Session, command), Lane: connector.LaneHigh,
+		Subject: subjects.Audit(s.host.Kind(), s.host.Name(), command), Lane: connector.LaneHigh,
 		Payload: payload, Type: "audit", Received: at,
 	}
 	if err := s.host.Emit(ctx, ev); err != nil && ctx.Err() == nil {

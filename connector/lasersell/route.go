@@ -238,7 +238,7 @@ func (s *Source) malformed(ctx context.Context, c *conn, data []byte, now time.T
 	upstream := c.sessionID
 	s.mu.Unlock()
 	return s.host.Emit(ctx, connector.Event{
-		Subject: subjects.Malformed(s.Kind(), s.cfg.Session), Lane: connector.LaneHigh,
+		Subject: subjects.Malformed(s.host.Kind(), s.host.Name()), Lane: connector.LaneHigh,
 		Payload: data, Type: "malformed", UpstreamSession: upstream, Received: now,
 	})
 }

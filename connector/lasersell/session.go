@@ -379,8 +379,9 @@ func (s *Source) onHello(ctx context.Context, c *conn, data []byte, now time.Tim
 
 	s.host.Metrics().Connected.Set(1)
 	detail := map[string]any{"configured": desired != nil, "url": redactURL(s.cfg.URL)}
+	var limits any
 	if len(h.Limits) > 0 && json.Valid(h.Limits) {
-		detail["limits"] = h.Limits
+		detail["limits"], limits = h.Limits, h.Limits
 	}
 	s.log.Info().Str("upstream_session", id).RawJSON("limits", validOrNull(h.Limits)).
 		Bool("configured", desired != nil).Msg("upstream session established (hello_ok)")
@@ -391,7 +392,7 @@ func (s *Source) onHello(ctx context.Context, c *conn, data []byte, now time.Tim
 			s.log.Warn().Str("problem", err.Message).Msg("the desired configure exceeds the limits this session advertises; the server may refuse it")
 		}
 	}
-	s.setStatus(ctx, connector.Status{State: connector.StateConnected, UpstreamSession: id, Detail: detail})
+	s.setStatus(ctx, connector.Status{State: connector.StateConnected, UpstreamSession: id, Detail: detail, Limits: limits})
 	// Deadlines that passed while disconnected can be requested now.
 	s.wakeDeadlines()
 }

@@ -100,17 +100,14 @@ type Source struct {
 	reconcileSkips  uint64
 }
 
-// New builds the source for host, which must be the runtime's host for kind
-// "lasersell" and the configured session name.
+// New builds the source on host, the runtime's host of the session cfg
+// declares (see NewSession).
 func New(cfg Config, host *connector.Host) (*Source, error) {
 	if host == nil {
 		return nil, errors.New("lasersell: a host is required")
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("lasersell configuration: %w", err)
-	}
-	if host.Kind() != subjects.KindLaserSell || host.Name() != cfg.Session {
-		return nil, fmt.Errorf("lasersell: host is %s/%s, want %s/%s", host.Kind(), host.Name(), subjects.KindLaserSell, cfg.Session)
 	}
 	key, err := cfg.apiKey()
 	if err != nil {
@@ -144,12 +141,6 @@ func New(cfg Config, host *connector.Host) (*Source, error) {
 		dirty:       map[uint64]struct{}{},
 	}, nil
 }
-
-// Kind implements connector.Source.
-func (s *Source) Kind() string { return subjects.KindLaserSell }
-
-// Name implements connector.Source.
-func (s *Source) Name() string { return s.cfg.Session }
 
 // Commands implements connector.Source.
 func (s *Source) Commands() []string {
@@ -276,7 +267,7 @@ func (s *Source) load(ctx context.Context) error {
 			desired = s.envConfigure
 			s.log.Info().Int("wallets", len(desired.WalletPubkeys)).Msg("desired configure seeded from the environment")
 		} else {
-			s.log.Warn().Str("subject", subjects.Command(s.Kind(), s.Name(), typeConfigure)).
+			s.log.Warn().Str("subject", subjects.Command(s.host.Kind(), s.host.Name(), typeConfigure)).
 				Msg("no configure yet (no LASERSELL_WALLETS, nothing in KV): the session stays unconfigured until one arrives")
 		}
 	case err != nil:

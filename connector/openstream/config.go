@@ -91,22 +91,19 @@ type Recipe struct {
 	Args     json.RawMessage `json:"args,omitempty"`
 }
 
-// LaneSizes returns the lane sizes for NewHost (0 means the core's default).
+// LaneSizes returns the lane sizes of each robot's session (0 means the core's default).
 func (c Config) LaneSizes() connector.LaneSizes {
 	return connector.LaneSizes{High: c.HighLane, Low: c.LowLane}
 }
 
 // Defaults returns the configuration envconfig produces from an empty
-// environment, for tests and programmatic use.
+// environment (the struct tags), for tests and programmatic use.
 func Defaults() Config {
-	return Config{
-		Major: 1, MaxLine: 64 << 10, DialTimeout: 5 * time.Second, TCPKeepAlive: 15 * time.Second,
-		WriteTimeout: 5 * time.Second, AckTimeout: 3 * time.Second, ControlWindow: 100 * time.Millisecond,
-		StopTimeout: 500 * time.Millisecond, Keepalive: 2 * time.Second, KeepaliveMode: KeepaliveStop, IdleKeepalive: 120 * time.Second,
-		StallPeriods: 10, StallMin: time.Second, BackoffMin: 200 * time.Millisecond, BackoffMax: 10 * time.Second,
-		HealthyAfter: 2 * time.Second, HandshakeRetryMin: 5 * time.Second, HandshakeRetryMax: 30 * time.Second,
-		ControlQueue: 256, HighLane: 1024, LowLane: 8192,
+	var c Config
+	if err := connector.Defaults(&c); err != nil {
+		panic(err) // the tags are constants: a bad one fails every test at once
 	}
+	return c
 }
 
 func env(name string) string { return EnvPrefix + "_" + name }

@@ -70,16 +70,14 @@ type Robot struct {
 	wg         sync.WaitGroup
 }
 
-// New builds the source of one robot. Validate the Config first.
+// New builds the source of one robot on host, the runtime's host of the
+// session RobotSession declares. Validate the Config first.
 func New(robot RobotConfig, common Config, host *connector.Host) (*Robot, error) {
 	if host == nil {
 		return nil, errors.New("openstream: a host is required")
 	}
 	if !validName(robot.Name) {
 		return nil, fmt.Errorf("openstream: robot name %q may hold only letters, digits, '-' and '_'", robot.Name)
-	}
-	if host.Kind() != subjects.KindOpenStream || host.Name() != robot.Name {
-		return nil, fmt.Errorf("openstream: host %s.%s does not serve robot %s", host.Kind(), host.Name(), robot.Name)
 	}
 	if robot.Addr == "" {
 		return nil, fmt.Errorf("openstream: robot %s has no address", robot.Name)
@@ -102,33 +100,6 @@ func New(robot RobotConfig, common Config, host *connector.Host) (*Robot, error)
 		connOwner:    map[string]*conn{},
 	}, nil
 }
-
-// NewAll builds one source per robot of cfg, creating each robot's host on rt.
-func NewAll(cfg Config, rt *connector.Runtime) ([]*Robot, error) {
-	robots, err := cfg.ParseRobots()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*Robot, 0, len(robots))
-	for _, rc := range robots {
-		h, err := rt.NewHost(subjects.KindOpenStream, rc.Name, cfg.LaneSizes())
-		if err != nil {
-			return nil, fmt.Errorf("openstream robot %s: %w", rc.Name, err)
-		}
-		r, err := New(rc, cfg, h)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, nil
-}
-
-// Kind implements connector.Source.
-func (r *Robot) Kind() string { return subjects.KindOpenStream }
-
-// Name implements connector.Source.
-func (r *Robot) Name() string { return r.cfg.Name }
 
 // Command names, served on openstream.<robot>.cmd.<command>.
 const (
@@ -322,8 +293,12 @@ func (r *Robot) report(c *conn, state, reason string, attempt int, backoffD time
 		detail["monitor"] = c.monitor
 	}
 	maps.Copy(detail, extra)
+	// The upstream session is the controller's session of the connection
+	// that changed, when it has one.
+	upstream, _ := extra["session"].(string)
 	r.setStatus(connector.Status{
-		State: state, Reason: reason, Attempt: attempt, BackoffMS: backoffD.Milliseconds(), Detail: detail,
+		State: state, Reason: reason, Attempt: attempt, BackoffMS: backoffD.Milliseconds(),
+		UpstreamSession: upstream, Detail: detail,
 	})
 }
 

@@ -38,7 +38,7 @@ type session struct {
 	endOnce   sync.Once
 	ended     chan struct{} // closed by the first end()
 	endReason string
-	endCode   string // reason code of endReason (see reasons.go in conn.go)
+	endCode   string // reason code of endReason: one of the reason* constants (reasonStopped, reasonWatchdog, ...) that sessionEnd.reasonCode reports
 
 	mu       sync.Mutex
 	pend     []*pending    // handshake / monitor / stop, oldest first
@@ -239,22 +239,6 @@ func (s *session) overdueKeepalive(now time.Time, limit time.Duration) bool {
 		}
 	}
 	return false
-}
-
-// await waits for the answer to p, at most timeout.
-func (s *session) await(ctx context.Context, p *pending, timeout time.Duration) (outcome, error) {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case o := <-p.done:
-		return o, nil
-	case <-t.C:
-		s.forget(p)
-		return outcome{}, fmt.Errorf("no answer to %s within %s", p.kind, timeout)
-	case <-ctx.Done():
-		s.forget(p)
-		return outcome{}, ctx.Err()
-	}
 }
 
 // control queues a CONTROL line ahead of everything else waiting. With a

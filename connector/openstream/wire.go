@@ -75,5 +75,5 @@ func encodeCmd(cmd string, payload any) ([]byte, error) {
 }
 
 func monitorLine(r Recipe) ([]byte, error) {
-	return encodeCmd(cmdMonitor, monitorPayload{URL: r.URL, Method: r.Method, PeriodMS: r.PeriodMS, Args: r.Args})
+	return encodeCmd(cmdMonitor, monitorPayload(r))
 }

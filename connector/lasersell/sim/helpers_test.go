@@ -216,8 +216,9 @@ func (c *client) quiet(d time.Duration) {
 	}
 }
 
-// waitErr reads until the connection fails and returns the error.
-func (c *client) waitErr(d time.Duration) (error, []frame) {
+// waitErr reads until the connection fails and returns the frames read before
+// the failure and the error.
+func (c *client) waitErr(d time.Duration) ([]frame, error) {
 	c.t.Helper()
 	var got []frame
 	deadline := time.Now().Add(d)
@@ -227,7 +228,7 @@ func (c *client) waitErr(d time.Duration) (error, []frame) {
 			c.t.Fatal("connection did not end")
 		}
 		if f.err != nil {
-			return f.err, got
+			return got, f.err
 		}
 		got = append(got, f)
 	}

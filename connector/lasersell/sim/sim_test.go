@@ -201,7 +201,7 @@ func TestReemissionIdenticalAfterReconnect(t *testing.T) {
 			raws = append(raws, f.raw)
 		}
 		s.DropConnections()
-		err, _ := c.waitErr(2 * time.Second)
+		_, err := c.waitErr(2 * time.Second)
 		return raws, err
 	}
 	first, err := session(walletA, "fresh-wallet")
@@ -519,7 +519,7 @@ func TestFaultDropAfterFrames(t *testing.T) {
 	s.OpenPosition(walletA, mintB, 1)
 	c := dial(t, s)
 	c.configure(walletA)
-	err, got := c.waitErr(2 * time.Second)
+	got, err := c.waitErr(2 * time.Second)
 	if len(got) != 3 || !websocket.IsCloseError(err, websocket.CloseAbnormalClosure) {
 		t.Fatalf("got %v then %v", types(got), err)
 	}
@@ -535,7 +535,7 @@ func TestFaultDropEvery(t *testing.T) {
 	s := startSim(t, cfg)
 	c := dial(t, s)
 	start := time.Now()
-	err, _ := c.waitErr(2 * time.Second)
+	_, err := c.waitErr(2 * time.Second)
 	if !websocket.IsCloseError(err, websocket.CloseAbnormalClosure) || time.Since(start) < 40*time.Millisecond {
 		t.Fatalf("drop-every: %v after %v", err, time.Since(start))
 	}
@@ -670,7 +670,7 @@ func TestSessionLimit(t *testing.T) {
 	dial(t, s).expect("hello_ok")
 	c3 := dial(t, s)
 	c3.expectError(CodeSessionLimit)
-	if err, _ := c3.waitErr(time.Second); !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
+	if _, err := c3.waitErr(time.Second); !websocket.IsCloseError(err, websocket.ClosePolicyViolation) {
 		t.Fatalf("refused session closed with %v", err)
 	}
 	c1.ws.Close()
@@ -692,7 +692,7 @@ func TestClientCloseIsEchoed(t *testing.T) {
 	if err := c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if err, _ := c.waitErr(time.Second); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+	if _, err := c.waitErr(time.Second); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
 		t.Fatalf("close echo: %v", err)
 	}
 }
@@ -718,7 +718,7 @@ func TestCloseEndsSessionsAndGoroutines(t *testing.T) {
 	s.Close()
 	s.Close() // idempotent
 	for _, c := range clients {
-		if err, _ := c.waitErr(2 * time.Second); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+		if _, err := c.waitErr(2 * time.Second); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
 			t.Fatalf("client saw %v", err)
 		}
 		c.ws.Close()
@@ -760,7 +760,7 @@ func TestServeWithContext(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("Serve did not return")
 	}
-	if err, _ := c.waitErr(time.Second); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+	if _, err := c.waitErr(time.Second); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
 		t.Fatalf("client saw %v", err)
 	}
 }

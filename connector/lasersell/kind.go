@@ -1,0 +1,58 @@
+package lasersell
+
+import (
+	"flag"
+
+	"github.com/rs/zerolog"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/connector/lasersell/sim"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// Kind is the LaserSell Exit Intelligence Stream as one unit of the
+// connector: main lists it among the kinds it is built with.
+func Kind() connector.Kind {
+	return connector.Kind{
+		Subjects:  subjects.LaserSell(),
+		Title:     "LaserSell source",
+		Config:    func() connector.KindConfig { return &Config{} },
+		Simulator: simulator,
+	}
+}
+
+// EnvPrefix implements connector.KindConfig.
+func (c *Config) EnvPrefix() string { return EnvPrefix }
+
+// Sessions implements connector.KindConfig: one session, LASERSELL_SESSION.
+func (c *Config) Sessions() ([]connector.Session, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return []connector.Session{NewSession(*c)}, nil
+}
+
+// NewSession is the session cfg declares; its source is built by New.
+func NewSession(cfg Config) connector.Session {
+	return connector.Session{
+		Kind: subjects.KindLaserSell, Name: cfg.Session, Lanes: cfg.LaneSizes(),
+		Open: func(h *connector.Host) (connector.Source, error) { return New(cfg, h) },
+	}
+}
+
+// simulator serves `connector sim lasersell`: the demo configuration, changed by flags.
+func simulator(fs *flag.FlagSet) connector.SimulatorRun {
+	cfg := sim.DemoConfig()
+	cfg.RegisterFlags(fs)
+	return connector.SimulatorRun{
+		Validate: cfg.Validate,
+		Start: func(log zerolog.Logger) (string, func(), error) {
+			srv := sim.New(cfg, log)
+			url, err := srv.Start(cfg.Addr)
+			if err != nil {
+				return "", nil, err
+			}
+			return url, srv.Close, nil
+		},
+	}
+}
