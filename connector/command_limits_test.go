@@ -27,7 +27,7 @@ func TestCommandRequestTooLarge(t *testing.T) {
 	t.Parallel()
 	env := connectortest.Start(t, connectortest.Options{CommandMaxBytes: 1024})
 	src := newEcho(t, env, "big", connector.LaneSizes{})
-	env.Run(src)
+	env.Run()
 	subj := subjects.Command(subjects.KindLaserSell, "big", "echo")
 
 	fits := `{"word":"` + strings.Repeat("a", 1024-len(`{"word":""}`)) + `"}`
@@ -66,8 +66,8 @@ func TestCommandRateLimit(t *testing.T) {
 	const rate, burst = 2, 5
 	env := connectortest.Start(t, connectortest.Options{CommandRate: rate, CommandBurst: burst})
 	src := newEcho(t, env, "rl", connector.LaneSizes{})
-	other := newEcho(t, env, "calm", connector.LaneSizes{})
-	env.Run(src, other)
+	newEcho(t, env, "calm", connector.LaneSizes{})
+	env.Run()
 	subj := subjects.Command(subjects.KindLaserSell, "rl", "echo")
 
 	start := time.Now()
@@ -129,7 +129,9 @@ func TestCommandRateLimit(t *testing.T) {
 func TestCommandUnknownSession(t *testing.T) {
 	t.Parallel()
 	env := connectortest.Start(t, connectortest.Options{})
-	env.Run(newEcho(t, env, "s1", connector.LaneSizes{}), newEcho(t, env, "s2", connector.LaneSizes{}))
+	newEcho(t, env, "s1", connector.LaneSizes{})
+	newEcho(t, env, "s2", connector.LaneSizes{})
+	env.Run()
 
 	start := time.Now()
 	msg, err := env.Conn.Request(subjects.Command(subjects.KindLaserSell, "nope", "echo"), []byte(`{"word":"x"}`), 2*time.Second)
@@ -173,7 +175,8 @@ func TestCommandUnknownSession(t *testing.T) {
 	}
 
 	quiet := connectortest.Start(t, connectortest.Options{QuietUnknownSessions: true})
-	quiet.Run(newEcho(t, quiet, "s1", connector.LaneSizes{}))
+	newEcho(t, quiet, "s1", connector.LaneSizes{})
+	quiet.Run()
 	_, err = quiet.Conn.Request(subjects.Command(subjects.KindLaserSell, "nope", "echo"), []byte(`{}`), 200*time.Millisecond)
 	if !errors.Is(err, nats.ErrTimeout) {
 		t.Fatalf("quiet: want a timeout, got %v", err)

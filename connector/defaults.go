@@ -27,13 +27,13 @@ func fillDefaults(v reflect.Value) error {
 	t := v.Type()
 	for i := range t.NumField() {
 		f, fv := t.Field(i), v.Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		if f.Anonymous && fv.Kind() == reflect.Struct {
+		if f.Anonymous && fv.Kind() == reflect.Struct { // its fields are promoted
 			if err := fillDefaults(fv); err != nil {
 				return err
 			}
+			continue
+		}
+		if !f.IsExported() {
 			continue
 		}
 		def, ok := f.Tag.Lookup("default")

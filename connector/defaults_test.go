@@ -9,12 +9,12 @@ import (
 	"github.com/jetbridge/connector/connector"
 )
 
-type defaultsEmbedded struct {
+type DefaultsEmbedded struct {
 	Inner string `envconfig:"DEFTEST_INNER" default:"in"`
 }
 
 type defaultsSample struct {
-	defaultsEmbedded
+	DefaultsEmbedded
 	Name    string        `envconfig:"DEFTEST_NAME" default:"x"`
 	Wait    time.Duration `envconfig:"DEFTEST_WAIT" default:"150ms"`
 	N       int           `envconfig:"DEFTEST_N" default:"1024"`

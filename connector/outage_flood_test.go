@@ -273,18 +273,17 @@ func TestOutageServerProcessKilled(t *testing.T) {
 	defer cancel()
 	rt, err := connector.New(ctx, connector.Options{
 		HighConn: connect(), LowConn: connect(), AckTimeout: ackTimeout, DrainTimeout: 30 * time.Second,
+		Kinds: []subjects.Kind{subjects.LaserSell()},
 		Metrics: connector.NewMetrics(reg), Log: connectortest.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := rt.NewHost(subjects.KindLaserSell, "killed", connector.LaneSizes{High: floodHighLane, Low: floodLowLane})
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := &echoSource{}
+	spec := echoSession("killed", connector.LaneSizes{High: floodHighLane, Low: floodLowLane}, src, func(e *echoSource) connector.Source { return e })
 	runCtx, stopRun := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- rt.Run(runCtx, &echoSource{host: h}) }()
+	go func() { done <- rt.Run(runCtx, spec) }()
 	stop := func() error {
 		stopRun()
 		return <-done
@@ -296,7 +295,7 @@ func TestOutageServerProcessKilled(t *testing.T) {
 		t.Fatalf("runtime stopped at start: %v", err)
 	}
 
-	f, recovery := outageRun(t, js, reg, h, 2*time.Second,
+	f, recovery := outageRun(t, js, reg, src.host, 2*time.Second,
 		srv.kill,
 		func() { srv = startNATSProcess(t, listen, store) })
 	if err := stop(); err != nil {

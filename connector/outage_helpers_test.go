@@ -276,7 +276,7 @@ func checkStreams(t *testing.T, js jetstream.JetStream, reg *prometheus.Registry
 func startFloodEnv(t *testing.T, name string, ackTimeout time.Duration) (*connectortest.Env, *echoSource, func() error) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: ackTimeout, DrainTimeout: 30 * time.Second})
 	src := newEcho(t, env, name, connector.LaneSizes{High: floodHighLane, Low: floodLowLane})
-	return env, src, env.Run(src)
+	return env, src, env.Run()
 }
 
 const (

@@ -20,7 +20,7 @@ import (
 func TestHighLaneSurvivesNATSOutage(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 20 * time.Second})
 	src := newEcho(t, env, "out", connector.LaneSizes{High: 16})
-	stop := env.Run(src)
+	stop := env.Run()
 	ctx := context.Background()
 	emit := func(i int) {
 		if err := src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellExit("out", "W"), Lane: connector.LaneHigh,
@@ -78,8 +78,8 @@ func (s stubbornSource) Run(ctx context.Context) error {
 // DrainTimeout the lanes close and the blocked source returns.
 func TestShutdownEndsWithNATSDownAndFullLane(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 100 * time.Millisecond, DrainTimeout: 300 * time.Millisecond})
-	src := stubbornSource{newEcho(t, env, "stuck", connector.LaneSizes{High: 2})}
-	stop := env.Run(src)
+	src := startEcho(t, env, "stuck", connector.LaneSizes{High: 2}, func(e *echoSource) connector.Source { return stubbornSource{e} })
+	stop := env.Run()
 	env.Server.Shutdown()
 	env.Server.WaitForShutdown()
 	for i := 0; i < 4; i++ { // one in the publisher's retry, the rest fill the lane
@@ -126,7 +126,7 @@ func TestEmitRefusesSubjectsOfOtherSessions(t *testing.T) {
 func TestLowLaneSurvivesShortNATSOutage(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 20 * time.Second})
 	src := newEcho(t, env, "tele", connector.LaneSizes{Low: 64})
-	stop := env.Run(src)
+	stop := env.Run()
 	_, port, _ := net.SplitHostPort(env.Server.Addr().String())
 	env.Server.Shutdown()
 	env.Server.WaitForShutdown()

@@ -63,7 +63,7 @@ func exitStream(t *testing.T, env *connectortest.Env) jetstream.Stream {
 func TestPublishStreamDeletedBlocksUntilProvisioned(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 20 * time.Second})
 	src := newEcho(t, env, "gone", connector.LaneSizes{High: 4})
-	stop := env.Run(src)
+	stop := env.Run()
 	<-emitExits(t, src.host, 0, 1, numbered)
 	connectortest.Eventually(t, 5*time.Second, "the first event to be stored", func() bool {
 		return streamCount(env.JS, subjects.StreamLaserSellExit, ">") == 1
@@ -82,7 +82,7 @@ func TestPublishStreamDeletedBlocksUntilProvisioned(t *testing.T) {
 	default:
 	}
 	// The operator provisions it again (as the connector does at start).
-	spec := subjects.Streams(subjects.KindLaserSell)[0]
+	spec := subjects.LaserSell().Streams[0]
 	if spec.Name != subjects.StreamLaserSellExit {
 		t.Fatalf("first LaserSell stream is %s", spec.Name)
 	}
@@ -115,7 +115,7 @@ func TestPublishStreamDeletedBlocksUntilProvisioned(t *testing.T) {
 func TestPublishStreamFullRetriesUntilRoom(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: 20 * time.Second})
 	src := newEcho(t, env, "full", connector.LaneSizes{High: 4})
-	stop := env.Run(src)
+	stop := env.Run()
 	ctx := context.Background()
 	for _, name := range []string{subjects.StreamLaserSellExit, subjects.StreamLaserSellPnL} {
 		st, err := env.JS.Stream(ctx, name)
@@ -170,7 +170,7 @@ func TestPublishStreamFullRetriesUntilRoom(t *testing.T) {
 func TestPublishTooLargeIsRefusedPermanently(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond})
 	src := newEcho(t, env, "big", connector.LaneSizes{})
-	stop := env.Run(src)
+	stop := env.Run()
 	ctx := context.Background()
 	st := exitStream(t, env)
 	cfg := st.CachedInfo().Config
@@ -222,7 +222,7 @@ func join(xs []string) string {
 func TestPublishMetrics(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{AckTimeout: 300 * time.Millisecond, DrainTimeout: time.Second})
 	src := newEcho(t, env, "met", connector.LaneSizes{High: 8, Low: 16})
-	stop := env.Run(src)
+	stop := env.Run()
 	<-emitExits(t, src.host, 0, 5, numbered)
 	for i := 0; i < 7; i++ {
 		_ = src.host.Emit(context.Background(), connector.Event{Subject: subjects.LaserSellPnL("met", "1"), Lane: connector.LaneLow, Payload: numbered(i)})

@@ -22,8 +22,6 @@ type echoSource struct {
 	handled []connector.Command
 }
 
-func (s *echoSource) Kind() string       { return subjects.KindLaserSell }
-func (s *echoSource) Name() string       { return s.host.Name() }
 func (s *echoSource) Commands() []string { return []string{"echo", "refuse", "fail"} }
 func (s *echoSource) Run(ctx context.Context) error {
 	<-ctx.Done()
@@ -50,19 +48,31 @@ func (s *echoSource) Handle(_ context.Context, cmd connector.Command) (any, erro
 	}
 }
 
-func newEcho(t *testing.T, env *connectortest.Env, name string, sizes connector.LaneSizes) *echoSource {
+// newEcho starts an echo session lasersell.<name> (the streams of a real
+// kind capture its events); env.Run then serves it with the others.
+func newEcho(t testing.TB, env *connectortest.Env, name string, sizes connector.LaneSizes) *echoSource {
+	return startEcho(t, env, name, sizes, func(e *echoSource) connector.Source { return e })
+}
+
+// startEcho starts an echo session whose source is wrap(echo).
+func startEcho(t testing.TB, env *connectortest.Env, name string, sizes connector.LaneSizes, wrap func(*echoSource) connector.Source) *echoSource {
 	t.Helper()
-	h, err := env.Runtime.NewHost(subjects.KindLaserSell, name, sizes)
-	if err != nil {
+	src := &echoSource{}
+	if err := env.Runtime.Start(context.Background(), echoSession(name, sizes, src, wrap)); err != nil {
 		t.Fatal(err)
 	}
-	return &echoSource{host: h}
+	return src
+}
+
+func echoSession(name string, sizes connector.LaneSizes, src *echoSource, wrap func(*echoSource) connector.Source) connector.Session {
+	return connector.Session{Kind: subjects.KindLaserSell, Name: name, Lanes: sizes,
+		Open: func(h *connector.Host) (connector.Source, error) { src.host = h; return wrap(src), nil }}
 }
 
 func TestEventsLandVerbatimWithHeaders(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	src := newEcho(t, env, "s1", connector.LaneSizes{})
-	env.Run(src)
+	env.Run()
 	ctx := context.Background()
 	received := time.Date(2026, 1, 2, 3, 4, 5, 6789, time.UTC)
 	payload := []byte(`{"type":"exit_signal_with_tx", "odd spacing" :1}`)
@@ -112,7 +122,7 @@ func TestEventsLandVerbatimWithHeaders(t *testing.T) {
 func TestCommandsReplyAndAudit(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	src := newEcho(t, env, "s2", connector.LaneSizes{})
-	env.Run(src)
+	env.Run()
 	cmd := func(c string) string { return subjects.Command("lasersell", "s2", c) }
 
 	r := env.Request(cmd("echo"), `{"word":"hi"}`, 2*time.Second)
@@ -166,7 +176,7 @@ func TestCommandsReplyAndAudit(t *testing.T) {
 func TestStatusPublishedAndKeptInKV(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	src := newEcho(t, env, "s3", connector.LaneSizes{})
-	stop := env.Run(src)
+	stop := env.Run()
 	if err := src.host.SetStatus(context.Background(), connector.Status{State: connector.StateConnected, UpstreamSession: "9", Detail: map[string]int{"hi_capacity": 5}}); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +206,7 @@ func TestLowLaneDropsOldestWhileHighLaneKeepsEverything(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	src := newEcho(t, env, "s4", connector.LaneSizes{High: 4, Low: 8})
 	ctx := context.Background()
-	env.Run(src)
+	env.Run()
 	for i := 0; i < 5000; i++ {
 		_ = src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellPnL("s4", "1"), Lane: connector.LaneLow,
 			Payload: []byte(`{"n":` + strconv.Itoa(i) + `}`)})
@@ -235,7 +245,7 @@ func TestLowLaneFloodStaysInItsSession(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	noisy := newEcho(t, env, "noisy", connector.LaneSizes{Low: 8})
 	quiet := newEcho(t, env, "quiet", connector.LaneSizes{Low: 8})
-	env.Run(noisy, quiet)
+	env.Run()
 	ctx := context.Background()
 	for i := 0; i < 5000; i++ {
 		_ = noisy.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellPnL("noisy", "1"), Lane: connector.LaneLow, Payload: []byte(`{}`)})

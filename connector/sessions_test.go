@@ -17,10 +17,7 @@ import (
 func TestSessionSnapshotAndEventTypes(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	t.Cleanup(env.Runtime.Close)
-	h, err := env.Runtime.NewHost(subjects.KindLaserSell, "snap", connector.LaneSizes{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := env.Host(subjects.KindLaserSell, "snap", connector.LaneSizes{})
 	ctx := context.Background()
 	snap := env.Runtime.Sessions()
 	if len(snap) != 1 || snap[0].LastEvent != nil || snap[0].Connected || snap[0].State != "" {
@@ -28,7 +25,7 @@ func TestSessionSnapshotAndEventTypes(t *testing.T) {
 	}
 
 	if err := h.SetStatus(ctx, connector.Status{State: connector.StateConnected, UpstreamSession: "up-7",
-		Detail: map[string]any{"limits": map[string]any{"hi_capacity": 8}}}); err != nil {
+		Limits: map[string]any{"hi_capacity": 8}}); err != nil {
 		t.Fatal(err)
 	}
 	if got := env.Runtime.Sessions()[0].LastEvent; got != nil {
@@ -101,10 +98,7 @@ func TestSessionSnapshotAndEventTypes(t *testing.T) {
 func BenchmarkEmitLow(b *testing.B) {
 	env := connectortest.Start(b, connectortest.Options{})
 	b.Cleanup(env.Runtime.Close)
-	h, err := env.Runtime.NewHost(subjects.KindLaserSell, "bench", connector.LaneSizes{Low: 1 << 16})
-	if err != nil {
-		b.Fatal(err)
-	}
+	h := env.Host(subjects.KindLaserSell, "bench", connector.LaneSizes{Low: 1 << 16})
 	ev := connector.Event{Subject: subjects.LaserSellPnL("bench", "p1"), Lane: connector.LaneLow,
 		Payload: []byte(`{"type":"pnl_update"}`), Type: "pnl_update"}
 	ctx := context.Background()
