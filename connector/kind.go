@@ -26,7 +26,27 @@ type Kind struct {
 	Config func() KindConfig
 	// Simulator, if the kind has one, serves `connector sim <kind>`.
 	Simulator Simulator
+	// Demo, if set, is the kind's part of `connector demo`.
+	Demo *Demo
 }
+
+// Demo is a kind's part of `connector demo`: simulators on loopback, sessions
+// connected to them, and commands a newcomer can paste.
+type Demo struct {
+	// Summary says what runs, for the demo's first line.
+	Summary string
+	// Try lists commands to paste into another terminal; NATSURL in them
+	// stands for the demo's NATS URL.
+	Try []string
+	// Replay is a `connector replay` command line worth trying (NATSURL as in Try).
+	Replay string
+	// Start starts the simulators and returns the sessions connected to them
+	// and how to stop the simulators (after the sessions stopped).
+	Start func(log zerolog.Logger) (sessions []Session, stop func(), err error)
+}
+
+// NATSURL stands for the NATS URL in Demo.Try and Demo.Replay.
+const NATSURL = "{nats}"
 
 // Name is the kind's first subject token.
 func (k Kind) Name() string { return k.Subjects.Name }

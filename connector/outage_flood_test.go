@@ -273,7 +273,7 @@ func TestOutageServerProcessKilled(t *testing.T) {
 	defer cancel()
 	rt, err := connector.New(ctx, connector.Options{
 		HighConn: connect(), LowConn: connect(), AckTimeout: ackTimeout, DrainTimeout: 30 * time.Second,
-		Kinds: []subjects.Kind{subjects.LaserSell()},
+		Kinds:   []subjects.Kind{subjects.LaserSell()},
 		Metrics: connector.NewMetrics(reg), Log: connectortest.Logger(t),
 	})
 	if err != nil {

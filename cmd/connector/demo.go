@@ -17,14 +17,6 @@ import (
 	ossim "github.com/jetbridge/connector/connector/openstream/sim"
 )
 
-// Demo names: the LaserSell session and the simulated robot cell.
-const (
-	demoSession = "demo"
-	demoAPIKey  = "demo-key"
-	demoFastArm = "arm1" // MONITOR joint_states at 500 Hz, CONTROL allowed for trajectories
-	demoSlowArm = "arm2" // MONITOR po_cur at 10 Hz, CONTROL disabled
-)
-
 // runDemo runs embedded NATS, the LaserSell simulator, a two-robot simulated
 // cell and both sources, printing a live per-subject table until ctx ends.
 func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
@@ -61,53 +53,19 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.EmbeddedConfig.StoreDir = dir
 	}
 	simLog := log.With().Str("component", "sim").Logger()
-
-	ls := lssim.DemoConfig()
-	ls.APIKey = demoAPIKey
-	lsSrv := lssim.New(ls, simLog)
-	lsURL, err := lsSrv.Start("127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("LaserSell simulator: %w", err)
-	}
-	defer lsSrv.Close()
-
-	robots := map[string]string{}
-	for _, name := range []string{demoFastArm, demoSlowArm} {
-		rc := ossim.DefaultConfig()
-		srv := ossim.New(rc, simLog.With().Str("robot", name).Logger())
-		addr, err := srv.Start("127.0.0.1:0")
-		if err != nil {
-			return fmt.Errorf("robot simulator %s: %w", name, err)
+	sel := selection{}
+	for _, k := range kinds {
+		if k.Demo == nil {
+			continue
 		}
-		defer srv.Close()
-		robots[name] = addr
+		sessions, stop, err := k.Demo.Start(simLog.With().Str("kind", k.Name()).Logger())
+		if err != nil {
+			return err
+		}
+		defer stop() // after serve returned: the sessions are stopped by then
+		sel.kinds = append(sel.kinds, k)
+		sel.sessions = append(sel.sessions, sessions...)
 	}
-
-	lcfg := lasersell.DefaultConfig()
-	lcfg.APIKey = lasersell.Secret(demoAPIKey)
-	lcfg.URL = lsURL
-	lcfg.Session = demoSession
-	lcfg.Wallets = []string{"DemoWallet1111111111111111111111111111111111", "DemoWallet2222222222222222222222222222222222"}
-	lcfg.TargetProfitPct, lcfg.StopLossPct, lcfg.TrailingStopPct = 5, 1.5, 3
-	lcfg.DeadlineTimeoutSec = 45
-	if err := lcfg.Validate(); err != nil {
-		return err
-	}
-
-	ocfg := openstream.Defaults()
-	ocfg.Robots = fmt.Sprintf("%s=%s,%s=%s", demoFastArm, robots[demoFastArm], demoSlowArm, robots[demoSlowArm])
-	ocfg.Monitors = fmt.Sprintf("%s/joints=/project/robot/joints/joint_states@2ms,%s/pose=/project/robot/po_cur@100ms", demoFastArm, demoSlowArm)
-	ocfg.ControlAllow = demoFastArm + "=/project/robot/trajectory/*,/project/robot/motor_on,/project/robot/motor_off"
-	if err := ocfg.Validate(); err != nil {
-		return err
-	}
-
-	cfg.Sources = "lasersell,openstream"
-	robotSessions, err := ocfg.Sessions()
-	if err != nil {
-		return err
-	}
-	sel := selection{kinds: kinds, sessions: append([]connector.Session{lasersell.NewSession(lcfg)}, robotSessions...)}
 	ready := func(rt *connector.Runtime, natsURL string) {
 		header := demoHeader(redactURL(natsURL), cfg.HTTPAddr)
 		if *quiet {
@@ -120,7 +78,11 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 			return
 		}
 		defer nc.Close()
-		if err := runSummary(ctx, nc, stdout, header, time.Second, "lasersell.>", "openstream.>"); err != nil {
+		var filters []string
+		for _, k := range sel.kinds {
+			filters = append(filters, k.Name()+".>")
+		}
+		if err := runSummary(ctx, nc, stdout, header, time.Second, filters...); err != nil {
 			log.Error().Err(err).Msg("demo summary stopped")
 		}
 	}
@@ -139,27 +101,31 @@ func redactURL(urls string) string {
 	return strings.Join(parts, ",")
 }
 
+// demoHeader is what the demo prints first: what runs, and commands to paste.
 func demoHeader(natsURL, httpAddr string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "connector demo: NATS %s, LaserSell session %q, robots %s (500 Hz) and %s. Ctrl-C stops.\n\n", natsURL, demoSession, demoFastArm, demoSlowArm)
-	b.WriteString("Paste into another terminal (nats CLI):\n")
-	for _, line := range []string{
-		fmt.Sprintf("nats -s %s sub 'lasersell.%s.exit.>'", natsURL, demoSession),
-		fmt.Sprintf("nats -s %s sub 'lasersell.%s.event.>'", natsURL, demoSession),
-		fmt.Sprintf("nats -s %s req lasersell.%s.cmd.update_strategy '{\"strategy\":{\"target_profit_pct\":8,\"stop_loss_pct\":2,\"trailing_stop_pct\":1}}'", natsURL, demoSession),
-		fmt.Sprintf("nats -s %s req lasersell.%s.cmd.ping '{}'", natsURL, demoSession),
-		fmt.Sprintf("nats -s %s sub 'openstream.%s.data.joints' --count 3", natsURL, demoFastArm),
-		fmt.Sprintf("nats -s %s req openstream.%s.cmd.control '{\"url\":\"/project/robot/trajectory/joint_traject_insert_point\",\"method\":\"POST\",\"body\":{\"interval\":0.005,\"time_from_start\":-1,\"look_ahead_time\":0.004,\"point\":[10,20,30,0,45,0]}}'", natsURL, demoFastArm),
-		fmt.Sprintf("nats -s %s req openstream.%s.cmd.monitor '{\"name\":\"state\",\"url\":\"/project/robot/motor_on_state\",\"period_ms\":500}'", natsURL, demoSlowArm),
-		fmt.Sprintf("nats -s %s stream ls", natsURL),
-		fmt.Sprintf("nats -s %s kv ls LASERSELL_POSITIONS", natsURL),
-		fmt.Sprintf("nats -s %s kv get CONNECTOR_STATUS lasersell.%s", natsURL, demoSession),
-		fmt.Sprintf("nats -s %s micro ls", natsURL),
-	} {
-		b.WriteString("  " + line + "\n")
+	var summaries, try, replays []string
+	for _, k := range builtinKinds() {
+		if d := k.Demo; d != nil {
+			summaries = append(summaries, d.Summary)
+			try = append(try, d.Try...)
+			if d.Replay != "" {
+				replays = append(replays, d.Replay)
+			}
+		}
 	}
-	b.WriteString("Replay the last minute of exit signals to a file:\n")
-	fmt.Fprintf(&b, "  NATS_URL=%s connector replay --subject 'lasersell.%s.exit.*' --since 1m --output exits.ndjson\n", natsURL, demoSession)
+	try = append(try, "nats -s "+connector.NATSURL+" stream ls", "nats -s "+connector.NATSURL+" micro ls")
+	var b strings.Builder
+	fmt.Fprintf(&b, "connector demo: NATS %s, %s. Ctrl-C stops.\n\n", natsURL, strings.Join(summaries, ", "))
+	b.WriteString("Paste into another terminal (nats CLI):\n")
+	for _, line := range try {
+		b.WriteString("  " + strings.ReplaceAll(line, connector.NATSURL, natsURL) + "\n")
+	}
+	if len(replays) > 0 {
+		b.WriteString("Replay the last minute of exit signals to a file:\n")
+		for _, line := range replays {
+			b.WriteString("  " + strings.ReplaceAll(line, connector.NATSURL, natsURL) + "\n")
+		}
+	}
 	if httpAddr != "" {
 		b.WriteString("Health, status and metrics (CONNECTOR_HTTP_ADDR):\n")
 		for _, path := range []string{"/readyz", "/status", "/metrics | grep connector_events_by_type_total"} {

@@ -18,6 +18,7 @@ func Kind() connector.Kind {
 		Title:     "LaserSell source",
 		Config:    func() connector.KindConfig { return &Config{} },
 		Simulator: simulator,
+		Demo:      demo(),
 	}
 }
 

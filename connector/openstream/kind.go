@@ -19,6 +19,7 @@ func Kind() connector.Kind {
 		Title:     "Open Stream source",
 		Config:    func() connector.KindConfig { return &Config{} },
 		Simulator: simulator,
+		Demo:      demo(),
 	}
 }
 
