@@ -11,10 +11,6 @@ import (
 	"time"
 
 	"github.com/jetbridge/connector/connector"
-	"github.com/jetbridge/connector/connector/lasersell"
-	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
-	"github.com/jetbridge/connector/connector/openstream"
-	ossim "github.com/jetbridge/connector/connector/openstream/sim"
 )
 
 // runDemo runs embedded NATS, the LaserSell simulator, a two-robot simulated
