@@ -23,6 +23,10 @@ type running struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the source's Run returned
 	once   sync.Once     // stopSession runs once
+	// started is closed when Start has finished with the session, aborted
+	// set (before) when it failed and released everything itself.
+	started chan struct{}
+	aborted bool
 }
 
 // ErrUnknownSession is returned by Stop for a session that is not running.
@@ -41,14 +45,18 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 		return fmt.Errorf("session %s: kind %q is not one of the runtime's kinds (its streams are not provisioned)", spec.Key(), spec.Kind)
 	}
 	key := spec.Key()
-	s := &running{spec: spec, done: make(chan struct{})}
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &running{spec: spec, cancel: cancel, done: make(chan struct{}), started: make(chan struct{})}
+	defer close(s.started)
 	r.mu.Lock()
 	switch {
 	case r.closed:
 		r.mu.Unlock()
+		cancel()
 		return fmt.Errorf("session %s: the runtime is closed", key)
 	case r.sessions[key] != nil:
 		r.mu.Unlock()
+		cancel()
 		return fmt.Errorf("session %s is configured twice (or still stopping)", key)
 	}
 	s.host = r.newHost(spec)
@@ -61,21 +69,21 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 		return fmt.Errorf("session %s: %w", key, err)
 	}
 	s.src = src
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
 	if err := r.serveKind(sctx, spec.Kind); err != nil {
-		cancel()
 		r.abortStart(s)
 		return err
 	}
 	served, err := r.serveCommands(sctx, s.host, src)
 	if err != nil {
-		cancel()
 		r.abortStart(s)
 		return err
 	}
+	// The server must know the subscriptions before Start says they are served.
+	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
+		s.host.log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
+	}
 	r.mu.Lock()
-	s.served = served
+	s.served = served // from now on the kind's subscription sees the session
 	r.mu.Unlock()
 	go func() {
 		defer close(s.done)
@@ -89,6 +97,8 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 
 // abortStart releases a session whose start failed before its source ran.
 func (r *Runtime) abortStart(s *running) {
+	s.aborted = true
+	s.cancel()
 	close(s.done)
 	r.releaseHost(s.host)
 	r.forget(s)
@@ -114,9 +124,11 @@ func (r *Runtime) Stop(key string) error {
 // stopSession stops s (once; concurrent callers wait for the first).
 func (r *Runtime) stopSession(s *running) {
 	s.once.Do(func() {
-		r.mu.Lock()
+		<-s.started // a shutdown may find a session still starting
+		if s.aborted {
+			return // Start released it
+		}
 		served := s.served
-		r.mu.Unlock()
 		if served != nil {
 			served.refuse()
 		}

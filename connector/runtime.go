@@ -202,9 +202,6 @@ func (r *Runtime) Run(ctx context.Context, sessions ...Session) error {
 		}
 	}
 	if err == nil {
-		if ferr := r.opts.HighConn.FlushTimeout(5 * time.Second); ferr != nil {
-			r.opts.Log.Warn().Err(ferr).Msg("command subscriptions not confirmed by the server yet")
-		}
 		r.servingOnce.Do(func() { close(r.serving) })
 		select {
 		case <-ctx.Done():

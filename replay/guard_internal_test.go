@@ -3,7 +3,12 @@ package replay
 import (
 	"errors"
 	"testing"
+
+	"github.com/jetbridge/connector/subjects"
 )
+
+// kinds are the connector's source kinds, as the command passes them.
+var kinds = []subjects.Kind{subjects.LaserSell(), subjects.OpenStream()}
 
 func TestOverlap(t *testing.T) {
 	for _, c := range []struct {
@@ -35,14 +40,14 @@ func TestCheckPrefixOverlapBeyondTheFirstToken(t *testing.T) {
 	for _, filters := range [][]string{
 		{"openstream.x.data.*"}, {"openstream.*.data.pose"}, {"openstream.y.data.*", "openstream.>"},
 	} {
-		if err := checkPrefix("sandbox", filters, live); !errors.Is(err, ErrRefused) {
+		if err := checkPrefix("sandbox", filters, live, kinds); !errors.Is(err, ErrRefused) {
 			t.Errorf("filters %v: got %v, want a refusal", filters, err)
 		}
 	}
-	if err := checkPrefix("sandbox", []string{"openstream.y.data.*"}, live); err != nil {
+	if err := checkPrefix("sandbox", []string{"openstream.y.data.*"}, live, kinds); err != nil {
 		t.Errorf("uncaptured target refused: %v", err)
 	}
-	if err := checkPrefix("sandbox", []string{"x"}, map[string][]string{"ALL": {">"}}); !errors.Is(err, ErrRefused) {
+	if err := checkPrefix("sandbox", []string{"x"}, map[string][]string{"ALL": {">"}}, kinds); !errors.Is(err, ErrRefused) {
 		t.Errorf("a stream capturing everything: got %v", err)
 	}
 }

@@ -20,6 +20,10 @@ import (
 	"github.com/jetbridge/connector/subjects"
 )
 
+// kinds are the connector's source kinds: their streams are provisioned and
+// re-publishing keeps clear of them.
+var kinds = []subjects.Kind{subjects.LaserSell(), subjects.OpenStream()}
+
 // env is an embedded JetStream server with the connector's streams.
 type env struct {
 	t   *testing.T
@@ -47,7 +51,7 @@ func newEnv(t *testing.T) *env {
 		r.Storage = "memory"
 		return r
 	}
-	if _, err := connector.Provision(ctx, e.js, subjects.Streams(), memory, nil, 1); err != nil {
+	if _, err := connector.Provision(ctx, e.js, subjects.Streams(kinds...), memory, nil, 1); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	return e

@@ -32,7 +32,7 @@ func TestRepublishIntoSandboxStreamKeepsHeadersAndNamesTheOrigin(t *testing.T) {
 	liveBefore := liveCount(t, e)
 
 	for round := 1; round <= 2; round++ {
-		sum, err := replay.Run(ctx, e.js, replay.Options{Subjects: []string{"lasersell.r.exit.*"}, Prefix: "sandbox"})
+		sum, err := replay.Run(ctx, e.js, replay.Options{Subjects: []string{"lasersell.r.exit.*"}, Prefix: "sandbox", Kinds: kinds})
 		if err != nil || sum.Written != 3 {
 			t.Fatalf("round %d: %+v, %v", round, sum, err)
 		}
@@ -75,7 +75,7 @@ func TestRepublishWithoutCapturingStreamUsesCoreNATS(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := replay.Run(ctx, e.js, replay.Options{Subjects: []string{"openstream.arm.event.*"}, Prefix: "scratch.team1", Speed: 10}); err != nil {
+	if _, err := replay.Run(ctx, e.js, replay.Options{Subjects: []string{"openstream.arm.event.*"}, Prefix: "scratch.team1", Speed: 10, Kinds: kinds}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 4 {
@@ -114,7 +114,7 @@ func TestRepublishRefusesTargetsLiveStreamsCapture(t *testing.T) {
 	defer cancel()
 	refused := func(prefix string, filters ...string) {
 		t.Helper()
-		sum, err := replay.Run(ctx, e.js, replay.Options{Subjects: filters, Prefix: prefix})
+		sum, err := replay.Run(ctx, e.js, replay.Options{Subjects: filters, Prefix: prefix, Kinds: kinds})
 		if !errors.Is(err, replay.ErrRefused) || sum.Written != 0 {
 			t.Errorf("prefix %q for %v: got %v (%d written), want a refusal", prefix, filters, err, sum.Written)
 		}
@@ -159,7 +159,7 @@ func TestRepublishRefusesTargetsLiveStreamsCapture(t *testing.T) {
 	for _, ok := range []struct{ prefix, filter string }{
 		{"sandbox_copy", "openstream.x.data.*"}, {"openstream_copy", exit}, {"replay.lasersell", exit},
 	} {
-		if _, err := replay.Run(ctx, e.js, replay.Options{Subjects: []string{ok.filter}, Prefix: ok.prefix}); err != nil {
+		if _, err := replay.Run(ctx, e.js, replay.Options{Subjects: []string{ok.filter}, Prefix: ok.prefix, Kinds: kinds}); err != nil {
 			t.Errorf("prefix %q for %s refused: %v", ok.prefix, ok.filter, err)
 		}
 	}
@@ -171,7 +171,7 @@ func liveCount(t *testing.T, e *env) uint64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var n uint64
-	for _, spec := range subjects.Streams() {
+	for _, spec := range subjects.Streams(kinds...) {
 		s, err := e.js.Stream(ctx, spec.Name)
 		if err != nil {
 			t.Fatal(err)

@@ -10,12 +10,16 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/jetbridge/connector/schemas"
+	"github.com/jetbridge/connector/subjects"
 )
 
 // update re-records the simulator transcripts in ../testdata:
 //
 //	go test ./schemas -run SimulatorOutput -args -update
 var update = flag.Bool("update", false, "re-record testdata transcripts from the simulators")
+
+// allStreams are the streams of the kinds the connector is built with.
+var allStreams = subjects.Streams(subjects.LaserSell(), subjects.OpenStream())
 
 // validator compiles every schema of the catalogue once.
 type validator struct {

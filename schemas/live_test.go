@@ -68,14 +68,6 @@ func TestLivePublishedMessages(t *testing.T) {
 	scfg.TargetProfitPct, scfg.StopLossPct = 50, 20
 	scfg.BackoffBase, scfg.BackoffMax = 10*time.Millisecond, 50*time.Millisecond
 	scfg.PingTimeout, scfg.ReconcileAfter = 2*time.Second, 50*time.Millisecond
-	lh, err := env.Runtime.NewHost(subjects.KindLaserSell, liveSession, scfg.LaneSizes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	lsrc, err := lasersell.New(scfg, lh)
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	// Open Stream: a 5 ms joints monitor, CONTROL allowed for the trajectory and
 	// motor services, and garbage lines.
@@ -95,18 +87,12 @@ func TestLivePublishedMessages(t *testing.T) {
 		Monitors:     map[string]openstream.Recipe{"joints": {URL: ossim.PathJointStates, Method: "GET", PeriodMS: 5}},
 		ControlAllow: []string{"/project/robot/trajectory/*", ossim.PathMotorOn},
 	}
-	oh, err := env.Runtime.NewHost(subjects.KindOpenStream, liveRobot, rcfg.LaneSizes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	osrc, err := openstream.New(robot, rcfg, oh)
-	if err != nil {
-		t.Fatal(err)
-	}
+	var lsrc *lasersell.Source
+	var osrc *openstream.Robot
+	stop := env.Run(connectortest.Opened(lasersell.NewSession(scfg), &lsrc),
+		connectortest.Opened(openstream.RobotSession(robot, rcfg), &osrc))
 	checkCommandsCatalogued(t, v.cat, subjects.KindLaserSell, lsrc.Commands())
 	checkCommandsCatalogued(t, v.cat, subjects.KindOpenStream, osrc.Commands())
-
-	stop := env.Run(lsrc, osrc)
 	connectortest.Eventually(t, liveWait, "an open LaserSell position and Open Stream data", func() bool {
 		return len(ls.Positions()) > 0 && env.Count(subjects.StreamOpenStreamData, "openstream.>") > 0 &&
 			env.Count(subjects.StreamLaserSellEvents, subjects.LaserSellEvent(liveSession, "hello_ok", subjects.Placeholder)) > 0
@@ -221,7 +207,7 @@ func TestLivePublishedMessages(t *testing.T) {
 	}
 
 	seen := map[string]int{}
-	for _, st := range subjects.Streams() {
+	for _, st := range allStreams {
 		for _, m := range allMessages(t, env.JS, st.Name) {
 			checkStored(t, v, m, seen)
 		}
@@ -241,7 +227,7 @@ func TestLivePublishedMessages(t *testing.T) {
 func streamOf(t *testing.T, pattern string) string {
 	t.Helper()
 	concrete := strings.ReplaceAll(pattern, "*", "x1")
-	for _, st := range subjects.Streams() {
+	for _, st := range allStreams {
 		for _, p := range st.Subjects {
 			if natsMatch(p, concrete) {
 				return st.Name

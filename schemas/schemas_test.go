@@ -57,7 +57,7 @@ func TestSubjectsBelongToStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	inStream := func(subject string) string {
-		for _, st := range subjects.Streams() {
+		for _, st := range allStreams {
 			for _, p := range st.Subjects {
 				if natsMatch(p, subject) {
 					return st.Name

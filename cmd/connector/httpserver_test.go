@@ -55,13 +55,10 @@ func failingNames(r readyReport) []string {
 func TestReadyzNamesWhatIsNotReady(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	t.Cleanup(env.Runtime.Close)
-	h, err := env.Runtime.NewHost(subjects.KindLaserSell, "ready", connector.LaneSizes{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := env.Host(subjects.KindLaserSell, "ready", connector.LaneSizes{})
 	low := env.Connect()
 	srv := httptest.NewServer(newHTTPHandler(httpDeps{
-		reg: env.Registry, rt: env.Runtime, kinds: []string{subjects.KindLaserSell},
+		reg: env.Registry, rt: env.Runtime, kinds: []subjects.Kind{subjects.LaserSell()},
 		conns:      map[string]*nats.Conn{"high": env.Conn, "low": low},
 		streamsTTL: time.Nanosecond, // every probe lists the streams
 	}))
@@ -109,7 +106,7 @@ func TestReadyzNamesWhatIsNotReady(t *testing.T) {
 func TestReadyzCachesTheStreamListing(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	t.Cleanup(env.Runtime.Close)
-	ready := &readiness{deps: httpDeps{rt: env.Runtime, kinds: []string{subjects.KindLaserSell}}, streamsTTL: time.Hour, streamsTimeout: time.Second}
+	ready := &readiness{deps: httpDeps{rt: env.Runtime, kinds: []subjects.Kind{subjects.LaserSell()}}, streamsTTL: time.Hour, streamsTimeout: time.Second}
 	if missing := ready.streams(context.Background()); len(missing) != 0 {
 		t.Fatalf("fresh runtime misses %+v", missing)
 	}

@@ -26,7 +26,7 @@ func TestEveryVariableIsDocumented(t *testing.T) {
 			t.Errorf("%s is not documented in README.md", v[0])
 		}
 	}
-	for _, s := range subjects.Streams() {
+	for _, s := range subjects.Streams(subjects.LaserSell(), subjects.OpenStream()) {
 		if !strings.Contains(string(readme), "`"+s.Name+"`") {
 			t.Errorf("stream %s is not documented in README.md", s.Name)
 		}

@@ -84,7 +84,7 @@ func replayServer(t *testing.T) (*nats.Conn, jetstream.JetStream, *embednats.Ser
 	srv, nc, js := startTestNATS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := connector.Provision(ctx, js, subjects.Streams(), connector.DefaultRetention, nil, 1); err != nil {
+	if _, err := connector.Provision(ctx, js, subjects.Streams(subjects.LaserSell(), subjects.OpenStream()), connector.DefaultRetention, nil, 1); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("NATS_URL", srv.URL())

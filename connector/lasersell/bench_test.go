@@ -17,10 +17,7 @@ import (
 func BenchmarkHandlePnL(b *testing.B) {
 	env := connectortest.Start(b, connectortest.Options{})
 	cfg := testConfig("ws://127.0.0.1:1/v1/ws")
-	h, err := env.Runtime.NewHost(subjects.KindLaserSell, cfg.Session, cfg.LaneSizes())
-	if err != nil {
-		b.Fatal(err)
-	}
+	h := env.Host(subjects.KindLaserSell, cfg.Session, cfg.LaneSizes())
 	src, err := New(cfg, h)
 	if err != nil {
 		b.Fatal(err)

@@ -86,6 +86,7 @@ func startFaultRig(t *testing.T, simCfg sim.Config, mut func(*Config)) *faultRig
 	defer cancel()
 	rt, err := connector.New(ctx, connector.Options{
 		HighConn: env.Connect(), LowConn: env.Connect(), CommandTimeout: 5 * time.Second,
+		Kinds:   []subjects.Kind{subjects.LaserSell()},
 		Metrics: connector.NewMetrics(env.Registry),
 		Log:     zerolog.New(out).Level(zerolog.TraceLevel).With().Timestamp().Logger(),
 	})
@@ -93,16 +94,7 @@ func startFaultRig(t *testing.T, simCfg sim.Config, mut func(*Config)) *faultRig
 		t.Fatal(err)
 	}
 	env.Runtime = rt
-	h, err := rt.NewHost(subjects.KindLaserSell, cfg.Session, cfg.LaneSizes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(cfg, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, env: env, src: src}
-	r.stop = env.Run(src)
+	r := startRig(t, env, cfg)
 	return &faultRig{rig: r, sim: s, proxy: p, logs: logs}
 }
 

@@ -79,15 +79,15 @@ func runWith(t *testing.T, cfg Config, opts connectortest.Options) *rig {
 		opts.CommandTimeout = 5 * time.Second
 	}
 	env := connectortest.Start(t, opts)
-	h, err := env.Runtime.NewHost(subjects.KindLaserSell, cfg.Session, cfg.LaneSizes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := New(cfg, h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &rig{t: t, env: env, src: src, stop: env.Run(src)}
+	return startRig(t, env, cfg)
+}
+
+// startRig runs the session cfg declares on env's runtime.
+func startRig(t *testing.T, env *connectortest.Env, cfg Config) *rig {
+	t.Helper()
+	r := &rig{t: t, env: env}
+	r.stop = env.Run(connectortest.Opened(NewSession(cfg), &r.src))
+	return r
 }
 
 // shutdown stops the runtime and its NATS server, keeping the store directory.

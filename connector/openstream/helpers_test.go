@@ -84,19 +84,11 @@ func robotConfig(addr string) RobotConfig {
 func start(t *testing.T, s *sim.Server, rc RobotConfig, cfg Config, opts connectortest.Options) *fixture {
 	t.Helper()
 	env := connectortest.Start(t, opts)
-	host, err := env.Runtime.NewHost(subjects.KindOpenStream, rc.Name, cfg.LaneSizes())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := New(rc, cfg, host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, env: env, sim: s, robot: r}
-	f.stop = env.Run(r)
+	f := &fixture{t: t, env: env, sim: s}
+	f.stop = env.Run(connectortest.Opened(RobotSession(rc, cfg), &f.robot))
 	// The runtime registers the command services before it runs the source.
 	select {
-	case <-r.ready:
+	case <-f.robot.ready:
 	case <-time.After(waitLong):
 		t.Fatal("robot did not start")
 	}
