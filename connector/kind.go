@@ -5,6 +5,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/jetbridge/connector/schemas"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -28,6 +29,9 @@ type Kind struct {
 	Simulator Simulator
 	// Demo, if set, is the kind's part of `connector demo`.
 	Demo *Demo
+	// Schemas are the JSON Schemas of the kind's payloads and commands
+	// (`connector schemas`).
+	Schemas schemas.Set
 }
 
 // Demo is a kind's part of `connector demo`: simulators on loopback, sessions

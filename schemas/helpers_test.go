@@ -9,6 +9,8 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/jetbridge/connector/connector/lasersell"
+	"github.com/jetbridge/connector/connector/openstream"
 	"github.com/jetbridge/connector/schemas"
 	"github.com/jetbridge/connector/subjects"
 )
@@ -35,7 +37,7 @@ func schemaURL(name string) string {
 
 func newValidator(t testing.TB) *validator {
 	t.Helper()
-	cat, err := schemas.Load()
+	cat, err := schemas.Load(lasersell.Schemas(), openstream.Schemas())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,9 @@
 // Package schemas is the catalogue of JSON Schemas (draft 2020-12) for every
 // payload the connector publishes and every command request and reply it
-// serves. The schema files are embedded, one per payload kind, under
-// lasersell/, openstream/ and connector/; the catalogue maps each to the NATS
-// subjects it applies to, built with package subjects so the two cannot drift.
+// serves. Each source kind brings its own Set (its schema files, embedded in
+// its package, and the subjects each applies to, built with package subjects
+// so the two cannot drift); this package embeds the documents every kind
+// shares (status, audit, reply envelope) under connector/ and joins them.
 //
 // Upstream payloads are the vendor's frames stored byte for byte: their
 // schemas allow fields they do not name (the vendors add fields over time).
@@ -13,13 +14,14 @@ package schemas
 import (
 	"embed"
 	"fmt"
+	"io/fs"
 	"sort"
 	"strings"
 
 	"github.com/jetbridge/connector/subjects"
 )
 
-//go:embed lasersell/*.json openstream/*.json connector/*.json
+//go:embed connector/*.json
 var files embed.FS
 
 // Role says what a schema describes.
@@ -63,118 +65,142 @@ type Catalogue struct {
 	byName map[string]int
 }
 
-// wild is a placeholder subject token that every subjects builder keeps as
-// it is; pattern turns it into the NATS wildcard "*".
-const wild = "{wild}"
+// Set is one kind's schemas: what Kind.Schemas returns.
+type Set struct {
+	// Kind is the kind's first subject token; its schema names start with
+	// "<kind>/".
+	Kind string
+	// Files holds the documents: <name without "<kind>/">.json at its root.
+	Files fs.FS
+	// Entries are the schemas without their documents (Load reads them).
+	Entries []Schema
+}
+
+// Wild is a placeholder subject token that every subjects builder keeps as
+// it is; the catalogue turns it into the NATS wildcard "*". Build a schema's
+// subjects with the kind's own builders and Wild, for example
+// subjects.Malformed(kind, schemas.Wild).
+const Wild = "{wild}"
 
 func pattern(subject string) string {
 	tokens := strings.Split(subject, ".")
 	for i, t := range tokens {
-		if t == wild {
+		if t == Wild {
 			tokens[i] = "*"
 		}
 	}
 	return strings.Join(tokens, ".")
 }
 
-// entries lists the catalogue without the documents.
-func entries() []Schema {
-	ls, ost := subjects.KindLaserSell, subjects.KindOpenStream
-	msg := func(name, typ, desc string, subs ...string) Schema {
-		for i, s := range subs {
-			subs[i] = pattern(s)
-		}
-		return Schema{Name: name, Subjects: subs, Type: typ, Role: RoleMessage, Description: desc}
+// Message describes a stored message's payload; typ is its Connector-Type
+// ("" for any). A "malformed" type is raw bytes (Schema.Raw).
+func Message(name, typ, desc string, subjects ...string) Schema {
+	subs := make([]string, len(subjects))
+	for i, s := range subjects {
+		subs[i] = pattern(s)
 	}
-	lsEvent := func(typ, desc string) Schema {
-		return msg(ls+"/"+typ, typ, desc, subjects.LaserSellEvent(wild, typ, wild))
-	}
-	osEvent := func(typ, desc string) Schema {
-		return msg(ost+"/"+typ, typ, desc, subjects.OpenStreamEvent(wild, typ))
-	}
-	out := []Schema{
-		msg(ls+"/exit_signal_with_tx", "exit_signal_with_tx", "exit signal with the unsigned sell transaction", subjects.LaserSellExit(wild, wild)),
-		msg(ls+"/pnl_update", "pnl_update", "profit and loss of an open position (low lane)", subjects.LaserSellPnL(wild, wild)),
-		lsEvent("hello_ok", "session established: session id, server time, limits"),
-		lsEvent("pong", "answer to the application ping"),
-		lsEvent("error", "error reported by the server"),
-		lsEvent("position_opened", "position opened (re-emitted after reconnects)"),
-		lsEvent("position_closed", "position closed"),
-		lsEvent("balance_update", "token balance of a configured wallet"),
-		lsEvent("liquidity_snapshot", "sellable size per slippage band"),
-		lsEvent("trade_tick", "one trade in a position's market"),
-		msg(ls+"/event", "", "any other server message type (future types)", subjects.LaserSellEvent(wild, wild, wild)),
-		msg(ls+"/malformed", "malformed", "raw frame that is not a JSON object with a type", subjects.Malformed(ls, wild)),
-
-		msg(ost+"/data", "data", "MONITOR sample (low lane; on the control connection: event.data)",
-			subjects.OpenStreamData(wild, wild), subjects.OpenStreamEvent(wild, "data")),
-		osEvent("handshake_ack", "answer to HANDSHAKE"),
-		osEvent("monitor_ack", "answer to MONITOR"),
-		osEvent("stop_ack", "answer to STOP"),
-		osEvent("control_err", "a CONTROL's REST call failed"),
-		osEvent("error", "error line of the controller (no type)"),
-		msg(ost+"/event", "", "any other line: unknown types, objects with neither type nor error", subjects.OpenStreamEvent(wild, wild)),
-		msg(ost+"/malformed", "malformed", "raw line that is not one JSON object, too long, or cut off", subjects.Malformed(ost, wild)),
-
-		msg("connector/status", "status", "session lifecycle (also in KV CONNECTOR_STATUS)", subjects.Status(ls, wild), subjects.Status(ost, wild)),
-		msg("connector/audit", "audit", "every command received: request, time, reply", subjects.Audit(ls, wild, wild), subjects.Audit(ost, wild, wild)),
-	}
-	for i := range out {
-		out[i].Raw = out[i].Type == "malformed"
-	}
-	commands := func(kind string, names []string) {
-		for _, c := range names {
-			subject := pattern(subjects.Command(kind, wild, c))
-			out = append(out,
-				Schema{Name: kind + "/cmd." + c, Subjects: []string{subject}, Role: RoleRequest, Description: c + " command request"},
-				Schema{Name: kind + "/cmd." + c + ".reply", Subjects: []string{subject}, Role: RoleReply, Description: c + " command reply"},
-			)
-		}
-	}
-	// The sources' Commands(); the tests check that these lists match them.
-	commands(ls, []string{"configure", "update_strategy", "update_wallets", "update_watch_wallets",
-		"update_position_strategy", "close_position", "request_exit_signal", "ping"})
-	commands(ost, []string{"monitor", "control", "stop"})
-	return append(out, Schema{
-		Name: "connector/reply", Subjects: []string{pattern(subjects.Command(wild, wild, wild))}, Role: RoleReply,
-		Description: "reply envelope of any command, including unknown_command refusals",
-	})
+	return Schema{Name: name, Subjects: subs, Type: typ, Role: RoleMessage, Description: desc, Raw: typ == "malformed"}
 }
 
-// Load reads the embedded schema documents into a catalogue.
-func Load() (*Catalogue, error) {
-	list := entries()
+// Commands describes the request and reply of each command of a kind: the
+// documents <kind>/cmd.<command> and <kind>/cmd.<command>.reply.
+func Commands(kind string, names ...string) []Schema {
+	var out []Schema
+	for _, c := range names {
+		subject := pattern(subjects.Command(kind, Wild, c))
+		out = append(out,
+			Schema{Name: kind + "/cmd." + c, Subjects: []string{subject}, Role: RoleRequest, Description: c + " command request"},
+			Schema{Name: kind + "/cmd." + c + ".reply", Subjects: []string{subject}, Role: RoleReply, Description: c + " command reply"},
+		)
+	}
+	return out
+}
+
+// shared lists the schemas every kind shares, for the given kinds.
+func shared(kinds []string) []Schema {
+	var status, audit []string
+	for _, k := range kinds {
+		status = append(status, subjects.Status(k, Wild))
+		audit = append(audit, subjects.Audit(k, Wild, Wild))
+	}
+	return []Schema{
+		Message("connector/status", "status", "session lifecycle (also in KV CONNECTOR_STATUS)", status...),
+		Message("connector/audit", "audit", "every command received: request, time, reply", audit...),
+		{
+			Name: "connector/reply", Subjects: []string{pattern(subjects.Command(Wild, Wild, Wild))}, Role: RoleReply,
+			Description: "reply envelope of any command, including unknown_command refusals",
+		},
+	}
+}
+
+// Load builds the catalogue of the kinds' sets and the shared schemas,
+// reading every document.
+func Load(sets ...Set) (*Catalogue, error) {
+	var list []Schema
+	var kinds []string
+	for _, set := range sets {
+		kinds = append(kinds, set.Kind)
+		for _, e := range set.Entries {
+			name, ok := strings.CutPrefix(e.Name, set.Kind+"/")
+			if !ok {
+				return nil, fmt.Errorf("schema %s: not named %s/...", e.Name, set.Kind)
+			}
+			doc, err := fs.ReadFile(set.Files, name+".json")
+			if err != nil {
+				return nil, fmt.Errorf("schema %s: %w", e.Name, err)
+			}
+			e.JSON = doc
+			list = append(list, e)
+		}
+	}
+	for _, e := range shared(kinds) {
+		doc, err := files.ReadFile(e.Name + ".json")
+		if err != nil {
+			return nil, fmt.Errorf("schema %s: %w", e.Name, err)
+		}
+		e.JSON = doc
+		list = append(list, e)
+	}
 	c := &Catalogue{list: list, byName: make(map[string]int, len(list))}
 	for i := range list {
-		doc, err := files.ReadFile(list[i].Name + ".json")
-		if err != nil {
-			return nil, fmt.Errorf("schema %s: %w", list[i].Name, err)
+		if _, dup := c.byName[list[i].Name]; dup {
+			return nil, fmt.Errorf("schema %s is declared twice", list[i].Name)
 		}
-		list[i].JSON = doc
 		c.byName[list[i].Name] = i
 	}
 	return c, nil
 }
 
-// All returns every schema in listing order.
-func (c *Catalogue) All() []Schema { return append([]Schema(nil), c.list...) }
-
-// Files returns the names of every embedded schema file, so a test can check
-// that each one is in the catalogue.
-func Files() ([]string, error) {
+// Files returns the names of every schema document of the sets and of the
+// shared ones, so a test can check that each one is in the catalogue.
+func Files(sets ...Set) ([]string, error) {
 	var names []string
-	for _, dir := range []string{"lasersell", "openstream", "connector"} {
-		entries, err := files.ReadDir(dir)
+	add := func(fsys fs.FS, dir, prefix string) error {
+		entries, err := fs.ReadDir(fsys, dir)
 		if err != nil {
-			return nil, fmt.Errorf("schema directory %s: %w", dir, err)
+			return fmt.Errorf("schema directory %s: %w", prefix, err)
 		}
 		for _, e := range entries {
-			names = append(names, dir+"/"+strings.TrimSuffix(e.Name(), ".json"))
+			if strings.HasSuffix(e.Name(), ".json") {
+				names = append(names, prefix+"/"+strings.TrimSuffix(e.Name(), ".json"))
+			}
 		}
+		return nil
+	}
+	for _, set := range sets {
+		if err := add(set.Files, ".", set.Kind); err != nil {
+			return nil, err
+		}
+	}
+	if err := add(files, "connector", "connector"); err != nil {
+		return nil, err
 	}
 	sort.Strings(names)
 	return names, nil
 }
+
+// All returns every schema in listing order.
+func (c *Catalogue) All() []Schema { return append([]Schema(nil), c.list...) }
 
 // Lookup returns the schema of that name.
 func (c *Catalogue) Lookup(name string) (Schema, bool) {

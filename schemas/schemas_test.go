@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jetbridge/connector/connector/lasersell"
+	"github.com/jetbridge/connector/connector/openstream"
 	"github.com/jetbridge/connector/schemas"
 	"github.com/jetbridge/connector/subjects"
 )
@@ -17,7 +19,7 @@ import (
 // its $id matching its name and a title and description for readers.
 func TestEverySchemaCompiles(t *testing.T) {
 	v := newValidator(t)
-	files, err := schemas.Files()
+	files, err := schemas.Files(lasersell.Schemas(), openstream.Schemas())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +54,7 @@ func TestEverySchemaCompiles(t *testing.T) {
 // Every message schema's subjects are captured by a stream, and no request or
 // reply subject is (JetStream would answer the request itself).
 func TestSubjectsBelongToStreams(t *testing.T) {
-	cat, err := schemas.Load()
+	cat, err := schemas.Load(lasersell.Schemas(), openstream.Schemas())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +96,7 @@ func natsMatch(pattern, subject string) bool {
 }
 
 func TestForSubject(t *testing.T) {
-	cat, err := schemas.Load()
+	cat, err := schemas.Load(lasersell.Schemas(), openstream.Schemas())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/jetbridge/connector/connector"
 	"github.com/jetbridge/connector/schemas"
 )
 
@@ -19,7 +20,7 @@ const schemasUsage = `usage: connector schemas [NAME | SUBJECT]
 
 // runSchemas lists the embedded JSON Schemas or prints one.
 func runSchemas(args []string, stdout io.Writer) error {
-	cat, err := schemas.Load()
+	cat, err := schemas.Load(schemaSets(builtinKinds())...)
 	if err != nil {
 		return fmt.Errorf("load schemas: %w", err)
 	}
@@ -61,4 +62,13 @@ func listSchemas(cat *schemas.Catalogue, stdout io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, subject, s.Description)
 	}
 	return tw.Flush()
+}
+
+// schemaSets returns the kinds' schemas.
+func schemaSets(kinds []connector.Kind) []schemas.Set {
+	out := make([]schemas.Set, len(kinds))
+	for i, k := range kinds {
+		out[i] = k.Schemas
+	}
+	return out
 }

@@ -15,7 +15,7 @@ func TestSchemasListsTheCatalogueAligned(t *testing.T) {
 	if err := runSchemas(nil, &out); err != nil {
 		t.Fatal(err)
 	}
-	cat, err := schemas.Load()
+	cat, err := schemas.Load(schemaSets(builtinKinds())...)
 	if err != nil {
 		t.Fatal(err)
 	}

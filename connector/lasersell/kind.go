@@ -19,6 +19,7 @@ func Kind() connector.Kind {
 		Config:    func() connector.KindConfig { return &Config{} },
 		Simulator: simulator,
 		Demo:      demo(),
+		Schemas:   Schemas(),
 	}
 }
 

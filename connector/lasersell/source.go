@@ -143,7 +143,10 @@ func New(cfg Config, host *connector.Host) (*Source, error) {
 }
 
 // Commands implements connector.Source.
-func (s *Source) Commands() []string {
+func (s *Source) Commands() []string { return commandNames() }
+
+// commandNames lists the commands served on lasersell.<session>.cmd.<command>.
+func commandNames() []string {
 	return []string{
 		typeConfigure, typeUpdateStrategy, typeUpdateWallets, typeUpdateWatchWallets,
 		typeUpdatePositionStrategy, typeClosePosition, typeRequestExitSignal, typePing,

@@ -20,6 +20,7 @@ func Kind() connector.Kind {
 		Config:    func() connector.KindConfig { return &Config{} },
 		Simulator: simulator,
 		Demo:      demo(),
+		Schemas:   Schemas(),
 	}
 }
 

@@ -109,7 +109,10 @@ const (
 )
 
 // Commands implements connector.Source.
-func (r *Robot) Commands() []string { return []string{CommandMonitor, CommandControl, CommandStop} }
+func (r *Robot) Commands() []string { return commandNames() }
+
+// commandNames lists the commands served on openstream.<robot>.cmd.<command>.
+func commandNames() []string { return []string{CommandMonitor, CommandControl, CommandStop} }
 
 // Run loads the desired monitors, keeps every connection up until ctx ends,
 // then stops them gracefully (STOP session on each).
