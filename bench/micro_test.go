@@ -58,22 +58,35 @@ func startCore(b *testing.B, singleLane bool) *coreRig {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rt, err := connector.New(ctx, connector.Options{
-		HighConn: conns[0], LowConn: conns[1], Kinds: []string{"lasersell"},
+		HighConn: conns[0], LowConn: conns[1], Kinds: []subjects.Kind{subjects.LaserSell()},
 		SingleLane: singleLane, Metrics: connector.NewMetrics(reg), Log: zerolog.Nop(),
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	host, err := rt.NewHost("lasersell", "bench", connector.LaneSizes{})
-	if err != nil {
-		b.Fatal(err)
-	}
 	rctx, stop := context.WithCancel(context.Background())
-	rig := &coreRig{rt: rt, reg: reg, host: host, stop: stop, done: make(chan error, 1)}
-	go func() { rig.done <- rt.Run(rctx) }()
+	rig := &coreRig{rt: rt, reg: reg, stop: stop, done: make(chan error, 1)}
+	// One session whose source does nothing: the benchmark emits on its host.
+	session := connector.Session{
+		Kind: subjects.KindLaserSell, Name: "bench",
+		Open: func(h *connector.Host) (connector.Source, error) { rig.host = h; return idleSource{}, nil },
+	}
+	go func() { rig.done <- rt.Run(rctx, session) }()
+	select {
+	case <-rt.Serving():
+	case err := <-rig.done:
+		b.Fatalf("runtime stopped at start: %v", err)
+	}
 	b.Cleanup(func() { stop(); <-rig.done })
 	return rig
 }
+
+// idleSource serves no command and emits nothing by itself.
+type idleSource struct{}
+
+func (idleSource) Commands() []string                                     { return nil }
+func (idleSource) Run(ctx context.Context) error                          { <-ctx.Done(); return nil }
+func (idleSource) Handle(context.Context, connector.Command) (any, error) { return nil, nil }
 
 // metric sums every series of a metric whose labels include label=value.
 func (r *coreRig) metric(name, label, value string) float64 {

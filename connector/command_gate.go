@@ -83,27 +83,11 @@ func (b *tokenBucket) allow(now time.Time) bool {
 // auditKey names what suppressed refusals are summed by.
 type auditKey struct{ session, command, code string }
 
-// auditRecord is one record of the audit stream (<kind>.<name>.audit.<command>).
-type auditRecord struct {
-	Command    string          `json:"command"`
-	Received   string          `json:"received"`
-	DurationMS float64         `json:"duration_ms"`
-	WantsReply bool            `json:"wants_reply"`
-	Request    json.RawMessage `json:"request"`
-	Reply      json.RawMessage `json:"reply"`
-	// RequestBytes is the size of a request too large to be recorded.
-	RequestBytes int `json:"request_bytes,omitempty"`
-	// Suppressed counts earlier refusals of the same command and code that
-	// were not recorded one by one (a flood); for a summary record (Request
-	// null) it is the whole count the record stands for.
-	Suppressed int `json:"suppressed,omitempty"`
-}
-
 // refusalAuditor rate-limits the individual audit records of flood refusals
 // and keeps count of the ones it suppresses. write emits one record.
 type refusalAuditor struct {
 	budget *tokenBucket
-	write  func(ctx context.Context, session, command string, rec auditRecord)
+	write  func(ctx context.Context, session, command string, rec AuditRecord)
 
 	mu         sync.Mutex
 	suppressed map[auditKey]int
@@ -113,7 +97,7 @@ type refusalAuditor struct {
 	flushing   sync.WaitGroup // timer flushes under way; stop waits for them
 }
 
-func newRefusalAuditor(ctx context.Context, write func(ctx context.Context, session, command string, rec auditRecord)) *refusalAuditor {
+func newRefusalAuditor(ctx context.Context, write func(ctx context.Context, session, command string, rec AuditRecord)) *refusalAuditor {
 	return &refusalAuditor{
 		budget: newTokenBucket(refusalAuditRate, refusalAuditBurst),
 		write:  write, ctx: ctx, suppressed: map[auditKey]int{},
@@ -121,7 +105,7 @@ func newRefusalAuditor(ctx context.Context, write func(ctx context.Context, sess
 }
 
 // record audits one flood refusal, or counts it when over the budget.
-func (a *refusalAuditor) record(ctx context.Context, session, code string, rec auditRecord, now time.Time) {
+func (a *refusalAuditor) record(ctx context.Context, session, code string, rec AuditRecord, now time.Time) {
 	key := auditKey{session, rec.Command, code}
 	a.mu.Lock()
 	if a.stopped {
@@ -165,10 +149,10 @@ func (a *refusalAuditor) flush(ctx context.Context) {
 	pending := a.suppressed
 	a.suppressed = map[auditKey]int{}
 	a.mu.Unlock()
-	now := time.Now().UTC().Format(time.RFC3339Nano)
+	now := time.Now().UTC()
 	for k, n := range pending {
 		reply, _ := encodeReply(nil, Refuse(k.code, "%d refusals with this code were not recorded one by one", n))
-		a.write(ctx, k.session, k.command, auditRecord{
+		a.write(ctx, k.session, k.command, AuditRecord{
 			Command: k.command, Received: now, Request: json.RawMessage("null"), Reply: reply, Suppressed: n,
 		})
 	}

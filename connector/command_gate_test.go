@@ -101,9 +101,9 @@ func TestDecodeStrictRefusesAmbiguousBodies(t *testing.T) {
 // keeps a bounded number of sums, and every refusal is still accounted for:
 // recorded one by one or summed.
 func TestRefusalAuditorBoundsRandomNames(t *testing.T) {
-	var records []auditRecord
+	var records []AuditRecord
 	var sessions []string
-	a := newRefusalAuditor(context.Background(), func(_ context.Context, session, _ string, rec auditRecord) {
+	a := newRefusalAuditor(context.Background(), func(_ context.Context, session, _ string, rec AuditRecord) {
 		records = append(records, rec)
 		sessions = append(sessions, session)
 	})
@@ -111,7 +111,7 @@ func TestRefusalAuditorBoundsRandomNames(t *testing.T) {
 	const n = 5000
 	for i := range n {
 		a.record(context.Background(), fmt.Sprintf("s%d", i), CodeUnknownSession,
-			auditRecord{Command: fmt.Sprintf("c%d", i)}, now)
+			AuditRecord{Command: fmt.Sprintf("c%d", i)}, now)
 	}
 	a.mu.Lock()
 	kept := len(a.suppressed)

@@ -56,7 +56,7 @@ func (r *Runtime) serveCommands(ctx context.Context, h *Host, src Source) (*serv
 		bucket:   newTokenBucket(r.opts.CommandRate, r.opts.CommandBurst),
 		refusals: h.log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 	}
-	s.auditor = newRefusalAuditor(ctx, func(ctx context.Context, _, _ string, rec auditRecord) { r.emitAudit(ctx, h, rec) })
+	s.auditor = newRefusalAuditor(ctx, func(ctx context.Context, _, _ string, rec AuditRecord) { r.emitAudit(ctx, h, rec) })
 	svc, err := micro.AddService(r.opts.HighConn, micro.Config{
 		Name:        "connector-" + h.kind,
 		Version:     r.opts.Version,
@@ -232,7 +232,7 @@ func (r *Runtime) serveKind(ctx context.Context, kind string) error {
 	}
 	// The subscription outlives the session that started it.
 	ctx = context.WithoutCancel(ctx)
-	auditor := newRefusalAuditor(ctx, func(ctx context.Context, session, _ string, rec auditRecord) {
+	auditor := newRefusalAuditor(ctx, func(ctx context.Context, session, _ string, rec AuditRecord) {
 		r.publishAudit(ctx, kind, session, rec)
 	})
 	sub, err := r.opts.HighConn.Subscribe(subjects.Command(kind, subjects.Any, subjects.Any), func(m *nats.Msg) {
@@ -385,10 +385,10 @@ func encodeReply(result any, err error) ([]byte, *CommandError) {
 
 // auditRecordOf builds the audit record of a handled command. A request
 // larger than CommandMaxBytes is kept only as its size and first bytes.
-func (r *Runtime) auditRecordOf(cmd Command, received time.Time, reply []byte) auditRecord {
-	rec := auditRecord{
+func (r *Runtime) auditRecordOf(cmd Command, received time.Time, reply []byte) AuditRecord {
+	rec := AuditRecord{
 		Command:    cmd.Name,
-		Received:   received.UTC().Format(time.RFC3339Nano),
+		Received:   received.UTC(),
 		DurationMS: float64(time.Since(received).Microseconds()) / 1000,
 		WantsReply: cmd.WantsReply,
 		Reply:      reply,
@@ -409,20 +409,8 @@ func (r *Runtime) auditRecordOf(cmd Command, received time.Time, reply []byte) a
 
 // emitAudit records a command of a served session on
 // <kind>.<name>.audit.<command> (stream CONNECTOR_AUDIT), through its high lane.
-func (r *Runtime) emitAudit(ctx context.Context, h *Host, rec auditRecord) {
-	payload, err := json.Marshal(rec)
-	if err != nil {
-		h.log.Error().Err(err).Str("command", rec.Command).Msg("could not encode the audit record")
-		return
-	}
-	// Bounded: a full high lane (NATS down) must not hold the command, and
-	// with it shutdown, forever.
-	actx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
-	defer cancel()
-	if err := h.Emit(actx, Event{
-		Subject: subjects.Audit(h.kind, h.name, rec.Command), Lane: LaneHigh,
-		Payload: payload, Type: "audit",
-	}); err != nil {
+func (r *Runtime) emitAudit(ctx context.Context, h *Host, rec AuditRecord) {
+	if err := h.Audit(ctx, rec); err != nil {
 		h.log.Error().Err(err).Str("command", rec.Command).Msg("could not record the command in the audit stream")
 	}
 }
@@ -431,7 +419,7 @@ func (r *Runtime) emitAudit(ctx context.Context, h *Host, rec auditRecord) {
 // (no host, no lane): published straight to JetStream, bounded by AckTimeout.
 // The session token comes from a subject, so it is already one token; Token
 // still caps its length.
-func (r *Runtime) publishAudit(ctx context.Context, kind, session string, rec auditRecord) {
+func (r *Runtime) publishAudit(ctx context.Context, kind, session string, rec AuditRecord) {
 	payload, err := json.Marshal(rec)
 	if err != nil {
 		r.opts.Log.Error().Err(err).Msg("could not encode the audit record")

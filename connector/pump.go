@@ -48,6 +48,8 @@ type lowPump struct {
 	leaving  map[*pumpLane]leave  // lanes being removed: drained, then forgotten
 }
 
+// pumpLane is one session's low lane as the pump sees it. The asynchronous
+// sender charges each message's outcome to its pumpLane (publish_async.go).
 type pumpLane struct {
 	queue   *lowQueue
 	build   func(queued) *nats.Msg
@@ -82,9 +84,9 @@ func (p *lowPump) add(prefix string, l *pumpLane) {
 // publishes what is still queued in it, then forgets the lane and closes the
 // returned channel. Acks that arrive later are still charged to the lane's
 // metrics. The channel is closed at once when prefix is unknown or the pump
-// has stopped; while NATS is away it closes only when the queue could be
-// handed to nats.go or the pump's hard stop came (the queue is then counted
-// as failed, as at shutdown).
+// has stopped. While NATS is away the lane waits like the others (nothing is
+// sent into a dead connection): the channel closes once its events are handed
+// to nats.go, or at the pump's hard stop, which counts the rest as failed.
 func (p *lowPump) remove(prefix string) <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()

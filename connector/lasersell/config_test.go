@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
+
+	"github.com/jetbridge/connector/connector"
 )
 
 func TestBackoffSequence(t *testing.T) {
-	b := Backoff{Base: 100 * time.Millisecond, Max: 2 * time.Second}
+	b := connector.Backoff{Base: 100 * time.Millisecond, Max: 2 * time.Second}
 	want := []int64{100, 200, 400, 800, 1600, 2000, 2000, 2000}
 	for i, w := range want {
 		if got := b.Next().Milliseconds(); got != w {

@@ -221,7 +221,7 @@ func TestFaultAbruptDropRecovers(t *testing.T) {
 	for round := 1; round <= 2; round++ {
 		cut := time.Now()
 		r.proxy.Cut(round == 1) // RST first, then FIN
-		down := r.waitStatus(cut, connector.StateDisconnected, reasonClosedByPeer, wait)
+		down := r.waitStatus(cut, connector.StateDisconnected, connector.ReasonClosedByPeer, wait)
 		up := r.waitStatus(cut, connector.StateConnected, "", wait)
 		r.configuredConn()
 		stored := r.sendExit(pos, uint64(1+round))
@@ -230,7 +230,7 @@ func TestFaultAbruptDropRecovers(t *testing.T) {
 	}
 	r.positionOpenedOnce(pos)
 	r.noMalformed()
-	if got := r.reconnects(reasonClosedByPeer); got != 2 {
+	if got := r.reconnects(connector.ReasonClosedByPeer); got != 2 {
 		t.Fatalf("reconnects{reason=closed_by_peer} = %v, want 2", got)
 	}
 }
@@ -253,13 +253,13 @@ func TestFaultHalfOpenDetectedByReadTimeout(t *testing.T) {
 	r.sendExit(pos, 1)
 	// Pings keep a quiet session alive: no read timeout without the fault.
 	time.Sleep(3 * r.src.cfg.ReadTimeout)
-	if n := r.reconnects(reasonReadTimeout); n != 0 {
+	if n := r.reconnects(connector.ReasonReadTimeout); n != 0 {
 		t.Fatalf("a healthy quiet session timed out %v times", n)
 	}
 
 	stall := time.Now()
 	r.proxy.Stall(faultproxy.Both)
-	down := r.waitStatus(stall, connector.StateDisconnected, reasonReadTimeout, wait)
+	down := r.waitStatus(stall, connector.StateDisconnected, connector.ReasonReadTimeout, wait)
 	detect := down.At.Sub(stall)
 	// Bound: the read deadline, armed at the last frame received (<= the
 	// stall), plus scheduling slack on a loaded 2-core machine.
@@ -267,7 +267,7 @@ func TestFaultHalfOpenDetectedByReadTimeout(t *testing.T) {
 		t.Fatalf("half-open detected after %s, bound %s", detect, bound)
 	}
 	// Still stalled: the next connection is stuck in its upgrade.
-	r.waitStatus(stall, connector.StateDisconnected, reasonHandshakeTimeout, wait)
+	r.waitStatus(stall, connector.StateDisconnected, connector.ReasonHandshakeTimeout, wait)
 
 	heal := time.Now()
 	before := r.sim.Connections()
@@ -302,12 +302,12 @@ func TestFaultNoHelloHandshakeTimeout(t *testing.T) {
 	r.sim.SetWithholdHello(true)
 	cut := time.Now()
 	r.proxy.Cut(false)
-	r.waitStatus(cut, connector.StateDisconnected, reasonHandshakeTimeout, wait)
+	r.waitStatus(cut, connector.StateDisconnected, connector.ReasonHandshakeTimeout, wait)
 	// Three handshake timeouts in a row: the backoff grows between them.
-	connectortest.Eventually(t, 3*wait, "three handshake timeouts", func() bool { return r.reconnects(reasonHandshakeTimeout) >= 3 })
+	connectortest.Eventually(t, 3*wait, "three handshake timeouts", func() bool { return r.reconnects(connector.ReasonHandshakeTimeout) >= 3 })
 	var backoffs []int64
 	for _, st := range r.timeline() {
-		if st.State == connector.StateReconnecting && st.Code == reasonHandshakeTimeout && !st.At.Before(cut) {
+		if st.State == connector.StateReconnecting && st.Code == connector.ReasonHandshakeTimeout && !st.At.Before(cut) {
 			backoffs = append(backoffs, st.BackoffMS)
 		}
 	}
@@ -323,7 +323,7 @@ func TestFaultNoHelloHandshakeTimeout(t *testing.T) {
 	// other text): look for the missing hello_ok among them.
 	var first statusAt
 	for _, st := range r.timeline() {
-		if st.State == connector.StateDisconnected && st.Code == reasonHandshakeTimeout && !st.At.Before(cut) &&
+		if st.State == connector.StateDisconnected && st.Code == connector.ReasonHandshakeTimeout && !st.At.Before(cut) &&
 			strings.Contains(st.Reason, "hello_ok") {
 			first = st
 			break
@@ -338,7 +338,7 @@ func TestFaultNoHelloHandshakeTimeout(t *testing.T) {
 	r.proxy.Blackhole(true)
 	hole := time.Now()
 	r.proxy.Cut(false)
-	bh := r.waitStatus(hole, connector.StateDisconnected, reasonHandshakeTimeout, wait)
+	bh := r.waitStatus(hole, connector.StateDisconnected, connector.ReasonHandshakeTimeout, wait)
 	if !strings.Contains(bh.Reason, "upgrade") {
 		t.Fatalf("black hole reason %q does not name the upgrade", bh.Reason)
 	}
@@ -370,7 +370,7 @@ func TestFaultAuthRejectedSlowsDown(t *testing.T) {
 	start := time.Now()
 	refusedBefore := r.sim.Stats().Refused
 	r.proxy.Cut(false)
-	first := r.waitStatus(start, connector.StateDisconnected, reasonAuth, wait)
+	first := r.waitStatus(start, connector.StateDisconnected, connector.ReasonAuth, wait)
 	if !strings.Contains(first.Reason, "401") {
 		t.Fatalf("auth status reason %q does not carry the HTTP status", first.Reason)
 	}
@@ -384,7 +384,7 @@ func TestFaultAuthRejectedSlowsDown(t *testing.T) {
 	}
 	var backoffs []int64
 	for _, st := range r.timeline() {
-		if st.State == connector.StateReconnecting && st.Code == reasonAuth {
+		if st.State == connector.StateReconnecting && st.Code == connector.ReasonAuth {
 			backoffs = append(backoffs, st.BackoffMS)
 		}
 	}
@@ -392,8 +392,8 @@ func TestFaultAuthRejectedSlowsDown(t *testing.T) {
 	if last <= r.src.cfg.BackoffMax.Milliseconds() || last > authBackoffFactor*r.src.cfg.BackoffMax.Milliseconds() {
 		t.Fatalf("auth backoff reached %d ms, want above %s and at most %d x", last, r.src.cfg.BackoffMax, authBackoffFactor)
 	}
-	if r.reconnects(reasonAuth) < 4 {
-		t.Fatalf("reconnects{reason=auth} = %v", r.reconnects(reasonAuth))
+	if r.reconnects(connector.ReasonAuth) < 4 {
+		t.Fatalf("reconnects{reason=auth} = %v", r.reconnects(connector.ReasonAuth))
 	}
 
 	fixed := time.Now()
@@ -493,7 +493,7 @@ func TestFaultStallMidFrameNeverPublishesPartial(t *testing.T) {
 	if err := r.sim.SendExitSignal(pos, "stop_loss"); err != nil {
 		t.Fatal(err)
 	}
-	down := r.waitStatus(stall, connector.StateDisconnected, reasonReadTimeout, wait)
+	down := r.waitStatus(stall, connector.StateDisconnected, connector.ReasonReadTimeout, wait)
 	heal := time.Now()
 	r.proxy.Resume()
 	up := r.waitStatus(heal, connector.StateConnected, "", wait)
@@ -528,7 +528,7 @@ func TestFaultCorruptBytesNeverCrash(t *testing.T) {
 	r.sim.SetPnLRate(500)
 	damaged := func() bool {
 		return r.env.Count(subjects.StreamLaserSellEvents, "lasersell."+session+".malformed") > 0 ||
-			r.reconnects(reasonProtocol)+r.reconnects(reasonClosedByPeer)+r.reconnects(reasonReadTimeout) > 0
+			r.reconnects(connector.ReasonProtocol)+r.reconnects(connector.ReasonClosedByPeer)+r.reconnects(connector.ReasonReadTimeout) > 0
 	}
 	connectortest.Eventually(t, 2*wait, "corruption noticed (malformed frame or reconnect)", damaged)
 	time.Sleep(time.Second) // let it chew on garbage a while longer
@@ -545,7 +545,7 @@ func TestFaultCorruptBytesNeverCrash(t *testing.T) {
 	for _, st := range r.timeline() {
 		if st.State == connector.StateDisconnected && st.At.After(start) {
 			switch st.Code {
-			case reasonProtocol, reasonClosedByPeer, reasonReadTimeout, reasonHandshakeTimeout, reasonDial:
+			case connector.ReasonProtocol, connector.ReasonClosedByPeer, connector.ReasonReadTimeout, connector.ReasonHandshakeTimeout, connector.ReasonDial:
 			default:
 				t.Fatalf("unexpected reason under corruption: %+v", st)
 			}
@@ -553,6 +553,6 @@ func TestFaultCorruptBytesNeverCrash(t *testing.T) {
 	}
 	t.Logf("measured: corruption: %d malformed frames, reconnects protocol=%v closed_by_peer=%v read_timeout=%v; recovered %s after the corruption stopped, exit stored %s after",
 		r.env.Count(subjects.StreamLaserSellEvents, "lasersell."+session+".malformed"),
-		r.reconnects(reasonProtocol), r.reconnects(reasonClosedByPeer), r.reconnects(reasonReadTimeout),
+		r.reconnects(connector.ReasonProtocol), r.reconnects(connector.ReasonClosedByPeer), r.reconnects(connector.ReasonReadTimeout),
 		up.At.Sub(heal), stored.Sub(heal))
 }

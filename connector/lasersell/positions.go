@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/jetbridge/connector/connector"
-	"github.com/jetbridge/connector/subjects"
 )
 
 // position is one open position as kept in the positions bucket (key: the
@@ -419,6 +418,7 @@ func (s *Source) fireDueDeadlines(ctx context.Context) time.Time {
 // requestDeadlineExit sends the automatic request_exit_signal for a position,
 // records it on the position and in the audit stream.
 func (s *Source) requestDeadlineExit(ctx context.Context, id uint64, deadline time.Duration) {
+	issued := time.Now()
 	pid := id
 	data, _ := json.Marshal(selectorFrame{Type: typeRequestExitSignal, PositionID: &pid})
 	done := make(chan error, 1)
@@ -456,26 +456,27 @@ func (s *Source) requestDeadlineExit(ctx context.Context, id uint64, deadline ti
 	s.mu.Unlock()
 	s.persistPosition(id)
 	s.log.Info().Uint64("position_id", id).Dur("deadline", deadline).Msg("deadline reached: request_exit_signal sent")
-	s.auditAutomatic(ctx, typeRequestExitSignal, "deadline", sentAt, data)
+	// Audited next to the operators' commands: the stream accounts for
+	// everything asked of the upstream.
+	if err := s.host.Audit(ctx, deadlineAudit(id, issued, sentAt, data)); err != nil && ctx.Err() == nil {
+		s.log.Error().Err(err).Uint64("position_id", id).Msg("could not record the deadline exit request in the audit stream")
+	}
 }
 
-// auditAutomatic records a command the connector sent on its own initiative
-// in the audit stream, next to the operators' commands.
-func (s *Source) auditAutomatic(ctx context.Context, command, origin string, at time.Time, frame []byte) {
-	payload, err := json.Marshal(struct {
-		Command  string          `json:"command"`
-		Origin   string          `json:"origin"`
-		Received string          `json:"received"`
-		Sent     json.RawMessage `json:"sent"`
-	}{command, origin, at.UTC().Format(time.RFC3339Nano), frame})
-	if err != nil {
-		return
-	}
-	ev := connector.Event{
-		Subject: subjects.Audit(s.host.Kind(), s.host.Name(), command), Lane: connector.LaneHigh,
-		Payload: payload, Type: "audit", Received: at,
-	}
-	if err := s.host.Emit(ctx, ev); err != nil && ctx.Err() == nil {
-		s.log.Error().Err(err).Msg("could not record the automatic command in the audit stream")
+// deadlineAudit is the audit record of a deadline's request_exit_signal, in
+// the shape of an operator's: the request an operator would have sent for
+// the position, the reply it would have got once the frame was written.
+func deadlineAudit(id uint64, issued, sent time.Time, frame []byte) connector.AuditRecord {
+	// A number and a fixed key: the encoding cannot fail.
+	request, _ := json.Marshal(struct {
+		PositionID uint64 `json:"position_id"`
+	}{id})
+	return connector.AuditRecord{
+		Command:    typeRequestExitSignal,
+		Origin:     "deadline",
+		Received:   issued,
+		DurationMS: float64(sent.Sub(issued).Microseconds()) / 1000,
+		Request:    request,
+		Reply:      connector.Reply(sentReply{Sent: frame}, nil),
 	}
 }

@@ -71,7 +71,7 @@ type pingWait struct {
 const maxPendingPings = 16
 
 // fail tears the connection down because its writer is stuck or failed.
-func (c *conn) fail(reason string) { c.failWith(reasonWrite, reason) }
+func (c *conn) fail(reason string) { c.failWith(connector.ReasonWrite, reason) }
 
 // failWith tears the connection down, remembering the first reason.
 func (c *conn) failWith(code, reason string) {
@@ -118,7 +118,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			return false, sessionEnd{code: reasonStopped, text: "connector shutting down"}
+			return false, sessionEnd{code: connector.ReasonStopped, text: "connector shutting down"}
 		}
 		return false, dialFailure(err, resp, tcpUp.Load(), s.cfg.DialTimeout)
 	}
@@ -186,11 +186,11 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	}
 
 	s.mu.Lock()
-	healthy = !c.helloAt.IsZero() && time.Since(c.helloAt) >= s.cfg.HealthyAfter
+	healthy = connector.Healthy(c.helloAt, s.cfg.HealthyAfter)
 	s.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
-		end = sessionEnd{code: reasonStopped, text: "connector shutting down"}
+		end = sessionEnd{code: connector.ReasonStopped, text: "connector shutting down"}
 	case cause.code != "":
 		end = cause
 	default:
@@ -213,7 +213,7 @@ func (s *Source) armHelloLocked(c *conn) {
 		ready := c.ready
 		s.mu.Unlock()
 		if !ready {
-			c.failWith(reasonHandshakeTimeout, fmt.Sprintf("handshake timeout: no hello_ok within %s of the configure", wait))
+			c.failWith(connector.ReasonHandshakeTimeout, fmt.Sprintf("handshake timeout: no hello_ok within %s of the configure", wait))
 		}
 	})
 }
@@ -277,7 +277,7 @@ func (s *Source) writeLoop(ctx context.Context, c *conn) {
 			}
 			if err != nil {
 				if ctx.Err() == nil { // else the socket was closed under us
-					c.failWith(reasonWrite, "write failed: "+err.Error())
+					c.failWith(connector.ReasonWrite, "write failed: "+err.Error())
 				}
 				return
 			}
@@ -290,7 +290,7 @@ func (s *Source) writeLoop(ctx context.Context, c *conn) {
 			}
 			if err := s.write(c, pingOut(nil)); err != nil {
 				if ctx.Err() == nil {
-					c.failWith(reasonWrite, "write failed: "+err.Error())
+					c.failWith(connector.ReasonWrite, "write failed: "+err.Error())
 				}
 				return
 			}
@@ -453,15 +453,15 @@ func dialFailure(err error, resp *http.Response, tcpUp bool, timeout time.Durati
 	if resp != nil {
 		msg := "upgrade refused: HTTP " + strconv.Itoa(resp.StatusCode)
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-			return sessionEnd{code: reasonAuth, text: msg + " (check the API key)"}
+			return sessionEnd{code: connector.ReasonAuth, text: msg + " (check the API key)"}
 		}
-		return sessionEnd{code: reasonDial, text: msg}
+		return sessionEnd{code: connector.ReasonDial, text: msg}
 	}
 	var ne net.Error
 	if tcpUp && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
-		return sessionEnd{code: reasonHandshakeTimeout, text: fmt.Sprintf("handshake timeout: no WebSocket upgrade answer within %s", timeout)}
+		return sessionEnd{code: connector.ReasonHandshakeTimeout, text: fmt.Sprintf("handshake timeout: no WebSocket upgrade answer within %s", timeout)}
 	}
-	return sessionEnd{code: reasonDial, text: "dial failed: " + err.Error()}
+	return sessionEnd{code: connector.ReasonDial, text: "dial failed: " + err.Error()}
 }
 
 func readFailure(err error, timeout time.Duration) sessionEnd {
@@ -469,21 +469,21 @@ func readFailure(err error, timeout time.Duration) sessionEnd {
 	var ne net.Error
 	switch {
 	case err == nil:
-		return sessionEnd{code: reasonClosedByPeer, text: "connection ended"}
+		return sessionEnd{code: connector.ReasonClosedByPeer, text: "connection ended"}
 	case errors.As(err, &ce):
 		// An abrupt TCP close reads as close code 1006 (abnormal closure).
-		return sessionEnd{code: reasonClosedByPeer, text: fmt.Sprintf("closed by upstream: %d %s", ce.Code, ce.Text)}
+		return sessionEnd{code: connector.ReasonClosedByPeer, text: fmt.Sprintf("closed by upstream: %d %s", ce.Code, ce.Text)}
 	case errors.As(err, &ne) && ne.Timeout():
-		return sessionEnd{code: reasonReadTimeout, text: fmt.Sprintf("read timeout: nothing received for %s", timeout)}
+		return sessionEnd{code: connector.ReasonReadTimeout, text: fmt.Sprintf("read timeout: nothing received for %s", timeout)}
 	case errors.Is(err, websocket.ErrReadLimit):
-		return sessionEnd{code: reasonProtocol, text: fmt.Sprintf("frame larger than %d bytes", readLimit)}
+		return sessionEnd{code: connector.ReasonProtocol, text: fmt.Sprintf("frame larger than %d bytes", readLimit)}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET):
-		return sessionEnd{code: reasonClosedByPeer, text: "read failed: " + err.Error()}
+		return sessionEnd{code: connector.ReasonClosedByPeer, text: "read failed: " + err.Error()}
 	case errors.Is(err, net.ErrClosed):
 		// Our side closed the socket (teardown) without recording why.
-		return sessionEnd{code: reasonStopped, text: "read failed: " + err.Error()}
+		return sessionEnd{code: connector.ReasonStopped, text: "read failed: " + err.Error()}
 	}
 	// Anything else the WebSocket layer refuses (bad framing, bad UTF-8 in a
 	// close frame, reserved bits...) is a protocol violation.
-	return sessionEnd{code: reasonProtocol, text: "read failed: " + err.Error()}
+	return sessionEnd{code: connector.ReasonProtocol, text: "read failed: " + err.Error()}
 }

@@ -167,10 +167,10 @@ func (s *Source) Run(ctx context.Context) error {
 	wg.Go(func() { s.deadlineLoop(ctx) })
 	wg.Go(func() { s.persistLoop(ctx) })
 
-	bo := Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
+	bo := connector.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
 	// A refused API key does not fix itself in seconds: its retries back off
 	// further, so a bad key never hammers the server (or gets it banned).
-	authBo := Backoff{Base: s.cfg.BackoffBase, Max: authBackoffFactor * s.cfg.BackoffMax}
+	authBo := connector.Backoff{Base: s.cfg.BackoffBase, Max: authBackoffFactor * s.cfg.BackoffMax}
 	failures := 0
 	for {
 		s.setStatus(ctx, connector.Status{State: connector.StateConnecting, Attempt: failures,
@@ -186,7 +186,7 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		failures++
 		var wait time.Duration
-		if end.code == reasonAuth {
+		if end.code == connector.ReasonAuth {
 			wait = authBo.Next()
 		} else {
 			authBo.Reset()
@@ -198,13 +198,9 @@ func (s *Source) Run(ctx context.Context) error {
 		s.setStatus(ctx, connector.Status{State: connector.StateDisconnected, Reason: end.text, Detail: detail})
 		s.setStatus(ctx, connector.Status{State: connector.StateReconnecting, Reason: end.text, Attempt: failures,
 			BackoffMS: wait.Milliseconds(), Detail: detail})
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !connector.Sleep(ctx, wait) {
 			s.stopped(ctx)
 			return nil
-		case <-t.C:
 		}
 	}
 }
@@ -228,22 +224,10 @@ func (s *Source) setStatus(ctx context.Context, st connector.Status) {
 // loadWithRetry loads the state from KV, retrying with the reconnect backoff
 // while JetStream is unavailable. It fails only when ctx ends.
 func (s *Source) loadWithRetry(ctx context.Context) error {
-	bo := Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
-	for {
-		err := s.load(ctx)
-		if err == nil {
-			return nil
-		}
-		wait := bo.Next()
+	bo := connector.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
+	return connector.Retry(ctx, bo, s.load, func(err error, wait time.Duration) {
 		s.log.Error().Err(err).Dur("retry_in", wait).Msg("could not load the LaserSell state from KV")
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
+	})
 }
 
 // desiredDoc is the value of the desired-state KV entry.
@@ -342,26 +326,23 @@ func (s *Source) wakeDeadlines() {
 	}
 }
 
-// sessionEnd says why an upstream connection ended: code is one of the
-// reason codes below (the reason label of connector_upstream_reconnects_total
-// and detail.reason_code of the status events), text the human explanation
-// (status reason, logs). Neither ever holds the API key.
+// sessionEnd says why an upstream connection ended: code is one of the core's
+// reconnect reason codes, text the human explanation (status reason, logs).
+// Neither ever holds the API key. LaserSell needs no code of its own; here
+// the codes mean:
+//
+//	dial               TCP/TLS connect failed, or the upgrade was refused (not 401/403)
+//	auth               HTTP 401/403 on the upgrade: the API key was refused
+//	handshake_timeout  TCP up, but no upgrade answer or no hello_ok in time
+//	read_timeout       nothing received (not even a pong) for LASERSELL_READ_TIMEOUT
+//	closed_by_peer     close frame, EOF or reset from the server
+//	protocol           oversized frame or WebSocket protocol violation
+//	write              a write failed or the write queue stayed full
+//	stopped            the connector is shutting down
 type sessionEnd struct {
 	code string
 	text string
 }
-
-// Reason codes: a small fixed set, the same in both sources.
-const (
-	reasonDial             = "dial"              // TCP/TLS connect failed, or the upgrade was refused (not auth)
-	reasonAuth             = "auth"              // HTTP 401/403 on the upgrade: the API key was refused
-	reasonHandshakeTimeout = "handshake_timeout" // TCP up, but no upgrade answer or no hello_ok in time
-	reasonReadTimeout      = "read_timeout"      // nothing received (not even a pong) for LASERSELL_READ_TIMEOUT
-	reasonClosedByPeer     = "closed_by_peer"    // close frame, EOF or reset from the server
-	reasonProtocol         = "protocol"          // oversized frame or WebSocket protocol violation
-	reasonWrite            = "write"             // a write failed or the write queue stayed full
-	reasonStopped          = "stopped"           // the connector is shutting down
-)
 
 // authBackoffFactor multiplies LASERSELL_BACKOFF_MAX for the retries after
 // an authentication refusal (2 s -> 30 s with the defaults).

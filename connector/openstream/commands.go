@@ -259,11 +259,11 @@ func controlLine(allow []string, robot string, body []byte) ([]byte, error) {
 	default:
 		return nil, connector.Refuse("invalid_method", "CONTROL method must be POST, PUT or DELETE, not %q", req.Method)
 	}
-	payload, cerr := compactBody(req.Body)
+	payload, cerr := compactJSON(req.Body, true, "invalid_body", "body")
 	if cerr != nil {
 		return nil, cerr
 	}
-	args, cerr := compactObject(req.Args, "invalid_args", "args")
+	args, cerr := compactJSON(req.Args, false, "invalid_args", "args")
 	if cerr != nil {
 		return nil, cerr
 	}
@@ -384,22 +384,6 @@ func allowedURL(allow []string, u string) bool {
 		}
 	}
 	return false
-}
-
-// compactBody accepts an absent/null body, an object or an array.
-func compactBody(raw json.RawMessage) (json.RawMessage, *connector.CommandError) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	if raw[0] != '{' && raw[0] != '[' {
-		return nil, connector.Refuse("invalid_body", "body must be a JSON object or array")
-	}
-	var b bytes.Buffer
-	if err := json.Compact(&b, raw); err != nil {
-		return nil, connector.Refuse("invalid_body", "body: %v", err)
-	}
-	return b.Bytes(), nil
 }
 
 // --- stop ---

@@ -375,7 +375,7 @@ func (r Recipe) normalize() (Recipe, bool, *connector.CommandError) {
 	} else if r.PeriodMS > MaxPeriodMS {
 		r.PeriodMS, clamped = MaxPeriodMS, true
 	}
-	args, err := compactObject(r.Args, "invalid_args", "args")
+	args, err := compactJSON(r.Args, false, "invalid_args", "args")
 	if err != nil {
 		return r, false, err
 	}
@@ -402,14 +402,21 @@ func checkURL(u string) *connector.CommandError {
 	return nil
 }
 
-// compactObject checks that raw is absent, null or a JSON object and returns it
-// compacted (nil when absent or null).
-func compactObject(raw json.RawMessage, code, field string) (json.RawMessage, *connector.CommandError) {
+// compactJSON checks that raw is absent, null, a JSON object or (with
+// arrays) a JSON array, and returns it compacted (nil when absent or null),
+// so that what is stored and sent upstream is the value, never the
+// requester's layout. A refusal carries code and names field.
+func compactJSON(raw json.RawMessage, arrays bool, code, field string) (json.RawMessage, *connector.CommandError) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil, nil
 	}
-	if raw[0] != '{' {
+	switch {
+	case raw[0] == '{':
+	case raw[0] == '[' && arrays:
+	case arrays:
+		return nil, connector.Refuse(code, "%s must be a JSON object or array", field)
+	default:
 		return nil, connector.Refuse(code, "%s must be a JSON object", field)
 	}
 	var b bytes.Buffer

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,7 +47,7 @@ type monWaiter struct {
 // sessionEnd says why a session ended and how to go on.
 type sessionEnd struct {
 	reason  string
-	code    string // one of the reason codes below
+	code    string // a reconnect reason code: the core's, or one below
 	refused bool   // version_mismatch / handshake_rejected: retry slowly
 	healthy bool   // lived long enough (and streamed) to reset the backoff
 	stopped bool   // ended on purpose
@@ -116,12 +117,7 @@ func (c *conn) waiter() *monWaiter {
 func (c *conn) dropWaiter(w *monWaiter) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for i, q := range c.waiters {
-		if q == w {
-			c.waiters = append(c.waiters[:i], c.waiters[i+1:]...)
-			return
-		}
-	}
+	c.waiters = slices.DeleteFunc(c.waiters, func(q *monWaiter) bool { return q == w })
 }
 
 // monitorAnswered is called by the reader when a MONITOR of recipe version v
@@ -167,31 +163,35 @@ func (c *conn) tickInterval() time.Duration {
 	return max(d, 2*time.Millisecond)
 }
 
-// run keeps the connection up: the first reconnect is immediate, later ones
-// back off exponentially; a refused handshake waits the slow retry delay.
+// run keeps the connection up: the first reconnect is immediate (a dropped
+// connection is most likely back already, and a data gap costs more than one
+// wasted attempt), later ones back off exponentially until a healthy session;
+// a refused handshake waits the slow retry delay.
 func (c *conn) run(ctx context.Context) {
 	defer close(c.done)
 	defer c.r.report(c, connector.StateStopped, "connection closed on purpose", 0, 0, nil)
 	cfg := &c.r.common
-	failures, refusals := 0, 0
+	// Every failure, refused handshakes included, advances the reconnect
+	// schedule; a refused handshake waits the slower refusal schedule instead,
+	// which any other ending starts over.
+	bo := connector.Backoff{Base: cfg.BackoffMin, Max: cfg.BackoffMax, Immediate: true}
+	refusedBo := connector.Backoff{Base: cfg.HandshakeRetryMin, Max: cfg.HandshakeRetryMax}
+	failures := 0
 	c.r.report(c, connector.StateConnecting, "", 0, 0, nil)
 	for n := 1; ; n++ {
 		end := c.runSession(ctx, n)
 		if ctx.Err() != nil || end.stopped {
 			return
 		}
-		var delay time.Duration
+		if end.healthy {
+			bo.Reset()
+			failures = 0
+		}
+		delay := bo.Next()
 		if end.refused {
-			refusals++
-			delay = backoff(cfg.HandshakeRetryMin, cfg.HandshakeRetryMax, refusals-1)
+			delay = refusedBo.Next()
 		} else {
-			refusals = 0
-			if end.healthy {
-				failures = 0
-			}
-			if failures > 0 {
-				delay = backoff(cfg.BackoffMin, cfg.BackoffMax, failures-1)
-			}
+			refusedBo.Reset()
 		}
 		failures++
 		c.r.host.Metrics().Reconnects.WithLabelValues(end.reasonCode()).Inc()
@@ -203,7 +203,7 @@ func (c *conn) run(ctx context.Context) {
 		c.mu.Unlock()
 		c.log.Warn().Str("reason", end.reason).Str("reason_code", end.reasonCode()).Int("attempt", failures).Dur("backoff", delay).Msg("reconnecting to the controller")
 		c.r.report(c, connector.StateReconnecting, end.reason, failures, delay, detail)
-		if !sleep(ctx, delay) {
+		if !connector.Sleep(ctx, delay) {
 			return
 		}
 	}
@@ -220,7 +220,7 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
 	nc, err := d.DialContext(ctx, "tcp", c.r.cfg.Addr)
 	if err != nil {
-		return sessionEnd{reason: "dial: " + err.Error(), code: reasonDial}
+		return sessionEnd{reason: "dial: " + err.Error(), code: connector.ReasonDial}
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		// Small command lines must not wait for Nagle (CONTROL at 500 Hz).
@@ -241,30 +241,30 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	// HANDSHAKE first: nothing else is accepted before it.
 	line, err := encodeCmd(cmdHandshake, handshakePayload{Major: cfg.Major})
 	if err != nil {
-		return sessionEnd{reason: err.Error(), code: reasonProtocol}
+		return sessionEnd{reason: err.Error(), code: connector.ReasonProtocol}
 	}
 	sent := time.Now()
 	p, err := s.request(ctx, pendHandshake, "", 0, line)
 	if err != nil {
-		return sessionEnd{reason: "handshake: " + err.Error(), code: s.codeOr(reasonClosedByPeer)}
+		return sessionEnd{reason: "handshake: " + err.Error(), code: s.codeOr(connector.ReasonClosedByPeer)}
 	}
 	o, err := s.awaitOrEnd(ctx, p, cfg.AckTimeout)
 	var late *noAnswerError
 	switch {
 	case ctx.Err() != nil:
-		return sessionEnd{reason: "shutdown", code: reasonStopped, stopped: true}
+		return sessionEnd{reason: "shutdown", code: connector.ReasonStopped, stopped: true}
 	case errors.As(err, &late):
-		return sessionEnd{reason: "handshake: " + err.Error(), code: reasonHandshakeTimeout}
+		return sessionEnd{reason: "handshake: " + err.Error(), code: connector.ReasonHandshakeTimeout}
 	case err != nil:
-		return sessionEnd{reason: "handshake: " + err.Error(), code: s.codeOr(reasonClosedByPeer)}
+		return sessionEnd{reason: "handshake: " + err.Error(), code: s.codeOr(connector.ReasonClosedByPeer)}
 	case o.err != nil:
-		code := reasonProtocol
+		code := connector.ReasonProtocol
 		switch o.err.Code {
 		case reasonVersionMismatch, reasonHandshakeRejected:
 			code = o.err.Code
 			c.log.Error().Str("code", o.err.Code).Str("message", o.err.Message).Int("major", cfg.Major).Msg("the controller refused the HANDSHAKE")
 		}
-		return sessionEnd{reason: o.err.Code + ": " + o.err.Message, code: code, refused: code != reasonProtocol}
+		return sessionEnd{reason: o.err.Code + ": " + o.err.Message, code: code, refused: code != connector.ReasonProtocol}
 	}
 	rtt := time.Since(sent)
 	c.r.host.Metrics().RTT.Set(rtt.Seconds())
@@ -315,13 +315,12 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 		select {
 		case <-ctx.Done():
 			c.gracefulStop(s)
-			return sessionEnd{reason: "shutdown", code: reasonStopped, stopped: true}
+			return sessionEnd{reason: "shutdown", code: connector.ReasonStopped, stopped: true}
 		case <-s.ended:
-			lived := time.Since(s.opened)
 			return sessionEnd{
 				reason:  s.endReason,
-				code:    s.codeOr(reasonClosedByPeer),
-				healthy: lived >= cfg.HealthyAfter && (c.monitor == "" || s.gotData.Load()),
+				code:    s.codeOr(connector.ReasonClosedByPeer),
+				healthy: connector.Healthy(s.opened, cfg.HealthyAfter) && (c.monitor == "" || s.gotData.Load()),
 			}
 		case <-c.apply:
 			if c.monitor != "" {
@@ -465,64 +464,40 @@ func (e *noAnswerError) Error() string {
 func (s *session) prune(now time.Time, age time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	keep := s.pend[:0]
-	for _, p := range s.pend {
-		if now.Sub(p.sentAt) < age {
-			keep = append(keep, p)
-		}
-	}
-	for i := len(keep); i < len(s.pend); i++ {
-		s.pend[i] = nil
-	}
-	s.pend = keep
+	s.pend = slices.DeleteFunc(s.pend, func(p *pending) bool { return now.Sub(p.sentAt) >= age })
 }
 
-// backoff returns min·2^n, capped.
-func backoff(minD, maxD time.Duration, n int) time.Duration {
-	d := minD
-	for i := 0; i < n && d < maxD; i++ {
-		d *= 2
-	}
-	return min(d, maxD)
-}
-
-// sleep waits d or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// Reason codes: why a connection ended, a small fixed set shared in spirit
-// with the LaserSell source. Each is the reason label of
+// Reconnect reason codes of Open Stream alone: the core's (connector.ReasonDial
+// ...) cover the rest. Like those, each is the reason label of
 // connector_upstream_reconnects_total and detail.reason_code of the
-// reconnecting status (whose reason keeps the free text).
+// reconnecting status (whose reason keeps the free text); the values are
+// documented in RELIABILITY.md and must not change. The core codes mean here:
+// dial (TCP connect failed), handshake_timeout (no handshake_ack nor error
+// within OPENSTREAM_ACK_TIMEOUT), closed_by_peer (EOF or reset from the
+// controller), protocol (stop_failed, handshake_required, an unexpected
+// HANDSHAKE error), write (a write failed or timed out), stopped (ended on
+// purpose).
 const (
-	reasonDial              = "dial"               // TCP connect failed
-	reasonHandshakeTimeout  = "handshake_timeout"  // no handshake_ack (nor error) within OPENSTREAM_ACK_TIMEOUT
-	reasonHandshakeRejected = "handshake_rejected" // the controller refused the HANDSHAKE
-	reasonVersionMismatch   = "version_mismatch"   // the controller speaks another MAJOR
-	reasonStalled           = "stalled"            // no MONITOR data for the stall timeout
-	reasonPingTimeout       = "ping_timeout"       // a keepalive went unanswered (control connection)
-	reasonWatchdog          = "watchdog"           // the controller's session_timeout
-	reasonClosedByPeer      = "closed_by_peer"     // EOF or reset from the controller
-	reasonProtocol          = "protocol"           // stop_failed, handshake_required, unexpected HANDSHAKE error
-	reasonWrite             = "write"              // a write failed or timed out
-	reasonStopped           = "stopped"            // ended on purpose
+	// reasonHandshakeRejected: the controller refused the HANDSHAKE
+	// (retried on the slower refusal schedule). Also the protocol's error code.
+	reasonHandshakeRejected = "handshake_rejected"
+	// reasonVersionMismatch: the controller speaks another MAJOR (retried on
+	// the refusal schedule). Also the protocol's error code.
+	reasonVersionMismatch = "version_mismatch"
+	// reasonStalled: a monitor connection got no data for its stall timeout.
+	reasonStalled = "stalled"
+	// reasonPingTimeout: a keepalive went unanswered on the control
+	// connection, which carries no data to notice a silent controller by.
+	reasonPingTimeout = "ping_timeout"
+	// reasonWatchdog: the controller ended the session with session_timeout
+	// (its watchdog saw no command in time).
+	reasonWatchdog = "watchdog"
 )
 
 // reasonCode is the bounded label of connector_upstream_reconnects_total.
 func (e sessionEnd) reasonCode() string {
 	if e.code == "" {
-		return reasonProtocol
+		return connector.ReasonProtocol
 	}
 	return e.code
 }

@@ -126,8 +126,8 @@ func TestFaultAbruptDropRecovers(t *testing.T) {
 	for round := 1; round <= 2; round++ {
 		cut := time.Now()
 		f.proxy.Cut(round == 1)
-		down := f.waitStatus(cut, monConn, connector.StateReconnecting, reasonClosedByPeer, waitLong)
-		f.waitStatus(cut, controlConnID, connector.StateReconnecting, reasonClosedByPeer, waitLong)
+		down := f.waitStatus(cut, monConn, connector.StateReconnecting, connector.ReasonClosedByPeer, waitLong)
+		f.waitStatus(cut, controlConnID, connector.StateReconnecting, connector.ReasonClosedByPeer, waitLong)
 		up := f.waitStatus(cut, monConn, StateStreaming, "", waitLong)
 		flowing := f.dataFlowsAfter()
 		t.Logf("measured: drop (rst=%v) detected after %s, streaming again after %s (gap_ms %.1f), 20 data lines stored %s after the drop",
@@ -172,7 +172,7 @@ func TestFaultHalfOpenDetected(t *testing.T) {
 	if d := ctl.At.Sub(stall); d > ctlBound {
 		t.Fatalf("control connection: half-open detected after %s, bound %s", d, ctlBound)
 	}
-	f.waitStatus(stall, monConn, connector.StateReconnecting, reasonHandshakeTimeout, waitLong)
+	f.waitStatus(stall, monConn, connector.StateReconnecting, connector.ReasonHandshakeTimeout, waitLong)
 
 	heal := time.Now()
 	f.proxy.Resume()
@@ -197,11 +197,11 @@ func TestFaultNoHandshakeAck(t *testing.T) {
 	cut := time.Now()
 	accepted := f.proxy.Accepted()
 	f.proxy.Cut(false)
-	first := f.waitStatus(cut, monConn, connector.StateReconnecting, reasonHandshakeTimeout, waitLong)
-	connectortest.Eventually(t, waitLong, "three handshake timeouts", func() bool { return f.reconnects(reasonHandshakeTimeout) >= 3 })
+	first := f.waitStatus(cut, monConn, connector.StateReconnecting, connector.ReasonHandshakeTimeout, waitLong)
+	connectortest.Eventually(t, waitLong, "three handshake timeouts", func() bool { return f.reconnects(connector.ReasonHandshakeTimeout) >= 3 })
 	var backoffs []int64
 	for _, st := range f.timeline() {
-		if st.Conn == monConn && st.Code == reasonHandshakeTimeout && st.State == connector.StateReconnecting {
+		if st.Conn == monConn && st.Code == connector.ReasonHandshakeTimeout && st.State == connector.StateReconnecting {
 			backoffs = append(backoffs, st.BackoffMS)
 		}
 	}
@@ -367,7 +367,7 @@ func TestFaultCorruptBytesNeverCrash(t *testing.T) {
 	for _, st := range f.timeline() {
 		if st.State == connector.StateReconnecting && st.At.After(start) {
 			switch st.Code {
-			case reasonClosedByPeer, reasonStalled, reasonProtocol, reasonHandshakeTimeout, reasonPingTimeout:
+			case connector.ReasonClosedByPeer, reasonStalled, connector.ReasonProtocol, connector.ReasonHandshakeTimeout, reasonPingTimeout:
 			default:
 				t.Fatalf("unexpected reason under corruption: %+v", st)
 			}

@@ -159,21 +159,25 @@ func (r *Robot) Run(ctx context.Context) error {
 func (r *Robot) emitGrace() time.Duration { return r.common.StopTimeout + time.Second }
 
 // loadDesired reads the desired monitors from KV, seeding them from the
-// configuration on the very first start. KV errors are retried until ctx ends.
+// configuration on the very first start. KV errors are retried (1 s doubling
+// to 10 s) until ctx ends; the first one is also reported as a status.
 func (r *Robot) loadDesired(ctx context.Context) (map[string]Recipe, error) {
-	for attempt := 0; ; attempt++ {
-		desired, err := r.tryLoadDesired(ctx)
-		if err == nil {
-			return desired, nil
-		}
-		r.log.Error().Err(err).Msg("cannot read the desired monitors from KV; retrying")
-		if attempt == 0 {
+	// KV is unavailable for seconds while JetStream elects a leader or NATS
+	// reconnects: retrying every few seconds is soon enough.
+	bo := connector.Backoff{Base: time.Second, Max: 10 * time.Second}
+	var desired map[string]Recipe
+	reported := false
+	err := connector.Retry(ctx, bo, func(ctx context.Context) (err error) {
+		desired, err = r.tryLoadDesired(ctx)
+		return err
+	}, func(err error, wait time.Duration) {
+		r.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot read the desired monitors from KV; retrying")
+		if !reported {
+			reported = true
 			r.setStatus(connector.Status{State: connector.StateDisconnected, Reason: "desired state unavailable: " + err.Error()})
 		}
-		if !sleep(ctx, min(time.Second*time.Duration(attempt+1), 10*time.Second)) {
-			return nil, ctx.Err()
-		}
-	}
+	})
+	return desired, err
 }
 
 func (r *Robot) tryLoadDesired(ctx context.Context) (map[string]Recipe, error) {

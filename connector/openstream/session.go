@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,7 +39,7 @@ type session struct {
 	endOnce   sync.Once
 	ended     chan struct{} // closed by the first end()
 	endReason string
-	endCode   string // reason code of endReason: one of the reason* constants (reasonStopped, reasonWatchdog, ...) that sessionEnd.reasonCode reports
+	endCode   string // reason code of endReason (connector.ReasonStopped, reasonWatchdog, ...) that sessionEnd.reasonCode reports
 
 	mu       sync.Mutex
 	pend     []*pending    // handshake / monitor / stop, oldest first
@@ -149,7 +150,7 @@ func (s *session) end(code, reason string) {
 
 // close stops both goroutines, waits for them and fails every waiter.
 func (s *session) close() {
-	s.end(reasonStopped, "closed")
+	s.end(connector.ReasonStopped, "closed")
 	s.cancel()
 	_ = s.nc.Close()
 	<-s.readDone
@@ -214,12 +215,7 @@ func (s *session) send(ctx context.Context, p *pending, line []byte) (*pending, 
 func (s *session) forget(p *pending) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, q := range s.pend {
-		if q == p {
-			s.pend = append(s.pend[:i], s.pend[i+1:]...)
-			return
-		}
-	}
+	s.pend = slices.DeleteFunc(s.pend, func(q *pending) bool { return q == p })
 }
 
 // overdueKeepalive reports whether a keepalive has waited longer than limit
@@ -272,12 +268,7 @@ func (s *session) control(ctx context.Context, line []byte, w *ctrlWaiter, writt
 func (s *session) forgetCtrl(w *ctrlWaiter) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, q := range s.ctrlWait {
-		if q == w {
-			s.ctrlWait = append(s.ctrlWait[:i], s.ctrlWait[i+1:]...)
-			return
-		}
-	}
+	s.ctrlWait = slices.DeleteFunc(s.ctrlWait, func(q *ctrlWaiter) bool { return q == w })
 }
 
 // next returns the next line to write: CONTROL first.
@@ -355,7 +346,7 @@ func (s *session) write() {
 			}
 		}
 		if err != nil {
-			s.end(reasonWrite, "write: "+err.Error())
+			s.end(connector.ReasonWrite, "write: "+err.Error())
 			return
 		}
 	}
@@ -400,13 +391,13 @@ func (s *session) read() {
 			// The server closed mid-line: keep what it sent, for diagnosis.
 			s.malformed(partial.Line, now, "connection closed inside a line")
 		case errors.Is(err, io.EOF):
-			s.end(reasonClosedByPeer, "eof")
+			s.end(connector.ReasonClosedByPeer, "eof")
 			return
 		case errors.Is(err, net.ErrClosed):
-			s.end(reasonStopped, "read: "+err.Error()) // our teardown closed the socket
+			s.end(connector.ReasonStopped, "read: "+err.Error()) // our teardown closed the socket
 			return
 		default:
-			s.end(reasonClosedByPeer, "read: "+err.Error())
+			s.end(connector.ReasonClosedByPeer, "read: "+err.Error())
 			return
 		}
 	}
@@ -517,7 +508,7 @@ func (s *session) onError(code string, payload []byte) (answered *pending) {
 	case "session_timeout":
 		s.end(reasonWatchdog, code)
 	case "stop_failed", "handshake_required":
-		s.end(reasonProtocol, code)
+		s.end(connector.ReasonProtocol, code)
 	}
 	return answered
 }
@@ -568,12 +559,9 @@ func (m targetMask) has(k pendingKind) bool {
 func (s *session) resolve(match func(*pending) bool, o outcome) *pending {
 	s.mu.Lock()
 	var p *pending
-	for i, q := range s.pend {
-		if match(q) {
-			p = q
-			s.pend = append(s.pend[:i], s.pend[i+1:]...)
-			break
-		}
+	if i := slices.IndexFunc(s.pend, match); i >= 0 {
+		p = s.pend[i]
+		s.pend = slices.Delete(s.pend, i, i+1)
 	}
 	s.mu.Unlock()
 	if p == nil {
@@ -592,22 +580,16 @@ func (s *session) resolveOldest(m targetMask, o outcome) *pending {
 	s.mu.Lock()
 	var (
 		p  *pending
-		pi = -1
+		pi = slices.IndexFunc(s.pend, func(q *pending) bool { return m.has(q.kind) })
 		w  *ctrlWaiter
 		wi = -1
 	)
-	for i, q := range s.pend {
-		if m.has(q.kind) {
-			p, pi = q, i
-			break
-		}
+	if pi >= 0 {
+		p = s.pend[pi]
 	}
 	if m&forControl != 0 {
-		for i, q := range s.ctrlWait {
-			if q.sent {
-				w, wi = q, i
-				break
-			}
+		if wi = slices.IndexFunc(s.ctrlWait, func(q *ctrlWaiter) bool { return q.sent }); wi >= 0 {
+			w = s.ctrlWait[wi]
 		}
 	}
 	if p != nil && w != nil {
@@ -618,10 +600,10 @@ func (s *session) resolveOldest(m targetMask, o outcome) *pending {
 		}
 	}
 	if p != nil {
-		s.pend = append(s.pend[:pi], s.pend[pi+1:]...)
+		s.pend = slices.Delete(s.pend, pi, pi+1)
 	}
 	if w != nil {
-		s.ctrlWait = append(s.ctrlWait[:wi], s.ctrlWait[wi+1:]...)
+		s.ctrlWait = slices.Delete(s.ctrlWait, wi, wi+1)
 	}
 	s.mu.Unlock()
 	if p != nil {
@@ -640,12 +622,9 @@ func (s *session) resolveOldest(m targetMask, o outcome) *pending {
 func (s *session) resolveControl(o outcome) {
 	s.mu.Lock()
 	var w *ctrlWaiter
-	for i, q := range s.ctrlWait {
-		if q.sent {
-			w = q
-			s.ctrlWait = append(s.ctrlWait[:i], s.ctrlWait[i+1:]...)
-			break
-		}
+	if i := slices.IndexFunc(s.ctrlWait, func(q *ctrlWaiter) bool { return q.sent }); i >= 0 {
+		w = s.ctrlWait[i]
+		s.ctrlWait = slices.Delete(s.ctrlWait, i, i+1)
 	}
 	s.mu.Unlock()
 	if w != nil {

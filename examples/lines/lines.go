@@ -1,22 +1,16 @@
-// Package lines is the example kind: this is how a kind is built. Read it
-// before writing a new one; it is the smallest complete source.
+// Package lines is the example kind: this is how a kind is built.
 //
-// A lines session connects to a TCP address and publishes every line it reads
-// as one event on lines.<session>.line.<type> (stream LINES_EVENTS, high lane:
-// never dropped), <type> being the line's "type" field. A line that is not a
-// JSON object goes to lines.<session>.malformed. The session reconnects after
-// a short backoff and reports connecting, connected, reconnecting and stopped.
-// One command, lines.<session>.cmd.send {"line":"..."}, writes a line upstream.
-//
-// Everything else is the runtime's: lanes, publishing, acks and retries, dedup
-// ids, headers, command services, size and rate limits, replies, the audit
-// stream, status in KV, metrics. A kind has three touch points:
+// A lines session connects to a TCP address and publishes each line it reads,
+// verbatim, as one high-lane event: a JSON object on lines.<session>.line.<type>
+// (its "type" field), anything else on lines.<session>.malformed. It reconnects
+// with a backoff, reports its status, and serves one command, send, which
+// writes a line upstream. Everything else (lanes, publishing, acks, headers,
+// command services, audit, KV, metrics) is the runtime's. Three touch points:
 //
 //  1. this package: a Config (connector.KindConfig), Kind() and the Source;
 //  2. subjects/lines.go: the kind's name, its streams and subject builders;
-//  3. one line in main's kind list, builtinKinds in cmd/connector/sources.go:
-//     lines.Kind(). (This example is left out of it; lines_test.go walks the
-//     same path.)
+//  3. lines.Kind() in main's kind list, builtinKinds in cmd/connector/sources.go
+//     (not done for this example: lines_test.go walks that path instead).
 package lines
 
 import (
@@ -35,7 +29,7 @@ import (
 	"github.com/jetbridge/connector/subjects"
 )
 
-// Kind is the lines kind as one unit of the connector.
+// Kind is the lines kind as one unit: main lists it among its kinds.
 func Kind() connector.Kind {
 	return connector.Kind{
 		Subjects: subjects.Lines(),
@@ -44,11 +38,12 @@ func Kind() connector.Kind {
 	}
 }
 
-// Config is read by envconfig from the variables its tags name in full (so
-// EnvPrefix is ""); default tags are the defaults (connector.Defaults).
+// Config is the kind's configuration: envconfig reads the variables its tags
+// name in full (so EnvPrefix is ""); its default tags are the defaults.
 type Config struct {
-	Addrs   string        `envconfig:"LINES_ADDRS" desc:"sessions as name=host:port, comma-separated, e.g. a=10.0.0.5:7000,b=10.0.0.6:7000"`
-	Backoff time.Duration `envconfig:"LINES_BACKOFF" default:"250ms" desc:"wait before reconnecting"`
+	Addrs      string        `envconfig:"LINES_ADDRS" desc:"sessions as name=host:port, comma-separated, e.g. a=10.0.0.5:7000,b=10.0.0.6:7000"`
+	Backoff    time.Duration `envconfig:"LINES_BACKOFF" default:"250ms" desc:"first reconnect delay; doubles per failed attempt"`
+	BackoffMax time.Duration `envconfig:"LINES_BACKOFF_MAX" default:"5s" desc:"reconnect delay cap"`
 }
 
 func (c *Config) EnvPrefix() string { return "" }
@@ -56,8 +51,8 @@ func (c *Config) Configured() bool  { return c.Addrs != "" }
 
 // Sessions declares one session per name=host:port; errors name the variable.
 func (c *Config) Sessions() ([]connector.Session, error) {
-	if c.Addrs == "" || c.Backoff <= 0 {
-		return nil, errors.New("LINES_ADDRS must list name=host:port and LINES_BACKOFF be positive")
+	if c.Backoff <= 0 || c.BackoffMax < c.Backoff {
+		return nil, errors.New("LINES_BACKOFF must be positive and at most LINES_BACKOFF_MAX")
 	}
 	var out []connector.Session
 	for _, pair := range strings.Split(c.Addrs, ",") {
@@ -65,20 +60,18 @@ func (c *Config) Sessions() ([]connector.Session, error) {
 		if _, _, err := net.SplitHostPort(addr); err != nil || !subjects.ValidToken(name) {
 			return nil, fmt.Errorf("LINES_ADDRS: %q is not name=host:port", pair)
 		}
-		backoff := c.Backoff
+		bo := connector.Backoff{Base: c.Backoff, Max: c.BackoffMax}
 		out = append(out, connector.Session{Kind: subjects.KindLines, Name: name,
-			Open: func(h *connector.Host) (connector.Source, error) {
-				return &source{host: h, addr: addr, backoff: backoff}, nil
-			}})
+			Open: func(h *connector.Host) (connector.Source, error) { return &source{host: h, addr: addr, bo: bo}, nil }})
 	}
 	return out, nil
 }
 
 // source is one session. The runtime calls Run once and Handle per command.
 type source struct {
-	host    *connector.Host
-	addr    string
-	backoff time.Duration
+	host *connector.Host
+	addr string
+	bo   connector.Backoff // Run's alone
 
 	mu   sync.Mutex
 	conn net.Conn // the live connection, nil while disconnected
@@ -90,73 +83,75 @@ func (s *source) Commands() []string { return []string{"send"} }
 // backoff, until the runtime stops the session (ctx).
 func (s *source) Run(ctx context.Context) error {
 	defer s.status(ctx, connector.Status{State: connector.StateStopped})
-	for failures := 0; ; failures++ {
+	for failures := 0; ctx.Err() == nil; failures++ {
 		s.status(ctx, connector.Status{State: connector.StateConnecting, Attempt: failures})
+		code := connector.ReasonDial
 		conn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", s.addr)
 		if err == nil {
-			failures = 0 // consecutive failures: a connection resets the count
-			err = s.read(ctx, conn)
+			up := time.Now()
+			code, err = s.read(ctx, conn)
+			if connector.Healthy(up, time.Second) {
+				s.bo.Reset() // it worked for a while: start the schedule over
+				failures = 0 // Attempt counts consecutive failures
+			}
 		}
 		if ctx.Err() != nil {
-			return nil
+			break
 		}
-		s.host.Metrics().Reconnects.WithLabelValues("ended").Inc()
+		wait := s.bo.Next()
+		s.host.Metrics().Reconnects.WithLabelValues(code).Inc()
 		s.status(ctx, connector.Status{State: connector.StateReconnecting, Reason: err.Error(),
-			Attempt: failures + 1, BackoffMS: s.backoff.Milliseconds()})
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(s.backoff):
-		}
+			Attempt: failures + 1, BackoffMS: wait.Milliseconds(), Detail: map[string]string{"reason_code": code}})
+		connector.Sleep(ctx, wait)
 	}
+	return nil
 }
 
-// read publishes every line of conn until it ends (or ctx does).
-func (s *source) read(ctx context.Context, conn net.Conn) error {
-	stop := context.AfterFunc(ctx, func() { conn.Close() }) // unblocks the read
+// read publishes every line of conn until it ends (or ctx does), and says why
+// it ended: a connector.Reason* code and the error.
+func (s *source) read(ctx context.Context, conn net.Conn) (string, error) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() }) // ends a blocked read
 	s.setConn(conn)
 	s.host.Metrics().Connected.Set(1)
 	defer func() { stop(); s.setConn(nil); conn.Close(); s.host.Metrics().Connected.Set(0) }()
-	s.status(ctx, connector.Status{State: connector.StateConnected, Detail: map[string]string{"addr": s.addr}})
+	s.status(ctx, connector.Status{State: connector.StateConnected})
 	sc := bufio.NewScanner(conn)
-	sc.Buffer(nil, 64<<10) // a longer line ends the connection (bufio.ErrTooLong)
+	sc.Buffer(nil, 64<<10) // a longer line is a protocol error (bufio.ErrTooLong)
 	for sc.Scan() {
-		// Payload is the line verbatim; the runtime owns it after Emit: a copy,
-		// since the scanner reuses its buffer. High lane: Emit waits for room.
+		// A copy: the runtime owns the payload, the scanner reuses its buffer.
 		ev := connector.Event{Lane: connector.LaneHigh, Payload: bytes.Clone(sc.Bytes())}
-		var head struct {
-			Type string `json:"type"`
-		}
-		if t := bytes.TrimSpace(ev.Payload); len(t) > 0 && t[0] == '{' && json.Valid(t) {
-			_ = json.Unmarshal(t, &head)        // a "type" that is no string counts as none
-			ev.Type = subjects.Token(head.Type) // upstream text: one safe token
+		var obj map[string]any
+		if json.Unmarshal(ev.Payload, &obj) == nil && obj != nil {
+			typ, _ := obj["type"].(string)
+			ev.Type = subjects.Token(typ) // upstream text: one safe token
 			ev.Subject = subjects.LinesEvent(s.host.Name(), ev.Type)
 		} else {
 			s.host.Metrics().Malformed.Inc()
 			ev.Type, ev.Subject = "malformed", subjects.Malformed(subjects.KindLines, s.host.Name())
 		}
+		// High lane: Emit waits while the lane is full (backpressure).
 		if err := s.host.Emit(ctx, ev); err != nil {
-			return err
+			return connector.ReasonStopped, err
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return err
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		return connector.ReasonProtocol, err
+	} else if err != nil {
+		return connector.ReasonClosedByPeer, err
 	}
-	return errors.New("closed by the server")
+	return connector.ReasonClosedByPeer, errors.New("closed by the server")
 }
 
 func (s *source) setConn(c net.Conn) { s.mu.Lock(); s.conn = c; s.mu.Unlock() }
 
-// status publishes a lifecycle event; it outlives ctx, so "stopped" is stored.
+// status publishes a lifecycle event. It outlives ctx, so "stopped" is
+// stored; it fails only once the runtime has closed the session's lanes.
 func (s *source) status(ctx context.Context, st connector.Status) {
-	if err := s.host.SetStatus(context.WithoutCancel(ctx), st); err != nil {
-		log := s.host.Log() // a value: Error has a pointer receiver
-		log.Error().Err(err).Str("state", st.State).Msg("status lost")
-	}
+	_ = s.host.SetStatus(context.WithoutCancel(ctx), st)
 }
 
-// Handle serves send: {"line":"..."} is written upstream, with its newline.
-// Anything else is refused before it reaches the socket.
+// Handle serves send: {"line":"..."} is written upstream with its newline.
+// Bad requests are refused before anything reaches the socket.
 func (s *source) Handle(ctx context.Context, cmd connector.Command) (any, error) {
 	var req struct {
 		Line string `json:"line"`

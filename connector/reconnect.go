@@ -1,0 +1,34 @@
+package connector
+
+// Reconnect reason codes say, in one word, why an upstream connection ended.
+// Each is the reason label of connector_upstream_reconnects_total and the
+// detail.reason_code of the session's disconnected and reconnecting status
+// (whose reason keeps the human explanation). Label values are series kept
+// forever, so the set is small and fixed: these are the codes every source
+// uses; a source adds a code of its own only for an ending that exists in its
+// protocol alone (and documents it with the source). The values are part of
+// the external contract (dashboards, alerts, README): never change one.
+const (
+	// ReasonDial: the connection could not be opened (DNS, TCP, TLS), or the
+	// upstream refused it for another reason than credentials.
+	ReasonDial = "dial"
+	// ReasonAuth: the upstream refused the credentials (an API key). Such a
+	// refusal does not fix itself in seconds: sources retry it more slowly.
+	ReasonAuth = "auth"
+	// ReasonHandshakeTimeout: connected, but the upstream did not complete
+	// its handshake in time.
+	ReasonHandshakeTimeout = "handshake_timeout"
+	// ReasonReadTimeout: nothing at all arrived for the source's read
+	// timeout: a half-open connection or a hung upstream.
+	ReasonReadTimeout = "read_timeout"
+	// ReasonClosedByPeer: the upstream closed or reset the connection.
+	ReasonClosedByPeer = "closed_by_peer"
+	// ReasonProtocol: the upstream broke its protocol (an oversized or
+	// invalid frame, an unexpected error), so the connection cannot go on.
+	ReasonProtocol = "protocol"
+	// ReasonWrite: a write failed, timed out, or found its queue full.
+	ReasonWrite = "write"
+	// ReasonStopped: the connection was ended on purpose (shutdown, or a
+	// session handed over to another replica).
+	ReasonStopped = "stopped"
+)
