@@ -143,7 +143,7 @@ func Load(sets ...Set) (*Catalogue, error) {
 		for _, e := range set.Entries {
 			name, ok := strings.CutPrefix(e.Name, set.Kind+"/")
 			if !ok {
-				return nil, fmt.Errorf("schema %s: not named %s/...", e.Name, set.Kind)
+				return nil, fmt.Errorf("schema %s: its name does not start with %q", e.Name, set.Kind+"/")
 			}
 			doc, err := fs.ReadFile(set.Files, name+".json")
 			if err != nil {
