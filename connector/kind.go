@@ -21,6 +21,9 @@ type Kind struct {
 	Subjects subjects.Kind
 	// Title names the kind for people, for example "Line source".
 	Title string
+	// Enable says what to set for the kind to run (the variable its
+	// Configured looks at), for the error when no kind is configured.
+	Enable string
 	// Config returns the kind's configuration before the environment is
 	// read: a pointer to a struct whose envconfig tags name the variables
 	// and whose default tags are the defaults (see Defaults).

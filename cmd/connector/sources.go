@@ -82,7 +82,13 @@ func configuredSources(cfg Config, kinds []connector.Kind) (selection, error) {
 		out.sessions = append(out.sessions, sessions...)
 	}
 	if len(out.kinds) == 0 {
-		return selection{}, badConfig("no source is configured: set LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE) and/or OPENSTREAM_ROBOTS, or CONNECTOR_SOURCES")
+		var enable []string
+		for _, k := range kinds {
+			if k.Enable != "" {
+				enable = append(enable, k.Enable)
+			}
+		}
+		return selection{}, badConfig("no source is configured: set %s, or CONNECTOR_SOURCES", strings.Join(enable, " and/or "))
 	}
 	return out, nil
 }

@@ -16,6 +16,7 @@ func Kind() connector.Kind {
 	return connector.Kind{
 		Subjects:  subjects.LaserSell(),
 		Title:     "LaserSell source",
+		Enable:    "LASERSELL_API_KEY (or LASERSELL_API_KEY_FILE)",
 		Config:    func() connector.KindConfig { return &Config{} },
 		Simulator: simulator,
 		Demo:      demo(),

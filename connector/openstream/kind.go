@@ -17,6 +17,7 @@ func Kind() connector.Kind {
 	return connector.Kind{
 		Subjects:  subjects.OpenStream(),
 		Title:     "Open Stream source",
+		Enable:    "OPENSTREAM_ROBOTS",
 		Config:    func() connector.KindConfig { return &Config{} },
 		Simulator: simulator,
 		Demo:      demo(),

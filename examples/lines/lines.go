@@ -34,6 +34,7 @@ func Kind() connector.Kind {
 	return connector.Kind{
 		Subjects: subjects.Lines(),
 		Title:    "Line source (example)",
+		Enable:   "LINES_ADDRS",
 		Config:   func() connector.KindConfig { return &Config{} },
 	}
 }
