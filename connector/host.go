@@ -192,6 +192,17 @@ func (h *Host) addTypeCounter(typ string) prometheus.Counter {
 	return c
 }
 
+// Report publishes st as SetStatus does, for a source's lifecycle changes: it
+// is never given up because the source is stopping (its last word is often
+// "stopped"); it waits for lane space until the runtime closes the lane,
+// whose drain bounds the shutdown. A status that cannot be published is
+// logged.
+func (h *Host) Report(st Status) {
+	if err := h.SetStatus(context.Background(), st); err != nil {
+		h.log.Error().Err(err).Str("state", st.State).Str("reason", st.Reason).Msg("could not publish status")
+	}
+}
+
 // statusRecord is the published status document: the session's Status with
 // its source, session and time (schemas/connector/status.json).
 type statusRecord struct {

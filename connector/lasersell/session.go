@@ -392,7 +392,7 @@ func (s *Source) onHello(ctx context.Context, c *conn, data []byte, now time.Tim
 			s.log.Warn().Str("problem", err.Message).Msg("the desired configure exceeds the limits this session advertises; the server may refuse it")
 		}
 	}
-	s.setStatus(ctx, connector.Status{State: connector.StateConnected, UpstreamSession: id, Detail: detail, Limits: limits})
+	s.host.Report(connector.Status{State: connector.StateConnected, UpstreamSession: id, Detail: detail, Limits: limits})
 	// Deadlines that passed while disconnected can be requested now.
 	s.wakeDeadlines()
 }

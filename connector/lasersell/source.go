@@ -173,7 +173,7 @@ func (s *Source) Run(ctx context.Context) error {
 	authBo := connector.Backoff{Base: s.cfg.BackoffBase, Max: authBackoffFactor * s.cfg.BackoffMax}
 	failures := 0
 	for {
-		s.setStatus(ctx, connector.Status{State: connector.StateConnecting, Attempt: failures,
+		s.host.Report(connector.Status{State: connector.StateConnecting, Attempt: failures,
 			Detail: map[string]any{"url": redactURL(s.cfg.URL)}})
 		healthy, end := s.session(ctx)
 		if ctx.Err() != nil {
@@ -195,8 +195,8 @@ func (s *Source) Run(ctx context.Context) error {
 		s.host.Metrics().Reconnects.WithLabelValues(end.code).Inc()
 		s.log.Warn().Str("reason", end.text).Str("reason_code", end.code).Int("attempt", failures).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
 		detail := map[string]any{"reason_code": end.code}
-		s.setStatus(ctx, connector.Status{State: connector.StateDisconnected, Reason: end.text, Detail: detail})
-		s.setStatus(ctx, connector.Status{State: connector.StateReconnecting, Reason: end.text, Attempt: failures,
+		s.host.Report(connector.Status{State: connector.StateDisconnected, Reason: end.text, Detail: detail})
+		s.host.Report(connector.Status{State: connector.StateReconnecting, Reason: end.text, Attempt: failures,
 			BackoffMS: wait.Milliseconds(), Detail: detail})
 		if !connector.Sleep(ctx, wait) {
 			s.stopped(ctx)
@@ -208,17 +208,7 @@ func (s *Source) Run(ctx context.Context) error {
 // stopped records the final status. The runtime drains the lanes after Run
 // returns, so the event still reaches JetStream.
 func (s *Source) stopped(ctx context.Context) {
-	s.setStatus(ctx, connector.Status{State: connector.StateStopped})
-}
-
-// setStatus publishes a status. Status events travel in the high lane and are
-// never dropped: the wait for lane space is not cut short by the source's own
-// shutdown (ctx), only by the runtime closing the lane, whose drain bounds
-// the shutdown.
-func (s *Source) setStatus(ctx context.Context, st connector.Status) {
-	if err := s.host.SetStatus(context.WithoutCancel(ctx), st); err != nil {
-		s.log.Error().Err(err).Str("state", st.State).Str("reason", st.Reason).Msg("could not publish status")
-	}
+	s.host.Report(connector.Status{State: connector.StateStopped})
 }
 
 // loadWithRetry loads the state from KV, retrying with the reconnect backoff

@@ -573,6 +573,6 @@ func (r *Robot) stopSession(ctx context.Context) (any, error) {
 		reply.Connections[c.id] = out
 		reply.Acked = reply.Acked && out == evStopAck
 	}
-	r.setStatus(connector.Status{State: connector.StateStopped, Reason: "STOP session command; a monitor command resumes"})
+	r.host.Report(connector.Status{State: connector.StateStopped, Reason: "STOP session command; a monitor command resumes"})
 	return reply, nil
 }

@@ -137,7 +137,7 @@ func (r *Robot) Run(ctx context.Context) error {
 	r.mu.Unlock()
 	close(r.ready)
 	if idle {
-		r.setStatus(connector.Status{State: StateIdle, Reason: "no monitor configured and CONTROL disabled"})
+		r.host.Report(connector.Status{State: StateIdle, Reason: "no monitor configured and CONTROL disabled"})
 	}
 
 	<-ctx.Done()
@@ -150,7 +150,7 @@ func (r *Robot) Run(ctx context.Context) error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
-	r.setStatus(connector.Status{State: connector.StateStopped, Reason: "shutdown"})
+	r.host.Report(connector.Status{State: connector.StateStopped, Reason: "shutdown"})
 	return nil
 }
 
@@ -174,7 +174,7 @@ func (r *Robot) loadDesired(ctx context.Context) (map[string]Recipe, error) {
 		r.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot read the desired monitors from KV; retrying")
 		if !reported {
 			reported = true
-			r.setStatus(connector.Status{State: connector.StateDisconnected, Reason: "desired state unavailable: " + err.Error()})
+			r.host.Report(connector.Status{State: connector.StateDisconnected, Reason: "desired state unavailable: " + err.Error()})
 		}
 	})
 	return desired, err
@@ -303,21 +303,10 @@ func (r *Robot) report(c *conn, state, reason string, attempt int, backoffD time
 	// The upstream session is the controller's session of the connection
 	// that changed, when it has one.
 	upstream, _ := extra["session"].(string)
-	r.setStatus(connector.Status{
+	r.host.Report(connector.Status{
 		State: state, Reason: reason, Attempt: attempt, BackoffMS: backoffD.Milliseconds(),
 		UpstreamSession: upstream, Detail: detail,
 	})
-}
-
-// setStatus publishes a status on the high lane. Status is never given up:
-// not at a deadline, not by the robot's own shutdown (its last word is
-// "stopped"). While the lane is full it waits (backpressure); it fails only
-// when the core closes the lane. Bounding a shutdown with NATS down and the
-// lane full is the core's job.
-func (r *Robot) setStatus(st connector.Status) {
-	if err := r.host.SetStatus(context.Background(), st); err != nil {
-		r.log.Error().Err(err).Str("state", st.State).Str("reason", st.Reason).Msg("status lost: could not publish it")
-	}
 }
 
 // Handle implements connector.Source.

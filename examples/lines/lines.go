@@ -83,9 +83,9 @@ func (s *source) Commands() []string { return []string{"send"} }
 // Run connects, reads until the connection ends and reconnects after the
 // backoff, until the runtime stops the session (ctx).
 func (s *source) Run(ctx context.Context) error {
-	defer s.status(ctx, connector.Status{State: connector.StateStopped})
+	defer s.host.Report(connector.Status{State: connector.StateStopped})
 	for failures := 0; ctx.Err() == nil; failures++ {
-		s.status(ctx, connector.Status{State: connector.StateConnecting, Attempt: failures})
+		s.host.Report(connector.Status{State: connector.StateConnecting, Attempt: failures})
 		code := connector.ReasonDial
 		conn, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", s.addr)
 		if err == nil {
@@ -101,7 +101,7 @@ func (s *source) Run(ctx context.Context) error {
 		}
 		wait := s.bo.Next()
 		s.host.Metrics().Reconnects.WithLabelValues(code).Inc()
-		s.status(ctx, connector.Status{State: connector.StateReconnecting, Reason: err.Error(),
+		s.host.Report(connector.Status{State: connector.StateReconnecting, Reason: err.Error(),
 			Attempt: failures + 1, BackoffMS: wait.Milliseconds(), Detail: map[string]string{"reason_code": code}})
 		connector.Sleep(ctx, wait)
 	}
@@ -115,7 +115,7 @@ func (s *source) read(ctx context.Context, conn net.Conn) (string, error) {
 	s.setConn(conn)
 	s.host.Metrics().Connected.Set(1)
 	defer func() { stop(); s.setConn(nil); conn.Close(); s.host.Metrics().Connected.Set(0) }()
-	s.status(ctx, connector.Status{State: connector.StateConnected})
+	s.host.Report(connector.Status{State: connector.StateConnected})
 	sc := bufio.NewScanner(conn)
 	sc.Buffer(nil, 64<<10) // a longer line is a protocol error (bufio.ErrTooLong)
 	for sc.Scan() {
@@ -144,12 +144,6 @@ func (s *source) read(ctx context.Context, conn net.Conn) (string, error) {
 }
 
 func (s *source) setConn(c net.Conn) { s.mu.Lock(); s.conn = c; s.mu.Unlock() }
-
-// status publishes a lifecycle event. It outlives ctx, so "stopped" is
-// stored; it fails only once the runtime has closed the session's lanes.
-func (s *source) status(ctx context.Context, st connector.Status) {
-	_ = s.host.SetStatus(context.WithoutCancel(ctx), st)
-}
 
 // Handle serves send: {"line":"..."} is written upstream with its newline.
 // Bad requests are refused before anything reaches the socket.
