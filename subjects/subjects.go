@@ -21,6 +21,9 @@ const (
 	BucketDesired = "CONNECTOR_DESIRED"
 	// BucketStatus holds each session's last status, for operators.
 	BucketStatus = "CONNECTOR_STATUS"
+	// BucketLeases holds one lease per upstream session of a fleet of
+	// replicas: key <kind>.<session>, value {"replica":...,"epoch":...}.
+	BucketLeases = "CONNECTOR_LEASES"
 )
 
 // StreamAudit records every command received, for every kind.

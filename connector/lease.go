@@ -1,0 +1,207 @@
+package connector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Leases give one replica of a fleet the ownership of an upstream session,
+// with the KV bucket CONNECTOR_LEASES as the only arbiter:
+//   - Acquire creates the session's key if it is absent (create-if-absent: of
+//     any number of candidates exactly one write succeeds); the revision of
+//     that write is the lease's epoch, which increases with every new
+//     ownership and doubles as a fencing token.
+//   - Renew rewrites the key only if its revision is still the one this owner
+//     wrote last (a revision-checked update), so nobody can renew a lease it
+//     lost, and nobody steals a live lease.
+//   - Expiry is the bucket's age limit (the TTL): a key not renewed within it
+//     is removed by the server, with a limit marker that watchers see at once
+//     (nats-server 2.11 or newer).
+//   - Release deletes the key if this owner still holds it, for a handover
+//     without waiting for the TTL.
+//
+// Self-fencing: Lease.ValidUntil is a deadline on the monotonic clock,
+// computed from when the last successful write was sent (not when its ack
+// came back): the server cannot have started the key's age earlier, so
+// before that deadline no other replica can hold the lease. An owner stops
+// writing upstream when the deadline passes without a renewal.
+type Leases struct {
+	kv      jetstream.KeyValue
+	replica string
+	ttl     time.Duration
+}
+
+// Lease is one session's ownership as its holder sees it.
+type Lease struct {
+	// Key is the session's key, "<kind>.<name>".
+	Key string
+	// Replica is the owner's CONNECTOR_REPLICA.
+	Replica string
+	// Epoch is the revision of the write that acquired the lease.
+	Epoch uint64
+
+	revision uint64    // of the last write by this owner
+	sent     time.Time // when that write was sent (monotonic)
+	ttl      time.Duration
+}
+
+// leaseDoc is the value of a lease key.
+type leaseDoc struct {
+	Replica string `json:"replica"`
+	Epoch   uint64 `json:"epoch"`
+	// Acquired and Renewed are wall-clock times for operators.
+	Acquired string `json:"acquired,omitempty"`
+	Renewed  string `json:"renewed,omitempty"`
+}
+
+// ErrLeaseHeld: another replica holds the lease.
+var ErrLeaseHeld = errors.New("lease held by another replica")
+
+// ErrLeaseLost: the lease is no longer this replica's (it expired, or another
+// replica acquired it since).
+var ErrLeaseLost = errors.New("lease lost")
+
+// LeaseHeldError names the holder of a lease Acquire could not take.
+type LeaseHeldError struct {
+	Key     string
+	Replica string
+	Epoch   uint64
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("lease %s: held by replica %q (epoch %d)", e.Key, e.Replica, e.Epoch)
+}
+
+// Unwrap makes errors.Is(err, ErrLeaseHeld) true.
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
+
+// NewLeases returns the leases of replica in kv, a bucket whose age limit
+// (TTL) is ttl.
+func NewLeases(kv jetstream.KeyValue, replica string, ttl time.Duration) (*Leases, error) {
+	switch {
+	case kv == nil:
+		return nil, errors.New("leases: no KV bucket")
+	case replica == "":
+		return nil, errors.New("leases: the replica has no name")
+	case ttl <= 0:
+		return nil, fmt.Errorf("leases: TTL %s must be positive", ttl)
+	}
+	return &Leases{kv: kv, replica: replica, ttl: ttl}, nil
+}
+
+// LeaseBucket is the configuration of the leases bucket for a TTL: keys
+// expire after ttl without renewal, and the limit marker that announces the
+// expiry is kept as long again.
+func LeaseBucket(name string, ttl time.Duration, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         name,
+		Description:    "one owner per upstream session across replicas: <kind>.<session> -> {replica, epoch}",
+		History:        1,
+		TTL:            ttl,
+		LimitMarkerTTL: ttl,
+		Replicas:       max(replicas, 1),
+		Storage:        jetstream.FileStorage,
+	}
+}
+
+// Acquire takes the lease of key if no replica holds it. A held lease is
+// refused with a *LeaseHeldError naming the holder.
+func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
+	sent := time.Now()
+	now := sent.UTC().Format(time.RFC3339Nano)
+	// The epoch is the revision of this very write, unknown before it: the
+	// create carries 0, and the first renewal records the epoch.
+	rev, err := l.kv.Create(ctx, key, l.encode(leaseDoc{Replica: l.replica, Acquired: now}))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, l.holder(ctx, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: acquire: %w", key, err)
+	}
+	lease := &Lease{Key: key, Replica: l.replica, Epoch: rev, revision: rev, sent: sent, ttl: l.ttl}
+	// Record the epoch in the value at once (a revision-checked write, so it
+	// is the renewal that also proves the lease is still ours).
+	if err := l.renew(ctx, lease, now); err != nil {
+		return nil, err
+	}
+	return lease, nil
+}
+
+// holder reads who holds key, for a refusal.
+func (l *Leases) holder(ctx context.Context, key string) error {
+	held := &LeaseHeldError{Key: key}
+	if e, err := l.kv.Get(ctx, key); err == nil {
+		var doc leaseDoc
+		if json.Unmarshal(e.Value(), &doc) == nil {
+			held.Replica, held.Epoch = doc.Replica, doc.Epoch
+		}
+		if held.Epoch == 0 {
+			held.Epoch = e.Revision() // between the create and its first renewal
+		}
+	}
+	return held
+}
+
+// Renew extends the lease by the TTL, if this replica still holds it;
+// otherwise it returns ErrLeaseLost and the lease must not be used again.
+func (l *Leases) Renew(ctx context.Context, lease *Lease) error {
+	return l.renew(ctx, lease, "")
+}
+
+func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error {
+	sent := time.Now()
+	doc := leaseDoc{Replica: l.replica, Epoch: lease.Epoch, Acquired: acquired, Renewed: sent.UTC().Format(time.RFC3339Nano)}
+	rev, err := l.kv.Update(ctx, lease.Key, l.encode(doc), lease.revision)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("lease %s (epoch %d): %w", lease.Key, lease.Epoch, ErrLeaseLost)
+	}
+	if err != nil {
+		return fmt.Errorf("lease %s: renew: %w", lease.Key, err)
+	}
+	lease.revision, lease.sent = rev, sent
+	return nil
+}
+
+// Release gives the lease up at once if this replica still holds it, so that
+// another replica can acquire it without waiting for the TTL.
+func (l *Leases) Release(ctx context.Context, lease *Lease) error {
+	err := l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(lease.revision))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !isWrongLastSequence(err) {
+		return fmt.Errorf("lease %s: release: %w", lease.Key, err)
+	}
+	lease.sent = time.Time{} // no longer valid, whatever the outcome
+	return nil
+}
+
+// ValidUntil is the monotonic deadline before which no other replica can
+// hold the lease: the TTL after the last successful write was sent.
+func (lease *Lease) ValidUntil() time.Time {
+	if lease.sent.IsZero() {
+		return time.Time{}
+	}
+	return lease.sent.Add(lease.ttl)
+}
+
+// Valid reports whether the lease is certainly still held at now, with a
+// safety margin for the time between the check and its use.
+func (lease *Lease) Valid(now time.Time, margin time.Duration) bool {
+	return now.Add(margin).Before(lease.ValidUntil())
+}
+
+func (l *Leases) encode(doc leaseDoc) []byte {
+	b, _ := json.Marshal(doc) // strings and numbers: cannot fail
+	return b
+}
+
+// isWrongLastSequence reports a revision-checked write refused because the
+// key changed since (the server's "wrong last sequence").
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}

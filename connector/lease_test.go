@@ -1,0 +1,182 @@
+package connector_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/connector/connectortest"
+	"github.com/jetbridge/connector/subjects"
+)
+
+const leaseTTL = time.Second
+
+func leaseBucket(t *testing.T, env *connectortest.Env) jetstream.KeyValue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := env.JS.CreateOrUpdateKeyValue(ctx, connector.LeaseBucket(subjects.BucketLeases, leaseTTL, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+// replicaLeases gives each replica its own connection, as separate processes have.
+func replicaLeases(t *testing.T, env *connectortest.Env, name string) *connector.Leases {
+	t.Helper()
+	js, err := jetstream.New(env.Connect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(context.Background(), subjects.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := connector.NewLeases(kv, name, leaseTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// Twenty candidates race for one session: exactly one wins, and every other
+// one is told who did.
+func TestLeaseRaceHasExactlyOneWinner(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{})
+	leaseBucket(t, env)
+	const n = 20
+	candidates := make([]*connector.Leases, n)
+	for i := range candidates {
+		candidates[i] = replicaLeases(t, env, fmt.Sprintf("r%02d", i))
+	}
+	for round := range 3 {
+		key := fmt.Sprintf("lasersell.race%d", round)
+		var mu sync.Mutex
+		var winners []*connector.Lease
+		var held []*connector.LeaseHeldError
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, c := range candidates {
+			wg.Go(func() {
+				<-start
+				lease, err := c.Acquire(context.Background(), key)
+				mu.Lock()
+				defer mu.Unlock()
+				var he *connector.LeaseHeldError
+				switch {
+				case err == nil:
+					winners = append(winners, lease)
+				case errors.As(err, &he):
+					held = append(held, he)
+				default:
+					t.Errorf("acquire: %v", err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if len(winners) != 1 || len(held) != n-1 {
+			t.Fatalf("round %d: %d winners, %d refused", round, len(winners), len(held))
+		}
+		for _, h := range held {
+			if h.Replica != "" && h.Replica != winners[0].Replica {
+				t.Fatalf("refusal names %q, the winner is %q", h.Replica, winners[0].Replica)
+			}
+		}
+	}
+}
+
+// A held lease is renewed and never stolen; left without renewal it expires
+// after the TTL (the watcher sees it at once, thanks to the limit marker);
+// then another replica takes it with a higher epoch and the old owner's
+// renewal fails as lost. A released lease is free at once.
+func TestLeaseRenewExpireAndRelease(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{})
+	kv := leaseBucket(t, env)
+	ctx := context.Background()
+	a, b := replicaLeases(t, env, "a"), replicaLeases(t, env, "b")
+
+	lease, err := a.Acquire(ctx, "openstream.arm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "openstream.arm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(e.Value()); !strings.Contains(got, `"replica":"a"`) || !strings.Contains(got, fmt.Sprintf(`"epoch":%d`, lease.Epoch)) {
+		t.Fatalf("lease value %s (epoch %d)", got, lease.Epoch)
+	}
+	// Renewed past several TTLs: b never gets it.
+	for range 4 {
+		time.Sleep(leaseTTL / 3)
+		if err := a.Renew(ctx, lease); err != nil {
+			t.Fatalf("renew: %v", err)
+		}
+		if !lease.Valid(time.Now(), 0) {
+			t.Fatal("a freshly renewed lease is not valid")
+		}
+		if _, err := b.Acquire(ctx, "openstream.arm1"); !errors.Is(err, connector.ErrLeaseHeld) {
+			t.Fatalf("b acquired a live lease: %v", err)
+		}
+	}
+
+	// a stops renewing (paused, partitioned): the key expires.
+	w, err := kv.Watch(ctx, "openstream.arm1", jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Stop() }()
+	stoppedRenewing := time.Now()
+	select {
+	case ev := <-w.Updates():
+		if ev == nil || ev.Operation() == jetstream.KeyValuePut {
+			t.Fatalf("unexpected update %v", ev)
+		}
+		if took := time.Since(stoppedRenewing); took > leaseTTL+time.Second {
+			t.Fatalf("expiry seen after %s (TTL %s)", took, leaseTTL)
+		}
+	case <-time.After(leaseTTL + 3*time.Second):
+		t.Fatal("the expired lease was never announced")
+	}
+	if lease.Valid(time.Now(), 0) {
+		t.Fatal("the lease still claims to be valid after its TTL")
+	}
+	taken, err := b.Acquire(ctx, "openstream.arm1")
+	if err != nil {
+		t.Fatalf("b could not take the expired lease: %v", err)
+	}
+	if taken.Epoch <= lease.Epoch {
+		t.Fatalf("new epoch %d is not above the old %d", taken.Epoch, lease.Epoch)
+	}
+	if err := a.Renew(ctx, lease); !errors.Is(err, connector.ErrLeaseLost) {
+		t.Fatalf("the old owner renewed a lease it lost: %v", err)
+	}
+	// a's release of the lease it lost does not free b's.
+	if err := a.Release(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Acquire(ctx, "openstream.arm1"); !errors.Is(err, connector.ErrLeaseHeld) {
+		t.Fatalf("a stale release freed the new owner's lease: %v", err)
+	}
+
+	// b hands over: a takes it at once.
+	if err := b.Release(ctx, taken); err != nil {
+		t.Fatal(err)
+	}
+	again, err := a.Acquire(ctx, "openstream.arm1")
+	if err != nil {
+		t.Fatalf("released lease not free: %v", err)
+	}
+	if again.Epoch <= taken.Epoch {
+		t.Fatalf("epoch %d after release is not above %d", again.Epoch, taken.Epoch)
+	}
+}
