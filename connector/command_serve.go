@@ -274,6 +274,9 @@ func (r *Runtime) refuseUnknownSession(ctx context.Context, kind, name, command 
 	r.mu.Lock()
 	stopping := r.stopping
 	r.mu.Unlock()
+	if r.opts.ServedElsewhere != nil && r.opts.ServedElsewhere(kind, name) {
+		return // its owner answers; during a handover nobody does (the requester retries)
+	}
 	if r.opts.QuietUnknownSessions && !stopping {
 		return
 	}

@@ -62,6 +62,12 @@ type Options struct {
 	// unknown_session. Set it when several connector processes share one NATS
 	// account with different sessions: see serveUnknown.
 	QuietUnknownSessions bool
+	// ServedElsewhere reports a session that another replica of a fleet may
+	// own (a session of the shared configuration): a command for it that
+	// this process does not serve is left to its owner, never refused here
+	// with unknown_session (that refusal could reach the requester before
+	// the owner's reply).
+	ServedElsewhere func(kind, name string) bool
 	// SingleLane sends low-lane events through the high lane (one FIFO, never
 	// dropped). It exists to measure what the lanes buy; do not use it in production.
 	SingleLane bool

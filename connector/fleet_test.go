@@ -1,0 +1,197 @@
+package connector_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/connector/connectortest"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// occupancy counts, per session, the sources running anywhere in the fleet,
+// and remembers the most ever running at once.
+type occupancy struct {
+	mu      sync.Mutex
+	running map[string]int
+	most    map[string]int
+}
+
+func (o *occupancy) enter(name string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.running[name]++
+	o.most[name] = max(o.most[name], o.running[name])
+}
+
+func (o *occupancy) leave(name string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.running[name]--
+}
+
+// fencedSource is a tickSource that records its occupancy.
+type fencedSource struct {
+	*tickSource
+	occ *occupancy
+}
+
+func (s fencedSource) Run(ctx context.Context) error {
+	s.occ.enter(s.host.Name())
+	defer s.occ.leave(s.host.Name())
+	return s.tickSource.Run(ctx)
+}
+
+func fleetSessions(occ *occupancy, names ...string) []connector.Session {
+	var out []connector.Session
+	var running atomic.Int32
+	for _, name := range names {
+		out = append(out, connector.Session{Kind: "probe", Name: name, Open: func(h *connector.Host) (connector.Source, error) {
+			return fencedSource{&tickSource{host: h, every: 5 * time.Millisecond, running: &running, stopped: make(chan struct{})}, occ}, nil
+		}})
+	}
+	return out
+}
+
+// replica is one connector process of the fleet: its own connections,
+// runtime and fleet on the shared NATS server.
+type replica struct {
+	rt    *connector.Runtime
+	fleet *connector.Fleet
+	stop  func()
+}
+
+func startReplica(t *testing.T, env *connectortest.Env, name string, sessions []connector.Session) *replica {
+	t.Helper()
+	ctx := context.Background()
+	configured := map[string]bool{}
+	for _, s := range sessions {
+		configured[s.Key()] = true
+	}
+	rt, err := connector.New(ctx, connector.Options{
+		HighConn: env.Connect(), LowConn: env.Connect(), Kinds: []subjects.Kind{probeKind()},
+		ServedElsewhere: func(kind, name string) bool { return configured[subjects.SessionKey(kind, name)] },
+		Metrics:         connector.NewMetrics(prometheus.NewRegistry()), Log: env.Log.With().Str("replica", name).Logger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(env.Connect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, connector.LeaseBucket(subjects.BucketLeases, leaseTTL, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := connector.NewFleet(rt, kv, sessions, connector.FleetOptions{
+		Replica: name, TTL: leaseTTL, Log: env.Log.With().Str("replica", name).Logger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = rt.Run(runCtx) })
+	wg.Go(func() { _ = fleet.Run(runCtx) })
+	var once sync.Once
+	r := &replica{rt: rt, fleet: fleet, stop: func() { once.Do(func() { cancel(); wg.Wait() }) }}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// Two replicas with the same configuration: every session runs on exactly
+// one of them, commands are answered by its owner only, and when one
+// replica shuts down its sessions move to the other (a handover through the
+// released leases, well under the TTL); a session is never run by both.
+func TestFleetOneOwnerPerSessionAndHandover(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	occ := &occupancy{running: map[string]int{}, most: map[string]int{}}
+	names := []string{"s1", "s2", "s3", "s4"}
+	a := startReplica(t, env, "a", fleetSessions(occ, names...))
+	b := startReplica(t, env, "b", fleetSessions(occ, names...))
+
+	owned := func() (onA, onB []string) { return a.rt.Running(), b.rt.Running() }
+	connectortest.Eventually(t, 10*time.Second, "every session owned once", func() bool {
+		onA, onB := owned()
+		return len(onA)+len(onB) == len(names)
+	})
+	onA, onB := owned()
+	for _, k := range onA {
+		for _, other := range onB {
+			if k == other {
+				t.Fatalf("session %s runs on both replicas", k)
+			}
+		}
+	}
+	for _, k := range onA {
+		if rep, epoch, ok := a.fleet.Held(k); !ok || rep != "a" || epoch == 0 {
+			t.Fatalf("a runs %s without holding its lease (%q, %d, %v)", k, rep, epoch, ok)
+		}
+	}
+	// Commands reach the owner, and no other replica refuses them first.
+	for range 5 {
+		for _, n := range names {
+			if r := env.Request("probe."+n+".cmd.hello", `{}`, 2*time.Second); !r.OK {
+				t.Fatalf("%s: %+v", n, r.Raw)
+			}
+		}
+	}
+
+	// a shuts down: its sessions are stopped, its leases released, b takes them.
+	moved := len(onA)
+	handover := time.Now()
+	a.stop()
+	connectortest.Eventually(t, 5*time.Second, "b owns every session", func() bool {
+		return len(b.rt.Running()) == len(names)
+	})
+	if moved > 0 {
+		t.Logf("%d sessions handed over in %s (TTL %s)", moved, time.Since(handover), leaseTTL)
+	}
+	for _, n := range names {
+		if r := env.Request("probe."+n+".cmd.hello", `{}`, 2*time.Second); !r.OK {
+			t.Fatalf("%s after the handover: %+v", n, r.Raw)
+		}
+	}
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	for _, n := range names {
+		if occ.most[n] != 1 {
+			t.Errorf("session %s ran %d times at once", n, occ.most[n])
+		}
+	}
+}
+
+// A lease that is lost (here: deleted by an operator, as if it had expired
+// while the owner was cut off) stops the session on its owner; the session is
+// then acquired again, with a higher epoch, and never runs twice.
+func TestFleetStopsSessionWhenLeaseLost(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	occ := &occupancy{running: map[string]int{}, most: map[string]int{}}
+	a := startReplica(t, env, "a", fleetSessions(occ, "only"))
+	connectortest.Eventually(t, 10*time.Second, "session running", func() bool { return len(a.rt.Running()) == 1 })
+	_, first, _ := a.fleet.Held("probe.only")
+
+	kv, err := env.JS.KeyValue(context.Background(), subjects.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(context.Background(), "probe.only"); err != nil {
+		t.Fatal(err)
+	}
+	connectortest.Eventually(t, 5*time.Second, "session re-acquired with a new epoch", func() bool {
+		_, epoch, ok := a.fleet.Held("probe.only")
+		return ok && epoch > first && len(a.rt.Running()) == 1
+	})
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	if occ.most["only"] != 1 {
+		t.Fatalf("session ran %d times at once", occ.most["only"])
+	}
+}
