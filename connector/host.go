@@ -373,7 +373,7 @@ func (r *Runtime) newHost(spec Session) *Host {
 		statusDone:     make(chan struct{}),
 	}
 	high := &publisher{
-		queue: h.high, window: r.opts.HighWindow, metrics: h.highM, conn: r.opts.HighConn,
+		queue: h.high, window: r.highWindow, metrics: h.highM, conn: r.opts.HighConn,
 		ackTimeout: r.opts.AckTimeout, build: h.message, log: log.With().Str("lane", "high").Logger(),
 	}
 	go func() {

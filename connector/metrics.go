@@ -88,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"source", "session", "command"}),
 		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "connector_publish_errors_total",
-			Help: "Failed publish attempts by reason (no_responders, stream_missing, timeout, disconnected, stream_full, too_large, wrong_last_sequence, other); publisher.go says how each is handled.",
+			Help: "Failed publish attempts by reason (no_responders, stream_missing, timeout, disconnected, stream_full, too_large, wrong_last_sequence, other); publish_errors.go says how each is handled.",
 		}, []string{"source", "session", "lane", "reason"}),
 	}
 	reg.MustRegister(m.events, m.published, m.retries, m.failed, m.dropped, m.depth,

@@ -37,7 +37,7 @@ package connector
 //     subjects, so this cannot happen; if it did: permanent, like too_large.
 //   - other: anything else (a server storage error, an invalid ack): retried.
 //
-// "Retried" applies to the high lane (publisher.go). The low lane (pump.go)
+// "Retried" applies to the high lane (publish_ordered.go). The low lane (pump.go)
 // never retries: a failed telemetry publish is counted and shows as a
 // Connector-Seq gap.
 

@@ -35,10 +35,6 @@ type Options struct {
 	// it is published (default 1 ms; negative disables). It trades that much
 	// telemetry latency for fewer wake-ups and socket writes.
 	LowLinger time.Duration
-	// HighWindow is the number of unacknowledged high-lane publishes (default 1:
-	// each high-lane event is stored before the next is sent, so the stream keeps
-	// the receive order even across a failed publish).
-	HighWindow int
 	// AckTimeout bounds the wait for one publish ack before it is retried (default 5 s).
 	AckTimeout time.Duration
 	// DrainTimeout bounds how long shutdown waits for queued events to be stored
@@ -86,6 +82,11 @@ type Runtime struct {
 	pump    *lowPump            // publishes every session's low lane
 	buckets map[string]jetstream.KeyValue
 	runID   string
+	// highWindow is 1: each high-lane event is stored before the next is
+	// sent, so the stream keeps the receive order even across a failed
+	// publish. Only the single-lane measurement mode (one FIFO for
+	// everything) publishes it with the telemetry window.
+	highWindow int
 
 	mu       sync.Mutex
 	sessions map[string]*running // by Session.Key, from Start until stopped
@@ -129,13 +130,6 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if opts.LowLinger == 0 {
 		opts.LowLinger = time.Millisecond
 	}
-	if opts.HighWindow <= 0 {
-		opts.HighWindow = 1
-	}
-	if opts.SingleLane {
-		// One FIFO for everything: measure it with the telemetry window.
-		opts.HighWindow = opts.Window
-	}
 	if opts.AckTimeout <= 0 {
 		opts.AckTimeout = 5 * time.Second
 	}
@@ -175,8 +169,11 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	r := &Runtime{
 		opts: opts, highJS: highJS, buckets: buckets,
 		sessions: map[string]*running{}, kinds: map[string]func(){}, failed: make(chan error, 1),
-		runID: nuid.Next(), pubCtx: pubCtx, stopPublishing: stop, pumpDone: make(chan struct{}),
+		runID: nuid.Next(), highWindow: 1, pubCtx: pubCtx, stopPublishing: stop, pumpDone: make(chan struct{}),
 		serving: make(chan struct{}),
+	}
+	if opts.SingleLane {
+		r.highWindow = opts.Window
 	}
 	r.pump = newLowPump(opts.LowConn, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
 	go func() {

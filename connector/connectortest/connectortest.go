@@ -40,7 +40,6 @@ type Options struct {
 	StoreDir string
 	// These are as in connector.Options (zero means its default).
 	Window               int
-	HighWindow           int
 	LowLinger            time.Duration
 	SingleLane           bool
 	AckTimeout           time.Duration
@@ -79,7 +78,7 @@ func Start(t testing.TB, opts Options) *Env {
 	}
 	env.Runtime, err = connector.New(ctx, connector.Options{
 		HighConn: env.HighConn, LowConn: env.LowConn, Kinds: opts.Kinds,
-		Window: opts.Window, HighWindow: opts.HighWindow, LowLinger: opts.LowLinger, SingleLane: opts.SingleLane,
+		Window: opts.Window, LowLinger: opts.LowLinger, SingleLane: opts.SingleLane,
 		AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
 		CommandTimeout: opts.CommandTimeout, CommandMaxBytes: opts.CommandMaxBytes,
 		CommandRate: opts.CommandRate, CommandBurst: opts.CommandBurst,
