@@ -85,7 +85,7 @@ func (r *Robot) cmdMonitor(ctx context.Context, body []byte) (any, error) {
 
 	r.cmdMu.Lock()
 	defer r.cmdMu.Unlock()
-	if err := r.putDesired(ctx, req.Name, rec); err != nil {
+	if err := r.putDesired(ctx, req.Name, rec, "command:"+CommandMonitor); err != nil {
 		return nil, connector.Refuse(connector.CodeInternal, "cannot store the desired monitor: %v", err)
 	}
 	r.mu.Lock()
@@ -152,7 +152,7 @@ func (r *Robot) revertMonitor(ctx context.Context, name string, c *conn, prev Re
 
 	if existed {
 		c.setRecipe(prev, false)
-		if err := r.putDesired(ctx, name, prev); err != nil {
+		if err := r.putDesired(ctx, name, prev, "command:"+CommandMonitor); err != nil {
 			r.log.Error().Err(err).Str("monitor", name).Msg("cannot restore the previous desired monitor")
 		}
 		return

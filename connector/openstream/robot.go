@@ -180,6 +180,30 @@ func (r *Robot) loadDesired(ctx context.Context) (map[string]Recipe, error) {
 	return desired, err
 }
 
+// desiredMonitor is the value of a desired monitor in KV, the same shape as
+// LaserSell's desired configure: what, who last set it, when.
+type desiredMonitor struct {
+	Monitor *Recipe `json:"monitor"`
+	// Origin says what last set it: "env" or "command:monitor".
+	Origin    string `json:"origin"`
+	UpdatedAt string `json:"updated_at"`
+}
+
+// decodeDesired reads a desired monitor: the documented shape, or the bare
+// recipe that earlier versions stored.
+func decodeDesired(val []byte) (Recipe, error) {
+	var doc desiredMonitor
+	if err := json.Unmarshal(val, &doc); err != nil {
+		return Recipe{}, err
+	}
+	if doc.Monitor != nil {
+		return *doc.Monitor, nil
+	}
+	var rec Recipe
+	err := json.Unmarshal(val, &rec)
+	return rec, err
+}
+
 func (r *Robot) tryLoadDesired(ctx context.Context) (map[string]Recipe, error) {
 	kctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -189,8 +213,17 @@ func (r *Robot) tryLoadDesired(ctx context.Context) (map[string]Recipe, error) {
 	}
 	desired := map[string]Recipe{}
 	if _, seeded := entries[keySeeded]; !seeded {
+		// First start, or an operator deleted the seeded mark to re-seed:
+		// the configuration's monitors replace whatever KV holds.
+		for key := range entries {
+			if name, ok := strings.CutPrefix(key, keyMonitorPrefix); ok && !hasMonitor(r.cfg.Monitors, name) {
+				if err := r.desiredKV.Delete(kctx, key); err != nil {
+					return nil, err
+				}
+			}
+		}
 		for name, rec := range r.cfg.Monitors {
-			if err := r.putDesired(kctx, name, rec); err != nil {
+			if err := r.putDesired(kctx, name, rec, "env"); err != nil {
 				return nil, err
 			}
 			desired[name] = rec
@@ -206,8 +239,8 @@ func (r *Robot) tryLoadDesired(ctx context.Context) (map[string]Recipe, error) {
 		if !ok {
 			continue
 		}
-		var rec Recipe
-		if err := json.Unmarshal(val, &rec); err != nil || !validName(name) {
+		rec, err := decodeDesired(val)
+		if err != nil || !validName(name) {
 			r.log.Error().Str("key", key).Msg("ignoring an unreadable desired monitor in KV")
 			continue
 		}
@@ -219,11 +252,41 @@ func (r *Robot) tryLoadDesired(ctx context.Context) (map[string]Recipe, error) {
 		desired[name] = norm
 	}
 	r.log.Info().Int("monitors", len(desired)).Msg("desired monitors restored from KV")
+	if !sameMonitors(r.cfg.Monitors, desired) {
+		r.log.Warn().Strs("configured", sortedKeys(r.cfg.Monitors)).Strs("kv", sortedKeys(desired)).
+			Str("reseed", "nats kv del "+subjects.BucketDesired+" "+subjects.SessionKey(r.host.Kind(), r.host.Name())+"."+keySeeded).
+			Msg("OPENSTREAM_MONITORS differs from the desired monitors in KV; KV wins (latest operator intent). To make the configuration win, delete the seeded mark and restart")
+	}
 	return desired, nil
 }
 
-func (r *Robot) putDesired(ctx context.Context, name string, rec Recipe) error {
-	b, err := json.Marshal(rec)
+func hasMonitor(m map[string]Recipe, name string) bool {
+	_, ok := m[name]
+	return ok
+}
+
+// sameMonitors reports whether two sets of monitors are the same.
+func sameMonitors(a, b map[string]Recipe) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for name, ra := range a {
+		rb, ok := b[name]
+		if !ok {
+			return false
+		}
+		na, _, errA := ra.normalize()
+		if errA != nil || !recipeEqual(na, rb) {
+			return false
+		}
+	}
+	return true
+}
+
+// putDesired stores a desired monitor; origin says what set it ("env" or
+// "command:monitor").
+func (r *Robot) putDesired(ctx context.Context, name string, rec Recipe, origin string) error {
+	b, err := json.Marshal(desiredMonitor{Monitor: &rec, Origin: origin, UpdatedAt: time.Now().UTC().Format(time.RFC3339Nano)})
 	if err != nil {
 		return fmt.Errorf("encode monitor %s: %w", name, err)
 	}
