@@ -227,6 +227,9 @@ func statusOf(code string) string {
 func (r *Runtime) serveKind(ctx context.Context, kind string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return fmt.Errorf("commands of %s: %w", kind, ErrClosed)
+	}
 	if r.kinds[kind] != nil {
 		return nil
 	}

@@ -48,7 +48,8 @@ type Host struct {
 
 	// Header values shared read-only by every message of this session.
 	sourceHdr, sessionHdr []string
-	// idPrefix makes synthetic Nats-Msg-Ids unique per process run.
+	// idPrefix makes synthetic Nats-Msg-Ids unique per process run and per
+	// start of the session.
 	idPrefix string
 	// subjectPrefix is "<kind>.<name>.": every subject of this session has it.
 	subjectPrefix string
@@ -310,16 +311,18 @@ func (h *Host) message(it queued) *nats.Msg {
 	return &nats.Msg{Subject: it.Subject, Data: it.Payload, Header: hdr}
 }
 
-// flushStatus writes a status still waiting for the KV writer, at shutdown.
+// flushStatus writes the session's last status to KV, at its stop.
 func (h *Host) flushStatus() {
-	select {
-	case payload := <-h.statusKV:
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if _, err := h.rt.buckets[subjects.BucketStatus].Put(ctx, subjects.StatusKey(h.kind, h.name), payload); err != nil {
-			h.log.Warn().Err(err).Msg("could not record the final status in KV")
-		}
-	default:
+	// The last status, whatever the writer managed: its last Put may have
+	// been cut short by the hard stop. Writing it again is harmless.
+	last := h.LastStatus()
+	if last == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := h.rt.buckets[subjects.BucketStatus].Put(ctx, subjects.StatusKey(h.kind, h.name), last); err != nil {
+		h.log.Warn().Err(err).Msg("could not record the final status in KV")
 	}
 }
 
@@ -364,7 +367,7 @@ func (r *Runtime) newHost(spec Session) *Host {
 		lowM:           r.opts.Metrics.lane(kind, name, LaneLow),
 		sourceHdr:      []string{kind},
 		sessionHdr:     []string{name},
-		idPrefix:       key + "." + r.runID + ".",
+		idPrefix:       key + "." + r.runID + "." + strconv.FormatUint(r.incarnations.Add(1), 10) + ".",
 		subjectPrefix:  key + ".",
 		statusKV:       make(chan []byte, 1),
 		singleLane:     r.opts.SingleLane,

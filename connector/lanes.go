@@ -96,7 +96,11 @@ func (q *highQueue) take(ctx context.Context, buf []queued, max int) ([]queued, 
 	case <-ctx.Done():
 		return buf, false
 	case <-q.closing:
-		// Closed: hand out what is left, then report the end.
+		// Closed: wait for a put that began before the close (it holds
+		// the turn and ends at once now, queued or refused), so nothing is
+		// queued after the end is reported; then hand out what is left.
+		q.putTurn <- struct{}{}
+		<-q.putTurn
 		select {
 		case it := <-q.ch:
 			buf = append(buf, it)

@@ -32,6 +32,9 @@ type running struct {
 // ErrUnknownSession is returned by Stop for a session that is not running.
 var ErrUnknownSession = errors.New("no such session")
 
+// ErrClosed is returned by Start once the runtime is shutting down or closed.
+var ErrClosed = errors.New("the runtime is closed")
+
 // Start starts one session while the others run: it builds the session's
 // host (lanes, publishers, status writer), opens its source on it, serves its
 // commands on <kind>.<name>.cmd.<command> and runs the source. When Start
@@ -53,7 +56,7 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 	case r.closed:
 		r.mu.Unlock()
 		cancel()
-		return fmt.Errorf("session %s: the runtime is closed", key)
+		return fmt.Errorf("session %s: %w", key, ErrClosed)
 	case r.sessions[key] != nil:
 		r.mu.Unlock()
 		cancel()
@@ -78,13 +81,13 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 		r.abortStart(s)
 		return err
 	}
+	r.mu.Lock()
+	s.served = served // from now on the kind's subscription sees the session
+	r.mu.Unlock()
 	// The server must know the subscriptions before Start says they are served.
 	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
 		s.host.log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
 	}
-	r.mu.Lock()
-	s.served = served // from now on the kind's subscription sees the session
-	r.mu.Unlock()
 	go func() {
 		defer close(s.done)
 		if err := src.Run(sctx); err != nil && sctx.Err() == nil {

@@ -199,3 +199,40 @@ func valueOf(e interface{ Value() []byte }) string {
 	}
 	return string(e.Value())
 }
+
+// oneShot emits one high-lane event without a natural identity, then waits.
+type oneShot struct {
+	host *connector.Host
+	body string
+}
+
+func (s *oneShot) Commands() []string                                     { return nil }
+func (s *oneShot) Handle(context.Context, connector.Command) (any, error) { return nil, nil }
+func (s *oneShot) Run(ctx context.Context) error {
+	_ = s.host.Emit(ctx, connector.Event{Subject: "probe." + s.host.Name() + ".event.x", Payload: []byte(s.body), Type: "x"})
+	<-ctx.Done()
+	return nil
+}
+
+// A session started again in the same process gets new synthetic message
+// ids: JetStream must not drop its events as copies of the previous run's.
+func TestRestartedSessionIsNotDeduplicated(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	env.Run()
+	open := func(body string) connector.Session {
+		return connector.Session{Kind: "probe", Name: "a", Open: func(h *connector.Host) (connector.Source, error) {
+			return &oneShot{host: h, body: body}, nil
+		}}
+	}
+	for i, body := range []string{`{"n":1}`, `{"n":2}`, `{"n":3}`} {
+		if err := env.Runtime.Start(context.Background(), open(body)); err != nil {
+			t.Fatal(err)
+		}
+		if got := env.WaitCount("PROBE_EVENTS", "probe.a.event.x", uint64(i+1), 5*time.Second); got != uint64(i+1) {
+			t.Fatalf("run %d: stored %d events, want %d (deduplicated as a copy of an earlier run)", i+1, got, i+1)
+		}
+		if err := env.Runtime.Stop("probe.a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

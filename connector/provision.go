@@ -2,7 +2,9 @@ package connector
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -82,6 +84,13 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 	retention func(subjects.StreamSpec) Retention, buckets []subjects.BucketSpec, replicas int,
 ) (map[string]jetstream.KeyValue, error) {
 	for _, spec := range streams {
+		if spec.Shared {
+			merged, err := withServerSubjects(ctx, js, spec)
+			if err != nil {
+				return nil, err
+			}
+			spec = merged
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(spec, retention(spec))); err != nil {
 			return nil, fmt.Errorf("create or update stream %s: %w", spec.Name, err)
 		}
@@ -101,4 +110,25 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 		kvs[b.Name] = kv
 	}
 	return kvs, nil
+}
+
+// withServerSubjects adds to a shared stream's subjects those its copy on the
+// server captures already (put there by processes with other kinds), so
+// provisioning never takes them away.
+func withServerSubjects(ctx context.Context, js jetstream.JetStream, spec subjects.StreamSpec) (subjects.StreamSpec, error) {
+	st, err := js.Stream(ctx, spec.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return spec, nil
+	}
+	if err != nil {
+		return spec, fmt.Errorf("read stream %s: %w", spec.Name, err)
+	}
+	merged := slices.Clone(spec.Subjects)
+	for _, subj := range st.CachedInfo().Config.Subjects {
+		if !slices.Contains(merged, subj) {
+			merged = append(merged, subj)
+		}
+	}
+	spec.Subjects = merged
+	return spec, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -82,6 +83,10 @@ type Runtime struct {
 	pump    *lowPump            // publishes every session's low lane
 	buckets map[string]jetstream.KeyValue
 	runID   string
+	// incarnations numbers the hosts this runtime built: a session started
+	// again gets new synthetic Nats-Msg-Ids (its Connector-Seq starts over),
+	// so JetStream never takes its events for the previous run's.
+	incarnations atomic.Uint64
 	// highWindow is 1: each high-lane event is stored before the next is
 	// sent, so the stream keeps the receive order even across a failed
 	// publish. Only the single-lane measurement mode (one FIFO for

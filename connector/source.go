@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/jetbridge/connector/subjects"
 )
@@ -131,71 +130,26 @@ const (
 // from v, and it must be what an auditor reading the request sees. An empty
 // body counts as {}.
 func DecodeStrict(body []byte, v any) error {
-	body = bytes.TrimSpace(body)
+	trimmed := bytes.TrimLeftFunc(body, unicode.IsSpace)
+	lead := len(body) - len(trimmed)
+	body = bytes.TrimRightFunc(trimmed, unicode.IsSpace)
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	if body[0] != '{' || !json.Valid(body) {
-		return Refuse(CodeInvalidJSON, "body must be one JSON object")
+	// Refusals name fields by their JSON path and types in JSON words (see
+	// decode_errors.go), never the Go types the body is decoded into.
+	if refusal := syntaxRefusal(body, lead); refusal != nil {
+		return refusal
 	}
-	if !utf8.Valid(body) {
-		return Refuse(CodeInvalidJSON, "body is not valid UTF-8")
-	}
-	if key, dup := duplicateKey(body); dup {
-		return Refuse(CodeInvalidJSON, "key %q appears twice in one object", key)
+	if refusal := duplicateKeyRefusal(body); refusal != nil {
+		return refusal
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return Refuse(CodeInvalidJSON, "body does not match the command: %v", err)
+		return decodeRefusal(body, v, err)
 	}
 	return nil
-}
-
-// duplicateKey finds a key repeated (ignoring case) within one object of a
-// valid JSON document.
-func duplicateKey(doc []byte) (string, bool) {
-	dec := json.NewDecoder(bytes.NewReader(doc))
-	type frame struct {
-		object bool
-		keys   map[string]struct{}
-		key    bool // the next token of this object is a key
-	}
-	var stack []*frame
-	for {
-		tok, err := dec.Token()
-		if err != nil {
-			return "", false // io.EOF; the document was validated before
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if top != nil && top.object && top.key {
-			if d, ok := tok.(json.Delim); ok && d == '}' {
-				stack = stack[:len(stack)-1]
-				continue
-			}
-			k := foldKey(tok.(string))
-			if _, seen := top.keys[k]; seen {
-				return tok.(string), true
-			}
-			top.keys[k] = struct{}{}
-			top.key = false
-			continue
-		}
-		if top != nil && top.object {
-			top.key = true // this token is a value; a key follows
-		}
-		switch tok {
-		case json.Delim('{'):
-			stack = append(stack, &frame{object: true, keys: map[string]struct{}{}, key: true})
-		case json.Delim('['):
-			stack = append(stack, &frame{})
-		case json.Delim(']'):
-			stack = stack[:len(stack)-1]
-		}
-	}
 }
 
 // foldKey maps every rune to the smallest rune of its case-folding orbit, so

@@ -37,6 +37,7 @@ func AuditStream(kinds ...Kind) StreamSpec {
 		Description: "Every command received for an upstream: what, when, outcome",
 		Subjects:    patterns,
 		Lane:        LaneHigh,
+		Shared:      true,
 	}
 }
 

@@ -177,6 +177,11 @@ type StreamSpec struct {
 	// Duplicates is the Nats-Msg-Id deduplication window this stream needs
 	// by default (0: the connector's default); configuration may change it.
 	Duplicates time.Duration
+	// Shared marks a stream that captures the subjects of several kinds
+	// (the audit stream): processes built with other kinds, or started
+	// with other CONNECTOR_SOURCES, provision it too, so provisioning adds
+	// its subjects to those the server has and never removes any.
+	Shared bool
 }
 
 // BucketSpec describes one KV bucket the connector owns.

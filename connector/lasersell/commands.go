@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/jetbridge/connector/connector"
@@ -20,7 +21,9 @@ import (
 //	  The desired state is stored in KV first; it is what every reconnect and
 //	  restart re-sends, so "pending" changes are never lost. "stored" is the
 //	  whole desired configure (update_position_strategy: the position entry).
-//	close_position, request_exit_signal: {"sent":<frame>} once written upstream.
+//	close_position, request_exit_signal: {"sent":<frame>} once written upstream;
+//	  refused with "unknown_position" when the position is not open (not in
+//	  LASERSELL_POSITIONS), nothing sent.
 //	ping: {"sent":<frame>,"rtt_ms":<float>} once the pong arrives; refused with
 //	  "timeout" when no pong comes within LASERSELL_PING_TIMEOUT.
 //
@@ -222,7 +225,8 @@ func planFrame(name string, body []byte, cur *Configure, lim Limits) ([]byte, er
 		}
 		return data, nil
 	case typeClosePosition, typeRequestExitSignal:
-		return planSelector(name, body)
+		_, data, err := planSelector(name, body)
+		return data, err
 	case typePing:
 		data, _, err := planPing(body)
 		return data, err
@@ -413,46 +417,83 @@ func (s *Source) cmdUpdatePositionStrategy(ctx context.Context, body []byte) (an
 
 // planSelector validates close_position and request_exit_signal and encodes
 // the frame.
-func planSelector(name string, body []byte) ([]byte, error) {
+func planSelector(name string, body []byte) (selectorFrame, []byte, error) {
 	var b selectorBody
 	if err := connector.DecodeStrict(body, &b); err != nil {
-		return nil, err
+		return selectorFrame{}, nil, err
 	}
 	if (b.PositionID == nil) == (b.TokenAccount == nil) {
-		return nil, connector.Refuse(CodeInvalidPositionSelector, "give exactly one of position_id or token_account")
+		return selectorFrame{}, nil, connector.Refuse(CodeInvalidPositionSelector, "give exactly one of position_id or token_account")
 	}
 	if b.TokenAccount != nil && !validKey(*b.TokenAccount) {
-		return nil, connector.Refuse(CodeInvalidPositionSelector, "token_account must be a non-empty account key")
+		return selectorFrame{}, nil, connector.Refuse(CodeInvalidPositionSelector, "token_account must be a non-empty account key")
 	}
 	frame := selectorFrame{Type: name, PositionID: b.PositionID, TokenAccount: b.TokenAccount}
 	if b.SlippageBps != nil {
 		if name != typeRequestExitSignal {
-			return nil, connector.Refuse(connector.CodeInvalidJSON, "%s takes no slippage_bps", name)
+			return selectorFrame{}, nil, connector.Refuse(connector.CodeInvalidJSON, "%s takes no slippage_bps", name)
 		}
 		v := *b.SlippageBps
 		if v != math.Trunc(v) || v < 0 || v > math.MaxUint16 {
-			return nil, connector.Refuse(CodeInvalidSlippage, "slippage_bps must be an integer from 0 to 65535")
+			return selectorFrame{}, nil, connector.Refuse(CodeInvalidSlippage, "slippage_bps must be an integer from 0 to 65535")
 		}
 		bps := uint16(v)
 		frame.SlippageBps = &bps
 	}
 	data, err := json.Marshal(frame)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", name, err)
+		return selectorFrame{}, nil, fmt.Errorf("encode %s: %w", name, err)
 	}
-	return data, nil
+	return frame, data, nil
 }
 
-// cmdSelector runs close_position and request_exit_signal.
+// cmdSelector runs close_position and request_exit_signal. Only positions
+// the connector tracks as open (LASERSELL_POSITIONS, kept from
+// position_opened and position_closed) are forwarded: the upstream answers
+// an unknown one with an error frame that no reply can carry, so the caller
+// would be told "ok" for nothing. A position the server announced a moment
+// ago but whose position_opened is still being read is refused too; the
+// caller retries. (The deadline timer sends its own request_exit_signal,
+// not through here.)
 func (s *Source) cmdSelector(ctx context.Context, name string, body []byte) (any, error) {
-	data, err := planSelector(name, body)
+	frame, data, err := planSelector(name, body)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.sendOnce(ctx, data, nil); err != nil {
+	open := func() error { return s.openPositionLocked(frame) }
+	if err := s.sendOnce(ctx, data, nil, open); err != nil {
 		return nil, err
 	}
 	return sentReply{Sent: data}, nil
+}
+
+// openPositionLocked refuses a selector that matches no open position.
+// s.mu is held.
+func (s *Source) openPositionLocked(sel selectorFrame) error {
+	if sel.PositionID != nil {
+		if s.positions[*sel.PositionID] != nil {
+			return nil
+		}
+		return connector.Refuse(CodeUnknownPosition, "position %d is not open: the connector tracks %s of this session",
+			*sel.PositionID, openPositions(len(s.positions)))
+	}
+	if sel.TokenAccount != nil {
+		for _, p := range s.positions {
+			if p.TokenAccount == *sel.TokenAccount {
+				return nil
+			}
+		}
+		return connector.Refuse(CodeUnknownPosition, "no open position has token_account %q: the connector tracks %s of this session",
+			*sel.TokenAccount, openPositions(len(s.positions)))
+	}
+	return nil
+}
+
+func openPositions(n int) string {
+	if n == 1 {
+		return "1 open position"
+	}
+	return strconv.Itoa(n) + " open positions"
 }
 
 // planPing validates a ping and encodes its frame; custom tells whether the
@@ -484,7 +525,7 @@ func (s *Source) cmdPing(ctx context.Context, body []byte) (any, error) {
 	if custom {
 		f.data = data
 	}
-	if err := s.sendOnce(ctx, f.data, f.ping); err != nil {
+	if err := s.sendOnce(ctx, f.data, f.ping, nil); err != nil {
 		return nil, err
 	}
 	t := time.NewTimer(s.cfg.PingTimeout)
@@ -501,14 +542,21 @@ func (s *Source) cmdPing(ctx context.Context, body []byte) (any, error) {
 }
 
 // sendOnce writes a one-shot command on the live session (hello_ok received)
-// and waits until it is written.
-func (s *Source) sendOnce(ctx context.Context, data []byte, ping *pingWait) error {
+// and waits until it is written. check, when set, runs under s.mu once the
+// session is known to be live; its error refuses the command.
+func (s *Source) sendOnce(ctx context.Context, data []byte, ping *pingWait, check func() error) error {
 	done := make(chan error, 1)
 	s.mu.Lock()
 	c := s.conn
 	if c == nil || !c.ready {
 		s.mu.Unlock()
 		return connector.Refuse(CodeNotConnected, "no live upstream session (reconnecting); retry later")
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			s.mu.Unlock()
+			return err
+		}
 	}
 	if !c.enqueueLocked(outFrame{data: data, done: done, ping: ping}) {
 		s.mu.Unlock()

@@ -58,7 +58,7 @@ type Config struct {
 	DialTimeout  time.Duration `split_words:"true" default:"10s" desc:"bound on the TCP, TLS and WebSocket handshake, and on the wait for hello_ok after the configure is sent"`
 	BackoffBase  time.Duration `split_words:"true" default:"100ms" desc:"first reconnect delay; doubles per failed attempt"`
 	BackoffMax   time.Duration `split_words:"true" default:"2s" desc:"largest reconnect delay (after an authentication refusal, HTTP 401/403: 15 times this)"`
-	HealthyAfter time.Duration `split_words:"true" default:"5s" desc:"a session that received hello_ok and lived this long resets the reconnect backoff"`
+	HealthyAfter time.Duration `split_words:"true" default:"5s" desc:"an established session (hello_ok received, configure written) resets the reconnect backoff once the server sends it anything but an error, or once it lived this long; sessions that end before that (hello_ok then an immediate close) keep doubling it"`
 	PingTimeout  time.Duration `split_words:"true" default:"5s" desc:"how long the ping command waits for the pong"`
 	// ReconcileAfter is the settle window of position reconciliation: see Source.reconcile.
 	ReconcileAfter time.Duration `split_words:"true" default:"5s" desc:"settle window after each (re)connect (hello_ok and configure): positions of configured wallets the server has not re-announced by then (and one ping round trip later) are removed from LASERSELL_POSITIONS"`

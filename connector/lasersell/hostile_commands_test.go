@@ -71,6 +71,11 @@ func TestHostileCommandsNeverReachTheServer(t *testing.T) {
 
 	// Accepted with injected text inside a string: one frame, the text as data.
 	injected := "acc\"}\",\"type\":\"configure\",\"x\":{\"a\":\"" // no control characters: a valid key
+	// Only open positions are forwarded: track one with that token account
+	// (of a wallet outside the configure, so reconciliation leaves it alone).
+	r.src.mu.Lock()
+	r.src.positions[777] = &position{PositionID: 777, WalletPubkey: walletC, Mint: mintA, TokenAccount: injected}
+	r.src.mu.Unlock()
 	rep := r.request(typeRequestExitSignal, `{"token_account":`+mustJSON(t, injected)+`}`)
 	if !rep.OK {
 		t.Fatalf("request_exit_signal: %+v", rep.Raw)

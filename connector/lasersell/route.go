@@ -52,6 +52,9 @@ func (s *Source) handleFrame(ctx context.Context, c *conn, mt int, data []byte, 
 
 	s.mu.Lock()
 	upstream := c.sessionID
+	if c.ready && r.Type != typeHelloOK && r.Type != "error" {
+		c.answered = true // the server streams on this session: see healthyLocked
+	}
 	s.mu.Unlock()
 	ev := connector.Event{Lane: connector.LaneHigh, Payload: data, UpstreamSession: upstream, Received: now}
 	name := s.cfg.Session

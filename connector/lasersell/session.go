@@ -36,10 +36,14 @@ type conn struct {
 
 	// Guarded by Source.mu.
 	ready     bool // hello_ok received
-	helloAt   time.Time
 	sessionID string
 	pings     []*pingWait     // application pings written and not answered yet, oldest first
 	overrides map[uint64]bool // per-position strategies re-sent on this connection
+
+	// The backoff reset (see healthyLocked), guarded by Source.mu.
+	wantConfigure bool      // attach queued a configure
+	establishedAt time.Time // hello_ok received and that configure written (zero: not yet)
+	answered      bool      // a frame other than hello_ok or error arrived after hello_ok
 
 	// Position reconciliation (see Source.reconcile), guarded by Source.mu.
 	configured bool                // a configure was written on this connection
@@ -107,7 +111,8 @@ func netDial(ctx context.Context, network, addr string) (net.Conn, error) {
 }
 
 // session dials, runs one connection until it ends and reports whether it was
-// healthy (hello_ok received and alive for HealthyAfter) and why it ended.
+// healthy (see healthyLocked: the next reconnect starts the backoff over) and
+// why it ended.
 func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	var tcpUp atomic.Bool
 	dctx, cancelDial := context.WithTimeout(context.WithValue(ctx, tcpConnectedKey{}, &tcpUp), s.cfg.DialTimeout)
@@ -186,7 +191,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	}
 
 	s.mu.Lock()
-	healthy = connector.Healthy(c.helloAt, s.cfg.HealthyAfter)
+	healthy = c.healthyLocked(s.cfg.HealthyAfter)
 	s.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
@@ -197,6 +202,33 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 		end = readFailure(readErr, s.cfg.ReadTimeout)
 	}
 	return healthy, end
+}
+
+// establishLocked records the moment c became established: hello_ok
+// received and, when attach queued a configure, that configure written, in
+// either order. s.mu is held.
+func (c *conn) establishLocked(now time.Time) {
+	if c.establishedAt.IsZero() && c.ready && (c.configured || !c.wantConfigure) {
+		c.establishedAt = now
+	}
+}
+
+// healthyLocked reports whether the ended connection c resets the reconnect
+// backoff: it was established (hello_ok and the configure went through) and
+// then either the server sent it something besides an error, or it lived
+// `after` past its establishment. A session dropped every few hundred
+// milliseconds while data flows is therefore retried at the first delay
+// every time, like the SDKs do; one that fails before it is established
+// (dial, upgrade, no hello_ok, closed before the configure was written)
+// keeps doubling its delay, and so does a server that answers hello_ok (or
+// hello_ok and an error, a refused configure) and closes at once: a hot loop
+// of accepted-then-dropped sessions still backs off to LASERSELL_BACKOFF_MAX.
+// s.mu is held.
+func (c *conn) healthyLocked(after time.Duration) bool {
+	if c.establishedAt.IsZero() {
+		return false
+	}
+	return c.answered || connector.Healthy(c.establishedAt, after)
 }
 
 // armHelloLocked starts the hello_ok wait once a configure is written on a
@@ -232,6 +264,7 @@ func (s *Source) attach(c *conn) {
 		s.log.Error().Err(err).Msg("could not encode the desired configure")
 		return
 	}
+	c.wantConfigure = true
 	c.out <- outFrame{data: data, configure: true} // the queue is new and empty: never blocks
 	s.log.Info().Int("wallets", len(s.desired.WalletPubkeys)).Msg("configure queued for the new connection")
 }
@@ -329,6 +362,7 @@ func (s *Source) write(c *conn, f outFrame) error {
 	if f.configure {
 		s.mu.Lock()
 		c.configured = true
+		c.establishLocked(time.Now())
 		c.armSettleLocked()
 		s.armHelloLocked(c)
 		s.mu.Unlock()
@@ -370,8 +404,8 @@ func (s *Source) onHello(ctx context.Context, c *conn, data []byte, now time.Tim
 
 	s.mu.Lock()
 	c.ready = true
-	c.helloAt = now
 	c.sessionID = id
+	c.establishLocked(now)
 	s.limits = lim
 	desired := s.desired
 	c.armSettleLocked()

@@ -181,6 +181,9 @@ func (s *Source) Run(ctx context.Context) error {
 			return nil
 		}
 		if healthy {
+			// Established and streaming (or long-lived): the next attempt
+			// waits the first delay again. Sessions that never got that far
+			// keep doubling it (see conn.healthyLocked).
 			bo.Reset()
 			failures = 0
 		}
@@ -193,7 +196,7 @@ func (s *Source) Run(ctx context.Context) error {
 			wait = bo.Next()
 		}
 		s.host.Metrics().Reconnects.WithLabelValues(end.code).Inc()
-		s.log.Warn().Str("reason", end.text).Str("reason_code", end.code).Int("attempt", failures).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
+		s.log.Warn().Str("reason", end.text).Str("reason_code", end.code).Int("attempt", failures).Bool("backoff_reset", healthy).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
 		detail := map[string]any{"reason_code": end.code}
 		s.host.Report(connector.Status{State: connector.StateDisconnected, Reason: end.text, Detail: detail})
 		s.host.Report(connector.Status{State: connector.StateReconnecting, Reason: end.text, Attempt: failures,

@@ -207,7 +207,8 @@ type Limits struct {
 //	invalid_slippage           request_exit_signal                 slippage_bps is not an integer 0..65535
 //	not_configured             update_strategy, update_wallets,    no configure exists yet to update
 //	                           update_watch_wallets, update_position_strategy
-//	unknown_position           update_position_strategy            the position is not open (not in the positions bucket)
+//	unknown_position           update_position_strategy,           the position is not open (not in the positions bucket)
+//	                           close_position, request_exit_signal
 //	not_connected              close_position, request_exit_signal, ping   no live upstream session (after hello_ok)
 //	busy                       all                                 the upstream write queue is full
 const (
