@@ -90,6 +90,14 @@ func (f *Fleet) Held(key string) (replica string, epoch uint64, ok bool) {
 // Run keeps the leases until ctx ends, then stops the sessions it runs and
 // releases their leases. It returns once every lease is released.
 func (f *Fleet) Run(ctx context.Context) error {
+	st, err := f.kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("fleet: leases bucket: %w", err)
+	}
+	if st.TTL() != f.opts.TTL {
+		// The fencing arithmetic assumes the server expires leases after TTL.
+		return fmt.Errorf("fleet: the leases bucket %s expires keys after %s, not the lease TTL %s", st.Bucket(), st.TTL(), f.opts.TTL)
+	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var watching sync.WaitGroup
 	watching.Go(func() { f.forwardReleases(watchCtx) })
@@ -137,7 +145,7 @@ func (f *Fleet) forwardReleases(ctx context.Context) {
 	}
 }
 
-// keep is one session's keeper: acquire, run, renew; stop when lost.
+// keep is one session's keeper: acquire, start, renew; stop when lost.
 func (f *Fleet) keep(ctx context.Context, s Session) {
 	key := s.Key()
 	log := f.opts.Log.With().Str("session", key).Str("replica", f.opts.Replica).Logger()
@@ -152,51 +160,94 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 		}
 		log.Info().Uint64("epoch", lease.Epoch).Msg("lease acquired; starting the session")
 		f.setHeld(key, lease)
+		// The lease is renewed from now on: while the session starts, runs
+		// and stops. lost closes when it is lost or cannot be confirmed in time.
+		holding, stopHolding := context.WithCancel(context.WithoutCancel(ctx))
+		lost := make(chan struct{})
+		held := make(chan struct{})
+		go func() {
+			defer close(held)
+			f.hold(holding, lease, lost, log)
+		}()
+		endHolding := func() { stopHolding(); <-held }
+
 		if err := f.rt.Start(ctx, s); err != nil {
-			log.Error().Err(err).Msg("could not start the session; releasing its lease")
+			endHolding()
 			f.release(lease, log)
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			log.Error().Err(err).Msg("could not start the session; its lease is released")
 			f.wait(ctx, key, f.opts.Retry)
 			continue
 		}
-		lost := f.hold(ctx, lease, log)
+		select {
+		case <-lost:
+			// Self-fencing: stop writing upstream now, without waiting for
+			// commands in progress.
+			if err := f.rt.Abort(key); err != nil && !errors.Is(err, ErrUnknownSession) {
+				log.Error().Err(err).Msg("stopping the session")
+			}
+			endHolding()
+			f.setHeld(key, nil)
+			continue // compete again: the lease may be free once it expired
+		case <-f.rt.Closing():
+			// The runtime stopped every session (a source failed): nothing runs here.
+		case <-ctx.Done():
+		}
+		// Handover: stop the session (still renewing), then release.
 		if err := f.rt.Stop(key); err != nil && !errors.Is(err, ErrUnknownSession) {
 			log.Error().Err(err).Msg("stopping the session")
 		}
-		if lost {
-			f.setHeld(key, nil)
-			continue // compete again: the lease may be free once it expired
+		endHolding()
+		select {
+		case <-lost:
+			f.setHeld(key, nil) // lost while stopping: nothing to release
+		default:
+			f.release(lease, log)
 		}
-		f.release(lease, log) // shutdown: hand over at once
+		select {
+		case <-f.rt.Closing():
+			return
+		default:
+		}
 	}
 }
 
-// hold renews the lease until ctx ends (false) or the lease is lost or could
-// not be confirmed before its deadline less the margin (true).
-func (f *Fleet) hold(ctx context.Context, lease *Lease, log zerolog.Logger) (lost bool) {
-	renew := time.NewTicker(f.opts.Renew)
-	defer renew.Stop()
+// hold renews the lease at once and then every Renew until ctx ends. When
+// the lease is lost, or cannot be confirmed before its deadline less the
+// margin (each renewal is bounded by that deadline), it closes lost and
+// returns: the owner must stop before anyone else can acquire.
+func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, log zerolog.Logger) {
+	next := time.Duration(0)
 	for {
-		// The fence: stop before the lease can expire for the others.
-		fence := time.NewTimer(time.Until(lease.ValidUntil()) - f.opts.Margin)
+		fence := lease.ValidUntil().Add(-f.opts.Margin)
+		wait := min(next, time.Until(fence))
+		t := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():
-			fence.Stop()
-			return false
-		case <-fence.C:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if !time.Now().Before(fence) {
 			log.Error().Time("valid_until", lease.ValidUntil()).Msg("lease not confirmed in time; stopping the session (self-fencing)")
-			return true
-		case <-renew.C:
-			fence.Stop()
-			rctx, cancel := context.WithTimeout(ctx, f.opts.Renew)
-			err := f.leases.Renew(rctx, lease)
-			cancel()
-			switch {
-			case errors.Is(err, ErrLeaseLost):
-				log.Error().Err(err).Msg("lease lost; stopping the session")
-				return true
-			case err != nil && ctx.Err() == nil:
-				log.Warn().Err(err).Time("valid_until", lease.ValidUntil()).Msg("lease renewal failed; retrying until its deadline")
-			}
+			close(lost)
+			return
+		}
+		rctx, cancel := context.WithDeadline(ctx, fence)
+		err := f.leases.Renew(rctx, lease)
+		cancel()
+		switch {
+		case errors.Is(err, ErrLeaseLost):
+			log.Error().Err(err).Msg("lease lost; stopping the session")
+			close(lost)
+			return
+		case err != nil && ctx.Err() == nil:
+			log.Warn().Err(err).Time("valid_until", lease.ValidUntil()).Msg("lease renewal failed; retrying until its deadline")
+			next = f.opts.Renew / 4 // retry sooner while the deadline nears
+		default:
+			next = f.opts.Renew
 		}
 	}
 }

@@ -45,7 +45,8 @@ type Demo struct {
 	// Try lists commands to paste into another terminal; NATSURL in them
 	// stands for the demo's NATS URL.
 	Try []string
-	// Replay is a `connector replay` command line worth trying (NATSURL as in Try).
+	// Replay is a `go run ./cmd/connector replay` command line worth trying
+	// (NATSURL as in Try).
 	Replay string
 	// Start starts the simulators and returns the sessions connected to them
 	// and how to stop the simulators (after the sessions stopped).

@@ -127,6 +127,11 @@ func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
 	// Record the epoch in the value at once (a revision-checked write, so it
 	// is the renewal that also proves the lease is still ours).
 	if err := l.renew(ctx, lease, now); err != nil {
+		// Do not leave a lease nobody uses until its TTL: give it back
+		// (only if it is still the one just written).
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = l.kv.Delete(dctx, key, jetstream.LastRevision(rev))
+		cancel()
 		return nil, err
 	}
 	return lease, nil
@@ -168,14 +173,21 @@ func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error
 }
 
 // Release gives the lease up at once if this replica still holds it, so that
-// another replica can acquire it without waiting for the TTL.
+// another replica can acquire it without waiting for the TTL. ErrLeaseLost
+// says it was not (or no longer provably) this replica's: it then expires
+// after its TTL.
 func (l *Leases) Release(ctx context.Context, lease *Lease) error {
 	err := l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(lease.revision))
-	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !isWrongLastSequence(err) {
-		return fmt.Errorf("lease %s: release: %w", lease.Key, err)
-	}
 	lease.sent = time.Time{} // no longer valid, whatever the outcome
-	return nil
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err):
+		// Not ours any more (expired and taken), or a renewal whose ack was
+		// lost moved the revision: either way it expires after its TTL.
+		return fmt.Errorf("lease %s (epoch %d): release: %w", lease.Key, lease.Epoch, ErrLeaseLost)
+	}
+	return fmt.Errorf("lease %s: release: %w", lease.Key, err)
 }
 
 // ValidUntil is the monotonic deadline before which no other replica can

@@ -124,12 +124,33 @@ func (r *Runtime) Stop(key string) error {
 	return nil
 }
 
+// Abort stops one session at once: its source and the commands in progress
+// are cancelled first, without waiting for them (an owner that lost its
+// lease must stop writing upstream now); the rest is as Stop.
+func (r *Runtime) Abort(key string) error {
+	r.mu.Lock()
+	s := r.sessions[key]
+	r.mu.Unlock()
+	if s == nil {
+		return fmt.Errorf("abort %s: %w", key, ErrUnknownSession)
+	}
+	r.stopSessionNow(s, true)
+	return nil
+}
+
 // stopSession stops s (once; concurrent callers wait for the first).
-func (r *Runtime) stopSession(s *running) {
+func (r *Runtime) stopSession(s *running) { r.stopSessionNow(s, false) }
+
+// stopSessionNow stops s; at once cancels the source and the commands in
+// progress before waiting for them.
+func (r *Runtime) stopSessionNow(s *running, atOnce bool) {
 	s.once.Do(func() {
 		<-s.started // a shutdown may find a session still starting
 		if s.aborted {
 			return // Start released it
+		}
+		if atOnce {
+			s.cancel()
 		}
 		served := s.served
 		if served != nil {

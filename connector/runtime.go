@@ -97,6 +97,7 @@ type Runtime struct {
 	sessions map[string]*running // by Session.Key, from Start until stopped
 	kinds    map[string]func()   // the unknown-command subscription of each kind served, by kind
 	closed   bool                // no new sessions
+	closing  chan struct{}       // closed when closed is set
 	stopping bool                // shutdown began: requests for no session are refused with shutting_down
 
 	// failed carries the first error of a source whose Run failed: Run
@@ -173,7 +174,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	pubCtx, stop := context.WithCancel(context.Background())
 	r := &Runtime{
 		opts: opts, highJS: highJS, buckets: buckets,
-		sessions: map[string]*running{}, kinds: map[string]func(){}, failed: make(chan error, 1),
+		sessions: map[string]*running{}, kinds: map[string]func(){}, failed: make(chan error, 1), closing: make(chan struct{}),
 		runID: nuid.Next(), highWindow: 1, pubCtx: pubCtx, stopPublishing: stop, pumpDone: make(chan struct{}),
 		serving: make(chan struct{}),
 	}
@@ -223,7 +224,7 @@ func (r *Runtime) Run(ctx context.Context, sessions ...Session) error {
 // shutdown stops every session, the kinds' subscriptions and the publishers.
 func (r *Runtime) shutdown() {
 	r.mu.Lock()
-	r.closed, r.stopping = true, true
+	r.markClosed()
 	all := make([]*running, 0, len(r.sessions))
 	for _, s := range r.sessions {
 		all = append(all, s)
@@ -236,6 +237,18 @@ func (r *Runtime) shutdown() {
 	wg.Wait()
 	r.Close()
 }
+
+// markClosed refuses new sessions and tells Closing's readers. r.mu is held.
+func (r *Runtime) markClosed() {
+	if !r.closed {
+		close(r.closing)
+	}
+	r.closed, r.stopping = true, true
+}
+
+// Closing is closed once the runtime shuts down (Run ends, Close): no
+// session can be started any more.
+func (r *Runtime) Closing() <-chan struct{} { return r.closing }
 
 // fail reports a source that stopped with an error; the first one ends Run.
 func (r *Runtime) fail(err error) {
@@ -275,7 +288,7 @@ func (r *Runtime) waitHandlers() {
 func (r *Runtime) Close() {
 	r.closeOnce.Do(func() {
 		r.mu.Lock()
-		r.closed, r.stopping = true, true
+		r.markClosed()
 		left := make([]*running, 0, len(r.sessions))
 		for _, s := range r.sessions {
 			left = append(left, s)

@@ -36,8 +36,8 @@ func TestHelpListsCommandsAndEveryVariable(t *testing.T) {
 	}
 }
 
-// `connector config` (alias env) prints each variable on one line with its
-// default and meaning.
+// `connector config` (alias env) prints each variable as a block: its name
+// and default on one line, its meaning on the indented lines below.
 func TestConfigPrintsVariablesWithDefaults(t *testing.T) {
 	var cfgOut, envOut bytes.Buffer
 	if err := dispatch(context.Background(), []string{"config"}, &cfgOut); err != nil {
@@ -49,23 +49,41 @@ func TestConfigPrintsVariablesWithDefaults(t *testing.T) {
 	if cfgOut.String() != envOut.String() {
 		t.Fatal("config and env print different texts")
 	}
-	lines := map[string]string{}
+	lines := map[string]string{} // name: name line + " | " + meaning
+	last := ""
 	for _, l := range strings.Split(cfgOut.String(), "\n") {
-		if f := strings.Fields(l); len(f) > 0 {
-			lines[f[0]] = l
+		switch {
+		case strings.HasPrefix(l, "      "):
+			lines[last] += " " + strings.TrimSpace(l)
+		case strings.HasPrefix(l, "  "):
+			last = strings.Fields(l)[0]
+			lines[last] = l + " |"
 		}
 	}
 	for name, wants := range map[string][]string{
 		"CONNECTOR_HTTP_ADDR":   {"127.0.0.1:8080", "/readyz"},
 		"LOG_LEVEL":             {"info", "trace, debug, info, warn or error"},
 		"LOG_FORMAT":            {"auto", "json, console"},
-		"LASERSELL_BACKOFF_MAX": {"2s"},
-		"OPENSTREAM_LOW_LANE":   {"8192"},
+		"LASERSELL_BACKOFF_MAX": {"2s", "largest reconnect delay"},
+		"OPENSTREAM_LOW_LANE":   {"8192", "oldest dropped when full"},
+		"GOGC":                  {"400", "a number (percent) or off"},
 	} {
+		if !strings.HasPrefix(lines[name], "  "+name+" ") || !strings.Contains(lines[name], "default "+wants[0]+" |") {
+			t.Errorf("config block of %s is %q, want its first line to give the default %s", name, lines[name], wants[0])
+		}
 		for _, w := range wants {
 			if !strings.Contains(lines[name], w) {
-				t.Errorf("config line of %s is %q, want it to contain %q", name, lines[name], w)
+				t.Errorf("config block of %s is %q, want it to contain %q", name, lines[name], w)
 			}
+		}
+	}
+	vars, err := envVariables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vars {
+		if _, ok := lines[v[0]]; !ok {
+			t.Errorf("config prints no block for %s", v[0])
 		}
 	}
 	if err := dispatch(context.Background(), []string{"config", "extra"}, &bytes.Buffer{}); !isConfigError(err) {

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -172,6 +174,15 @@ func (c Config) validate() error {
 	if c.KVReplicas < 1 || c.KVReplicas > 5 {
 		return badConfig("CONNECTOR_KV_REPLICAS=%d must be 1..5", c.KVReplicas)
 	}
+	if c.NATSConfig.User != "" && c.NATSConfig.Password == "" {
+		return badConfig("NATS_USER is set without NATS_PASSWORD: set both, or neither")
+	}
+	if c.NATSConfig.Password != "" && c.NATSConfig.User == "" {
+		return badConfig("NATS_PASSWORD is set without NATS_USER: set both, or neither")
+	}
+	if err := validGOGC(os.Getenv("GOGC")); err != nil {
+		return err
+	}
 	if (c.NATSConfig.Cert == "") != (c.NATSConfig.Key == "") {
 		return badConfig("NATS_CERT and NATS_KEY must be set together")
 	}
@@ -187,18 +198,21 @@ func (c Config) validate() error {
 }
 
 // validNATSURLs checks the syntax of NATS_URL (nats.go adds nats:// to a bare
-// host:port). The error never echoes the URL: it may carry a password.
+// host:port). An entry needs a host, and a scheme or a port: a bare word such
+// as "bogus" is a mistake far more often than a host on port 4222. The error
+// never echoes the URL: it may carry a password.
 func validNATSURLs(list string) error {
 	if list == "" {
 		return nil
 	}
 	for i, raw := range strings.Split(list, ",") {
 		raw = strings.TrimSpace(raw)
-		if !strings.Contains(raw, "://") {
+		bare := !strings.Contains(raw, "://")
+		if bare {
 			raw = "nats://" + raw
 		}
 		u, err := url.Parse(raw)
-		if err != nil || u.Host == "" {
+		if err != nil || u.Hostname() == "" {
 			return badConfig("NATS_URL: entry %d is not a server URL such as nats://host:4222", i+1)
 		}
 		switch u.Scheme {
@@ -206,14 +220,119 @@ func validNATSURLs(list string) error {
 		default:
 			return badConfig("NATS_URL: entry %d has scheme %q; use nats, tls, ws or wss", i+1, u.Scheme)
 		}
+		port := u.Port()
+		if bare && port == "" {
+			return badConfig("NATS_URL: entry %d has neither a scheme nor a port; write it as nats://host:4222", i+1)
+		}
+		if port != "" {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return badConfig("NATS_URL: entry %d has port %s; a port is 1..65535", i+1, port)
+			}
+		}
 	}
 	return nil
+}
+
+// validGOGC checks GOGC, which the Go runtime reads and silently ignores when
+// it is neither a number nor "off".
+func validGOGC(v string) error {
+	if v == "" || v == "off" {
+		return nil
+	}
+	if _, err := strconv.Atoi(v); err != nil {
+		return badConfig("GOGC=%q must be a number (percent, for example 400) or off", v)
+	}
+	return nil
+}
+
+// streamFields are the FIELD parts of STREAM_<NAME>_<FIELD>.
+var streamFields = []string{"MAX_AGE", "MAX_BYTES", "REPLICAS", "STORAGE", "DUPLICATES"}
+
+// checkStreamVars refuses STREAM_* variables that name no stream or no
+// field: envconfig would ignore a misspelt one, and the stream would silently
+// keep its default retention.
+func checkStreamVars(environ []string, streams []string) error {
+	var bad []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "STREAM_") {
+			bad = append(bad, name)
+		}
+	}
+	slices.Sort(bad)
+	for _, name := range bad {
+		rest := strings.TrimPrefix(name, "STREAM_")
+		field := ""
+		for _, f := range streamFields {
+			if strings.HasSuffix(rest, "_"+f) {
+				field = f
+				break
+			}
+		}
+		if field != "" {
+			stream := strings.TrimSuffix(rest, "_"+field)
+			if slices.Contains(streams, stream) {
+				continue
+			}
+			return badConfig("%s: there is no stream %s; did you mean STREAM_%s_%s? (streams: %s)",
+				name, stream, nearest(stream, streams), field, strings.Join(streams, ", "))
+		}
+		for _, s := range streams {
+			if strings.HasPrefix(rest, s+"_") {
+				got := strings.TrimPrefix(rest, s+"_")
+				return badConfig("%s: stream %s has no setting %s; did you mean STREAM_%s_%s? (settings: %s)",
+					name, s, got, s, nearest(got, streamFields), strings.Join(streamFields, ", "))
+			}
+		}
+		return badConfig("%s is not a stream setting: use STREAM_<NAME>_<SETTING> with NAME one of %s and SETTING one of %s",
+			name, strings.Join(streams, ", "), strings.Join(streamFields, ", "))
+	}
+	return nil
+}
+
+// nearest returns the candidate with the smallest edit distance to s.
+func nearest(s string, candidates []string) string {
+	best, bestD := "", -1
+	for _, c := range candidates {
+		if d := editDistance(s, c); bestD < 0 || d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes: the names are ASCII).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // retention reads STREAM_<NAME>_* over the defaults of every stream of the
 // kinds, so a bad value stops start-up instead of surfacing when the stream
 // is created.
 func retention(kinds []connector.Kind) (func(subjects.StreamSpec) connector.Retention, error) {
+	var known []string
+	for _, spec := range subjects.Streams(subjectKinds(builtinKinds())...) {
+		known = append(known, spec.Name)
+	}
+	if err := checkStreamVars(os.Environ(), known); err != nil {
+		return nil, err
+	}
 	byName := map[string]connector.Retention{}
 	for _, spec := range subjects.Streams(subjectKinds(kinds)...) {
 		d := connector.DefaultRetention(spec)

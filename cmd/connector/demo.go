@@ -19,8 +19,8 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("connector demo", flag.ContinueOnError)
 	duration := fs.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
 	quiet := fs.Bool("no-table", false, "do not draw the live table (logs only)")
-	if err := fs.Parse(args); err != nil {
-		return flagError(err)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc

@@ -104,7 +104,7 @@ func TestDemoPrintedCommandsWork(t *testing.T) {
 
 	// The printed replay command, run as pasted (with the file in a temp dir):
 	// the demo's exit signals of the last minute end up in the file.
-	replay := regexp.MustCompile(`NATS_URL=(\S+) connector replay (.*) --output (\S+)`).FindStringSubmatch(out.String())
+	replay := regexp.MustCompile(`NATS_URL=(\S+) (?:go run \./cmd/connector|\./bin/connector|connector) replay (.*) --output (\S+)`).FindStringSubmatch(out.String())
 	if replay == nil {
 		t.Fatalf("no replay command printed:\n%s", out.String())
 	}

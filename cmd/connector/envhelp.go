@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/kelseyhightower/envconfig"
 
 	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/subjects"
 )
 
 // envSpec is one configuration struct and the prefix it is read with.
@@ -21,7 +21,7 @@ type envSpec struct {
 
 // envSpecs lists the process's configuration, then each kind's.
 func envSpecs(kinds []connector.Kind) []envSpec {
-	out := []envSpec{{"connector and NATS", "", &Config{}}}
+	out := []envSpec{{"Connector and NATS", "", &Config{}}}
 	for _, k := range kinds {
 		c := k.Config()
 		out = append(out, envSpec{k.Title, c.EnvPrefix(), c})
@@ -29,53 +29,135 @@ func envSpecs(kinds []connector.Kind) []envSpec {
 	return out
 }
 
-// envVariables lists every variable the connector reads (stream retention
-// variables aside), as name, default, description.
-func envVariables() ([][3]string, error) {
-	var out [][3]string
+// envGroup is the variables of one configuration struct, each as name,
+// default, description.
+type envGroup struct {
+	title string
+	vars  [][3]string
+}
+
+// envGroups lists the variables the connector reads (stream retention
+// variables aside), grouped as envSpecs groups them.
+func envGroups() ([]envGroup, error) {
+	var out []envGroup
 	for _, s := range envSpecs(builtinKinds()) {
 		var b strings.Builder
 		format := "{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
 		if err := envconfig.Usagef(s.prefix, s.spec, &b, format); err != nil {
 			return nil, fmt.Errorf("%s: %w", s.title, err)
 		}
+		g := envGroup{title: s.title}
 		for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
 			f := strings.SplitN(line, "\t", 3)
 			if len(f) == 3 {
-				out = append(out, [3]string{f[0], f[1], f[2]})
+				g.vars = append(g.vars, [3]string{f[0], f[1], f[2]})
 			}
 		}
+		out = append(out, g)
 	}
 	return out, nil
 }
 
-// printEnv is `connector env`: every variable with its default and meaning.
+// envVariables lists every variable the connector reads (stream retention
+// variables aside), as name, default, description.
+func envVariables() ([][3]string, error) {
+	groups, err := envGroups()
+	if err != nil {
+		return nil, err
+	}
+	var out [][3]string
+	for _, g := range groups {
+		out = append(out, g.vars...)
+	}
+	return out, nil
+}
+
+// envWidth is the widest line `connector config` prints: it fits a terminal
+// of 100 columns.
+const envWidth = 100
+
+// printEnv is `connector env`: every variable with its default and meaning,
+// one block per variable (name and default, then the meaning wrapped below).
 func printEnv(w io.Writer) error {
-	vars, err := envVariables()
+	groups, err := envGroups()
 	if err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
-	for _, v := range vars {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", v[0], v[1], v[2])
+	nameWidth := 0
+	for _, g := range groups {
+		for _, v := range g.vars {
+			nameWidth = max(nameWidth, len(v[0]))
+		}
 	}
-	fmt.Fprintln(tw, "STREAM_<NAME>_{MAX_AGE,MAX_BYTES,REPLICAS,STORAGE,DUPLICATES}\t(per stream)\tretention of each stream, see README")
-	fmt.Fprintln(tw, "GOGC\t400\tGo garbage-collector target (read by the Go runtime; the connector sets 400 unless given)")
-	return tw.Flush()
+	var b strings.Builder
+	variable := func(name, def, meaning string) {
+		line := "  " + name
+		if def != "" {
+			line = fmt.Sprintf("  %-*s  default %s", nameWidth, name, def)
+		}
+		b.WriteString(line + "\n")
+		for _, l := range wrapWords(meaning, envWidth-6) {
+			b.WriteString("      " + l + "\n")
+		}
+	}
+	for i, g := range groups {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(g.title + ":\n")
+		for _, v := range g.vars {
+			variable(v[0], v[1], v[2])
+		}
+	}
+	var streams []string
+	for _, spec := range subjects.Streams(subjectKinds(builtinKinds())...) {
+		streams = append(streams, spec.Name)
+	}
+	b.WriteString("\nStream retention, per stream (README.md, Stream retention, has the defaults):\n")
+	variable("STREAM_<NAME>_<SETTING>", "", "NAME is one of "+strings.Join(streams, ", ")+"; SETTING is one of "+
+		strings.Join(streamFields, ", ")+". A name that is neither is refused.")
+	b.WriteString("\nGo runtime:\n")
+	variable("GOGC", "400", "Go garbage-collector target: a number (percent) or off; read by the Go runtime, the connector sets 400 unless given")
+	_, err = io.WriteString(w, b.String())
+	return err
+}
+
+// wrapWords breaks text into lines of at most width bytes at spaces (a
+// longer word gets a line of its own).
+func wrapWords(text string, width int) []string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(text) {
+		switch {
+		case line == "":
+			line = word
+		case len(line)+1+len(word) <= width:
+			line += " " + word
+		default:
+			lines = append(lines, line)
+			line = word
+		}
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 // runConfig is `connector config`: the variables, or with --check the verdict
 // on the current environment.
 func runConfig(args []string, w io.Writer) error {
 	fs := flag.NewFlagSet("connector config", flag.ContinueOnError)
-	fs.SetOutput(w)
 	check := fs.Bool("check", false, "load and validate the whole configuration without connecting to anything; exit status 2 when it is invalid")
-	if err := fs.Parse(args); err != nil {
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: connector config [--check]   (alias: connector env)\n\nWithout flags: every variable with its default and meaning.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args, w); err != nil {
 		return flagError(err)
 	}
 	if fs.NArg() > 0 {
-		return badConfig("config takes no arguments, only --check (got %q)", fs.Arg(0))
+		return badUsage("config takes no arguments, only --check (got %q)", fs.Arg(0))
 	}
 	if !*check {
 		return printEnv(w)

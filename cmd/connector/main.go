@@ -14,6 +14,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -31,9 +32,10 @@ import (
 const version = "0.1.0"
 
 func main() {
-	if _, set := os.LookupEnv("GOGC"); !set {
+	if os.Getenv("GOGC") == "" {
 		// The connector allocates per event and has memory to spare: collecting
-		// less often buys throughput (BENCHMARKS.md). GOGC overrides.
+		// less often buys throughput (BENCHMARKS.md). GOGC overrides (an
+		// invalid GOGC is refused by the configuration check).
 		debug.SetGCPercent(400)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -75,12 +77,15 @@ func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	switch cmd {
 	case "run":
+		if help, err := parseRun(args, stdout); err != nil || help {
+			return err
+		}
 		return runConnector(ctx)
 	case "demo":
 		return runDemo(ctx, args, stdout)
 	case "sim":
 		if len(args) == 0 {
-			return badConfig("sim needs a simulator name: lasersell or openstream")
+			return badUsage("sim needs a simulator name: lasersell or openstream")
 		}
 		return runSim(ctx, args[0], args[1:])
 	case "config", "env":
@@ -98,7 +103,47 @@ func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "%s\n\nConfiguration (environment variables; README.md explains each):\n\n", usage)
 		return printEnv(stdout)
 	}
-	return badConfig("unknown command %q (connector help lists the commands)", cmd)
+	return badUsage("unknown command %q (connector help lists the commands)", cmd)
+}
+
+const runUsage = `usage: connector run
+
+Runs the connector until SIGTERM or Ctrl-C (also what plain "connector" does).
+It takes no flags or arguments: everything is configured by environment
+variables. "connector config" lists them with their defaults and meanings,
+"connector config --check" validates the current environment.
+`
+
+// parseRun reads run's command line: nothing but -h. help reports that only
+// the help text was asked for (and printed).
+func parseRun(args []string, w io.Writer) (help bool, err error) {
+	fs := flag.NewFlagSet("connector run", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), runUsage) }
+	if err := parseFlags(fs, args, w); err != nil {
+		return errors.Is(err, flag.ErrHelp), flagError(err)
+	}
+	if fs.NArg() > 0 {
+		return false, badUsage("run: unexpected argument %q (run takes none; it is configured by environment variables, see connector config)", fs.Arg(0))
+	}
+	return false, nil
+}
+
+// parseFlags parses args into fs. -h prints fs.Usage to help and returns
+// flag.ErrHelp; a bad flag returns an error naming the command, which main
+// prints once (the flag package's own copy and usage text are discarded).
+func parseFlags(fs *flag.FlagSet, args []string, help io.Writer) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(help)
+		fs.Usage()
+		return err
+	}
+	name := fs.Name()
+	return fmt.Errorf("%s: %w (%s -h lists the flags)", strings.TrimPrefix(name, "connector "), err, name)
 }
 
 // newLogger builds the process logger: JSON for machines, console for people.

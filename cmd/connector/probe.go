@@ -38,13 +38,12 @@ func runProbe(ctx context.Context, args []string, w io.Writer) error {
 // parseProbe reads `probe [-timeout 2s] URL`; an empty URL means only help was asked for.
 func parseProbe(args []string, w io.Writer) (url string, timeout time.Duration, err error) {
 	fs := flag.NewFlagSet("connector probe", flag.ContinueOnError)
-	fs.SetOutput(w)
 	fs.DurationVar(&timeout, "timeout", 2*time.Second, "give up after this long")
 	fs.Usage = func() {
-		fmt.Fprintln(w, "usage: connector probe [-timeout 2s] URL   (exit status 0 on a 2xx answer, else 1)")
+		fmt.Fprintln(fs.Output(), "usage: connector probe [-timeout 2s] URL   (exit status 0 on a 2xx answer, else 1)")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, w); err != nil {
 		return "", 0, flagError(err)
 	}
 	if fs.NArg() != 1 {

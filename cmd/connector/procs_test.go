@@ -31,9 +31,23 @@ import (
 // `go build`. The name has none of the connector's variable prefixes.
 const childModeEnv = "GO_TEST_CONNECTOR_CHILD"
 
+// childArgsEnv holds, in child mode "args", the command line (a JSON array)
+// the child's main() sees.
+const childArgsEnv = "GO_TEST_CONNECTOR_ARGS"
+
 func TestMain(m *testing.M) {
-	if os.Getenv(childModeEnv) == "run" {
+	switch os.Getenv(childModeEnv) {
+	case "run":
 		os.Args = []string{os.Args[0], "run"}
+		main()
+		os.Exit(0)
+	case "args":
+		var args []string
+		if err := json.Unmarshal([]byte(os.Getenv(childArgsEnv)), &args); err != nil {
+			fmt.Fprintln(os.Stderr, "test child:", childArgsEnv, err)
+			os.Exit(99)
+		}
+		os.Args = append([]string{os.Args[0]}, args...)
 		main()
 		os.Exit(0)
 	}

@@ -34,7 +34,6 @@ Flags:
 // runReplay is `connector replay`.
 func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("connector replay", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var filters stringList
 	fs.Var(&filters, "subject", "subject filter, wildcards allowed; repeat for several (required)")
 	stream := fs.String("stream", "", "stream to read (default: the one stream capturing the subjects)")
@@ -51,7 +50,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprint(fs.Output(), replayUsage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stderr); err != nil {
 		return flagError(err)
 	}
 	if fs.NArg() > 0 {

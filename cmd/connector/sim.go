@@ -43,7 +43,7 @@ func parseSim(name string, args []string, log zerolog.Logger) (start func() (sto
 		}
 		fs := flag.NewFlagSet("connector sim "+name, flag.ContinueOnError)
 		run := k.Simulator(fs)
-		if err := fs.Parse(args); err != nil {
+		if err := parseFlags(fs, args, os.Stderr); err != nil {
 			return nil, flagError(err)
 		}
 		if err := run.Validate(); err != nil {
@@ -58,7 +58,7 @@ func parseSim(name string, args []string, log zerolog.Logger) (start func() (sto
 			return stop, nil
 		}, nil
 	}
-	return nil, badConfig("unknown simulator %q: %s", name, strings.Join(names, " or "))
+	return nil, badUsage("sim: unknown simulator %q: %s", name, strings.Join(names, " or "))
 }
 
 func flagError(err error) error {

@@ -29,7 +29,7 @@ func demo() *connector.Demo {
 			nats + "kv ls LASERSELL_POSITIONS",
 			nats + "kv get CONNECTOR_STATUS lasersell." + demoSession,
 		},
-		Replay: "NATS_URL=" + connector.NATSURL + " connector replay --subject 'lasersell." + demoSession + ".exit.*' --since 1m --output exits.ndjson",
+		Replay: "NATS_URL=" + connector.NATSURL + " go run ./cmd/connector replay --subject 'lasersell." + demoSession + ".exit.*' --since 1m --output exits.ndjson",
 		Start:  startDemo,
 	}
 }

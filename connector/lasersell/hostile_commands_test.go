@@ -111,6 +111,11 @@ func TestHostileCommandFloodIsRateLimited(t *testing.T) {
 	t.Parallel()
 	const rate, burst = 10, 20
 	r, s, before := hostileRig(t, connectortest.Options{CommandRate: rate, CommandBurst: burst})
+	// Only open positions are forwarded: track position 1 (of a wallet outside
+	// the configure, so reconciliation leaves it alone).
+	r.src.mu.Lock()
+	r.src.positions[1] = &position{PositionID: 1, WalletPubkey: walletC, Mint: mintA}
+	r.src.mu.Unlock()
 	subj := subjects.Command(subjects.KindLaserSell, session, typeClosePosition)
 	start := time.Now()
 	const floods = 1000

@@ -1,0 +1,499 @@
+package natscluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+const (
+	stream  = "ORDERS"
+	bucket  = "state"
+	subject = "orders.new"
+)
+
+// fixture starts a cluster with an R3 stream and an R3 key-value bucket.
+func fixture(t *testing.T) (*Cluster, jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	c := Start(t, Options{})
+	js, err := jetstream.New(c.Conn(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: stream, Subjects: []string{"orders.>"}, Replicas: 3,
+		Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute, MaxBytes: 32 << 20,
+	}); err != nil {
+		t.Fatalf("create stream: %v", err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Replicas: 3, MaxBytes: 8 << 20})
+	if err != nil {
+		t.Fatalf("create KV bucket: %v", err)
+	}
+	for _, s := range []string{stream, "KV_" + bucket} {
+		if _, err := c.WaitStreamLeader(ctx, s, -1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, js, kv
+}
+
+// writer publishes to the stream (with Nats-Msg-Id) and creates keys in the
+// bucket in a loop, retrying each message or key until it is acknowledged,
+// as a real client would, until stopped.
+type writer struct {
+	js   jetstream.JetStream
+	kv   jetstream.KeyValue
+	stop chan struct{}
+	done chan struct{}
+
+	mu       sync.Mutex
+	acked    map[string]uint64 // message id -> stream sequence
+	keys     map[string]string // key -> value, acknowledged
+	ackTimes []time.Time       // every acknowledged publish, in order
+	retries  int
+	errs     map[string]int
+	fatal    error
+}
+
+func startWriter(js jetstream.JetStream, kv jetstream.KeyValue) *writer {
+	w := &writer{
+		js: js, kv: kv, stop: make(chan struct{}), done: make(chan struct{}),
+		acked: map[string]uint64{}, keys: map[string]string{}, errs: map[string]int{},
+	}
+	go w.run()
+	return w
+}
+
+func (w *writer) stopped() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// attemptTimeout bounds one publish attempt: it is the resolution of the
+// leaderless-time measure.
+const attemptTimeout = 500 * time.Millisecond
+
+func (w *writer) run() {
+	defer close(w.done)
+	giveUp := func() bool { return false }
+	for n := 0; !w.stopped(); n++ {
+		// Once stopped, the current message and key are still retried until
+		// acknowledged (for at most 20 s), so that every one tried is acked.
+		var deadline time.Time
+		giveUp = func() bool {
+			if !w.stopped() {
+				return false
+			}
+			if deadline.IsZero() {
+				deadline = time.Now().Add(20 * time.Second)
+			}
+			return time.Now().After(deadline)
+		}
+		id := fmt.Sprintf("m-%06d", n)
+		for attempt := 0; ; attempt++ {
+			if giveUp() {
+				w.fail(fmt.Errorf("message %s never acknowledged", id))
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
+			ack, err := w.js.Publish(ctx, subject, []byte(id), jetstream.WithMsgID(id))
+			cancel()
+			if err != nil {
+				w.retry(err)
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			w.mu.Lock()
+			if prev, ok := w.acked[id]; ok && prev != ack.Sequence {
+				w.fatal = fmt.Errorf("message %s acknowledged at sequences %d and %d", id, prev, ack.Sequence)
+			}
+			w.acked[id] = ack.Sequence
+			w.ackTimes = append(w.ackTimes, time.Now())
+			w.mu.Unlock()
+			break
+		}
+		if n%4 != 0 {
+			continue
+		}
+		key, val := fmt.Sprintf("k%06d", n), id
+		for attempt := 0; ; attempt++ {
+			if giveUp() {
+				w.fail(fmt.Errorf("key %s never acknowledged", key))
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
+			_, err := w.kv.Create(ctx, key, []byte(val))
+			cancel()
+			if errors.Is(err, jetstream.ErrKeyExists) && attempt > 0 {
+				err = nil // stored by an earlier attempt whose ack was lost
+			}
+			if err != nil {
+				w.retry(err)
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			w.mu.Lock()
+			w.keys[key] = val
+			w.mu.Unlock()
+			break
+		}
+	}
+}
+
+func (w *writer) retry(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.retries++
+	w.errs[err.Error()]++
+}
+
+func (w *writer) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.fatal == nil {
+		w.fatal = err
+	}
+}
+
+// firstAckAfter is the time of the first acknowledged publish after t.
+func (w *writer) firstAckAfter(t time.Time) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, at := range w.ackTimes {
+		if at.After(t) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func (w *writer) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+// waitAcks waits until n more publishes are acknowledged.
+func (w *writer) waitAcks(t *testing.T, n int, what string) {
+	t.Helper()
+	want := w.count() + n
+	if err := waitFor(30*time.Second, fmt.Sprintf("%d acknowledged publishes %s", n, what), func() error {
+		if got := w.count(); got < want {
+			return fmt.Errorf("%d of %d", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// finish stops the writer and checks that every acknowledged message is
+// stored exactly once and every acknowledged key holds its value.
+func (w *writer) finish(t *testing.T) {
+	t.Helper()
+	close(w.stop)
+	select {
+	case <-w.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("writer did not stop within 30 s")
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t.Logf("writer: %d messages and %d keys acknowledged, %d retries: %v", len(w.acked), len(w.keys), w.retries, w.errs)
+	if w.fatal != nil {
+		t.Fatal(w.fatal)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := w.js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := s.CachedInfo().State.Msgs
+	if msgs != uint64(len(w.acked)) {
+		t.Errorf("stream holds %d messages, %d were acknowledged (each retried until acked)", msgs, len(w.acked))
+	}
+	oc, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for read := uint64(0); read < msgs; {
+		batch, err := oc.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		for m := range batch.Messages() {
+			read++
+			id := m.Headers().Get(nats.MsgIdHdr)
+			seen[id]++
+			meta, _ := m.Metadata()
+			if seq, ok := w.acked[id]; !ok {
+				t.Errorf("stored message %q (seq %d) was never acknowledged", id, meta.Sequence.Stream)
+			} else if seq != meta.Sequence.Stream {
+				t.Errorf("message %s stored at %d, acknowledged at %d", id, meta.Sequence.Stream, seq)
+			}
+		}
+		if err := batch.Error(); err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d messages: %v", read, msgs, ctx.Err())
+		}
+	}
+	for id := range w.acked {
+		if seen[id] != 1 {
+			t.Errorf("acknowledged message %s stored %d times", id, seen[id])
+		}
+	}
+
+	keys, err := w.kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := 0
+	for k := range keys.Keys() {
+		stored++
+		if _, ok := w.keys[k]; !ok {
+			t.Errorf("stored key %s was never acknowledged", k)
+		}
+	}
+	if stored != len(w.keys) {
+		t.Errorf("bucket holds %d keys, %d were acknowledged", stored, len(w.keys))
+	}
+	for k, v := range w.keys {
+		e, err := w.kv.Get(ctx, k)
+		if err != nil {
+			t.Errorf("acknowledged key %s: %v", k, err)
+			continue
+		}
+		if string(e.Value()) != v || e.Revision() == 0 {
+			t.Errorf("key %s = %q, want %q", k, e.Value(), v)
+		}
+	}
+}
+
+// streamState is the state of a stream as node s stores it.
+func streamState(s *server.Server, name string) (server.StreamState, error) {
+	jsz, err := s.Jsz(&server.JSzOptions{Accounts: true, Streams: true})
+	if err != nil {
+		return server.StreamState{}, err
+	}
+	for _, a := range jsz.AccountDetails {
+		for _, sd := range a.Streams {
+			if sd.Name == name {
+				return sd.State, nil
+			}
+		}
+	}
+	return server.StreamState{}, fmt.Errorf("node %s has no stream %s", s.Name(), name)
+}
+
+// waitSameState waits until every running node stores the same last sequence
+// and message count of each stream: the followers have caught up.
+func waitSameState(t *testing.T, c *Cluster, streams ...string) {
+	t.Helper()
+	for _, name := range streams {
+		err := waitFor(20*time.Second, "every node storing the same state of stream "+name, func() error {
+			var first *server.StreamState
+			for i := range c.N() {
+				s := c.Node(i)
+				if s == nil {
+					continue
+				}
+				st, err := streamState(s, name)
+				if err != nil {
+					return err
+				}
+				if first == nil {
+					first = &st
+				} else if st.LastSeq != first.LastSeq || st.Msgs != first.Msgs {
+					return fmt.Errorf("n%d has last seq %d, %d msgs; another node %d, %d", i, st.LastSeq, st.Msgs, first.LastSeq, first.Msgs)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRoutesGoThroughProxies(t *testing.T) {
+	c := Start(t, Options{})
+	// Every route connection is counted by both of its ends, and carried by
+	// exactly one proxy.
+	err := waitFor(10*time.Second, "every route connection carried by a route proxy", func() error {
+		ends := 0
+		for i := range c.N() {
+			rz, err := c.Node(i).Routez(&server.RoutezOptions{})
+			if err != nil {
+				return err
+			}
+			ends += len(rz.Routes)
+		}
+		proxied := 0
+		for a := range c.N() {
+			for b := range c.N() {
+				if a != b {
+					proxied += c.RouteProxy(a, b).Active()
+				}
+			}
+		}
+		if ends == 0 || ends != 2*proxied {
+			return fmt.Errorf("%d route ends, %d proxied connections", ends, proxied)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leader, err := c.MetaLeader(); err != nil || leader < 0 {
+		t.Fatalf("meta leader: %d, %v", leader, err)
+	}
+}
+
+func TestStepDownKeepsAckedPublishesOnce(t *testing.T) {
+	c, js, kv := fixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := startWriter(js, kv)
+	w.waitAcks(t, 50, "before the step-down")
+
+	for _, s := range []string{stream, "KV_" + bucket} {
+		old, err := c.StreamLeader(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		nl, err := c.StepDown(ctx, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nl == old {
+			t.Fatalf("stream %s: leader n%d after step-down, same as before", s, nl)
+		}
+		t.Logf("stream %s: step-down n%d -> n%d in %v", s, old, nl, time.Since(start).Round(time.Millisecond))
+		w.waitAcks(t, 50, "after the step-down of "+s)
+	}
+	kvl, err := c.KVLeader(ctx, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("KV leader now n%d", kvl)
+	w.finish(t)
+	waitSameState(t, c, stream, "KV_"+bucket)
+}
+
+func TestKillRestartKeepsAckedPublishesOnce(t *testing.T) {
+	c, js, kv := fixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	w := startWriter(js, kv)
+	w.waitAcks(t, 50, "before the kill")
+
+	old, err := c.StreamLeader(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := streamState(c.Node(old), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	c.Kill(old)
+	nl, err := c.WaitStreamLeader(ctx, stream, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaderSeen := time.Since(killed)
+	w.waitAcks(t, 50, "after the kill of the stream leader")
+	first, _ := w.firstAckAfter(killed)
+	t.Logf("LEADERLESS stream %s: killed leader n%d; first acked publish after %v (attempt timeout %v); new leader n%d reported after %v",
+		stream, old, first.Sub(killed).Round(time.Millisecond), attemptTimeout, nl, leaderSeen.Round(time.Millisecond))
+	if nl == old {
+		t.Fatalf("new leader n%d is the killed node", nl)
+	}
+	if kl, err := c.KVLeader(ctx, bucket); err != nil {
+		t.Fatal(err)
+	} else if kl == old {
+		t.Fatalf("KV leader n%d is the killed node", kl)
+	}
+
+	restarting := time.Now()
+	c.Restart(old)
+	t.Logf("n%d restarted and current in %v", old, time.Since(restarting).Round(time.Millisecond))
+	w.waitAcks(t, 50, "after the restart")
+	w.finish(t)
+	waitSameState(t, c, stream, "KV_"+bucket)
+	after, err := streamState(c.Node(old), stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.LastSeq <= before.LastSeq {
+		t.Fatalf("restarted n%d did not catch up: last seq %d, was %d before the kill", old, after.LastSeq, before.LastSeq)
+	}
+}
+
+func TestIsolateHeal(t *testing.T) {
+	c, _, _ := fixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	old, err := c.StreamLeader(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The writer talks to the majority side only: a client of the isolated
+	// node can reach no leader until the partition heals.
+	var majority []int
+	for i := range c.N() {
+		if i != old {
+			majority = append(majority, i)
+		}
+	}
+	js, err := jetstream.New(c.ConnTo(t, majority...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := startWriter(js, kv)
+	w.waitAcks(t, 50, "before the isolation")
+
+	isolated := time.Now()
+	c.Isolate(old)
+	nl, err := c.WaitStreamLeader(ctx, stream, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.waitAcks(t, 50, "after the isolation of the stream leader")
+	first, _ := w.firstAckAfter(isolated)
+	t.Logf("LEADERLESS (isolation) stream %s: isolated leader n%d; first acked publish after %v; new leader n%d",
+		stream, old, first.Sub(isolated).Round(time.Millisecond), nl)
+	if nl == old {
+		t.Fatalf("new leader n%d is the isolated node", nl)
+	}
+	healing := time.Now()
+	c.Heal(old)
+	t.Logf("n%d healed and current in %v", old, time.Since(healing).Round(time.Millisecond))
+	w.waitAcks(t, 50, "after healing")
+	w.finish(t)
+	waitSameState(t, c, stream, "KV_"+bucket)
+}
