@@ -20,7 +20,7 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	duration := fs.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
 	quiet := fs.Bool("no-table", false, "do not draw the live table (logs only)")
 	if err := parseFlags(fs, args, stdout); err != nil {
-		return err
+		return flagError(err)
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc
