@@ -27,6 +27,7 @@ type running struct {
 	// set (before) when it failed and released everything itself.
 	started chan struct{}
 	aborted bool
+	ready   bool // under r.mu: Start returned nil (its commands are served)
 }
 
 // ErrUnknownSession is returned by Stop for a session that is not running.
@@ -88,6 +89,9 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 	if err := r.opts.HighConn.FlushTimeout(5 * time.Second); err != nil {
 		s.host.log.Warn().Err(err).Msg("command subscriptions not confirmed by the server yet")
 	}
+	r.mu.Lock()
+	s.ready = true
+	r.mu.Unlock()
 	go func() {
 		defer close(s.done)
 		if err := src.Run(sctx); err != nil && sctx.Err() == nil {
@@ -149,6 +153,9 @@ func (r *Runtime) stopSessionNow(s *running, atOnce bool) {
 		if s.aborted {
 			return // Start released it
 		}
+		r.mu.Lock()
+		s.ready = false
+		r.mu.Unlock()
 		if atOnce {
 			s.cancel()
 		}
@@ -208,13 +215,16 @@ func (r *Runtime) sessionNames(kind string) string {
 	return strings.Join(names, ", ")
 }
 
-// Running lists the keys of the sessions running, sorted.
+// Running lists the keys of the sessions running (started, their commands
+// served, not stopping yet), sorted.
 func (r *Runtime) Running() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	keys := make([]string, 0, len(r.sessions))
-	for k := range r.sessions {
-		keys = append(keys, k)
+	for k, s := range r.sessions {
+		if s.ready {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	return keys

@@ -59,7 +59,7 @@ type writer struct {
 	mu       sync.Mutex
 	acked    map[string]uint64 // message id -> stream sequence
 	keys     map[string]string // key -> value, acknowledged
-	ackTimes []time.Time       // every acknowledged publish, in order
+	ackTimes [][2]time.Time    // every acknowledged publish, in order: attempt start, ack
 	retries  int
 	errs     map[string]int
 	fatal    error
@@ -109,6 +109,7 @@ func (w *writer) run() {
 				w.fail(fmt.Errorf("message %s never acknowledged", id))
 				return
 			}
+			sent := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
 			ack, err := w.js.Publish(ctx, subject, []byte(id), jetstream.WithMsgID(id))
 			cancel()
@@ -122,7 +123,7 @@ func (w *writer) run() {
 				w.fatal = fmt.Errorf("message %s acknowledged at sequences %d and %d", id, prev, ack.Sequence)
 			}
 			w.acked[id] = ack.Sequence
-			w.ackTimes = append(w.ackTimes, time.Now())
+			w.ackTimes = append(w.ackTimes, [2]time.Time{sent, time.Now()})
 			w.mu.Unlock()
 			break
 		}
@@ -169,13 +170,14 @@ func (w *writer) fail(err error) {
 	}
 }
 
-// firstAckAfter is the time of the first acknowledged publish after t.
+// firstAckAfter is the acknowledgement time of the first publish sent after
+// t and acknowledged.
 func (w *writer) firstAckAfter(t time.Time) (time.Time, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, at := range w.ackTimes {
-		if at.After(t) {
-			return at, true
+		if at[0].After(t) {
+			return at[1], true
 		}
 	}
 	return time.Time{}, false
@@ -329,6 +331,12 @@ func waitSameState(t *testing.T, c *Cluster, streams ...string) {
 			return nil
 		})
 		if err != nil {
+			for i := range c.N() {
+				if s := c.Node(i); s != nil {
+					h := s.Healthz(&server.HealthzOptions{Details: true})
+					t.Logf("n%d healthz: %s %+v", i, h.Status, h.Errors)
+				}
+			}
 			t.Fatal(err)
 		}
 	}
