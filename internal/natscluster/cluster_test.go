@@ -89,12 +89,11 @@ const attemptTimeout = 500 * time.Millisecond
 
 func (w *writer) run() {
 	defer close(w.done)
-	giveUp := func() bool { return false }
 	for n := 0; !w.stopped(); n++ {
 		// Once stopped, the current message and key are still retried until
 		// acknowledged (for at most 20 s), so that every one tried is acked.
 		var deadline time.Time
-		giveUp = func() bool {
+		giveUp := func() bool {
 			if !w.stopped() {
 				return false
 			}
@@ -458,50 +457,29 @@ func TestKillRestartKeepsAckedPublishesOnce(t *testing.T) {
 	}
 }
 
-func TestIsolateHeal(t *testing.T) {
-	c, _, _ := fixture(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-	defer cancel()
-	old, err := c.StreamLeader(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The writer talks to the majority side only: a client of the isolated
-	// node can reach no leader until the partition heals.
-	var majority []int
-	for i := range c.N() {
-		if i != old {
-			majority = append(majority, i)
+func TestIsolateCutsAndHealRestoresRoutes(t *testing.T) {
+	c := Start(t, Options{})
+	c.Isolate(2)
+	err := waitFor(10*time.Second, "n2 losing every route", func() error {
+		for i := range c.N() {
+			if c.connected(i, 2) || c.connected(2, i) {
+				return fmt.Errorf("n%d and n2 still routed", i)
+			}
 		}
-	}
-	js, err := jetstream.New(c.ConnTo(t, majority...))
+		if n := c.Routes(2); n != 0 {
+			return fmt.Errorf("n2 holds %d routes", n)
+		}
+		if !c.connected(0, 1) {
+			return errors.New("n0 and n1 lost their route")
+		}
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(ctx, bucket)
-	if err != nil {
-		t.Fatal(err)
+	time.Sleep(1500 * time.Millisecond) // redials are refused meanwhile
+	if n := c.Routes(2); n != 0 {
+		t.Fatalf("isolated n2 holds %d routes", n)
 	}
-	w := startWriter(js, kv)
-	w.waitAcks(t, 50, "before the isolation")
-
-	isolated := time.Now()
-	c.Isolate(old)
-	nl, err := c.WaitStreamLeader(ctx, stream, old)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.waitAcks(t, 50, "after the isolation of the stream leader")
-	first, _ := w.firstAckAfter(isolated)
-	t.Logf("LEADERLESS (isolation) stream %s: isolated leader n%d; first acked publish after %v; new leader n%d",
-		stream, old, first.Sub(isolated).Round(time.Millisecond), nl)
-	if nl == old {
-		t.Fatalf("new leader n%d is the isolated node", nl)
-	}
-	healing := time.Now()
-	c.Heal(old)
-	t.Logf("n%d healed and current in %v", old, time.Since(healing).Round(time.Millisecond))
-	w.waitAcks(t, 50, "after healing")
-	w.finish(t)
-	waitSameState(t, c, stream, "KV_"+bucket)
+	c.Heal(2)
 }
