@@ -533,8 +533,10 @@ func TestFaultDropEvery(t *testing.T) {
 	cfg := quietConfig()
 	cfg.DropEvery = 50 * time.Millisecond
 	s := startSim(t, cfg)
-	c := dial(t, s)
+	// From before the dial: the server's drop timer starts when it accepts,
+	// which a loaded machine may take a while to report back to the client.
 	start := time.Now()
+	c := dial(t, s)
 	_, err := c.waitErr(2 * time.Second)
 	if !websocket.IsCloseError(err, websocket.CloseAbnormalClosure) || time.Since(start) < 40*time.Millisecond {
 		t.Fatalf("drop-every: %v after %v", err, time.Since(start))
