@@ -5,36 +5,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/jetbridge/connector/embednats"
 )
 
 // Event publishes never set Nats-Expected-Last-Sequence, but if JetStream ever
 // answered "wrong last sequence" the publisher must not retry it forever:
 // the real server's answer is classified as permanent.
 func TestPublishWrongLastSequenceIsPermanent(t *testing.T) {
-	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := nats.Connect(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := startTestJS(t, "CAS", "cas.>")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "CAS", Subjects: []string{"cas.>"}}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = js.Publish(ctx, "cas.x", []byte("{}"), jetstream.WithExpectLastSequence(42))
+	_, err := js.Publish(ctx, "cas.x", []byte("{}"), jetstream.WithExpectLastSequence(42))
 	if err == nil {
 		t.Fatal("the server accepted a wrong expected last sequence")
 	}
