@@ -221,40 +221,35 @@ func (w *writer) finish(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := w.js.Stream(ctx, stream)
-	if err != nil {
+	// The reads below go through the stream and bucket leaders, which may
+	// still be moving after a restart: each one is retried until answered.
+	var str jetstream.Stream
+	if err := answered(ctx, func(ctx context.Context) (err error) {
+		str, err = w.js.Stream(ctx, stream)
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
-	msgs := s.CachedInfo().State.Msgs
+	info := str.CachedInfo()
+	msgs := info.State.Msgs
 	if msgs != uint64(len(w.acked)) {
 		t.Errorf("stream holds %d messages, %d were acknowledged (each retried until acked)", msgs, len(w.acked))
 	}
-	oc, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := map[string]int{}
-	for read := uint64(0); read < msgs; {
-		batch, err := oc.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatalf("fetch: %v", err)
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		var m *jetstream.RawStreamMsg
+		if err := answered(ctx, func(ctx context.Context) (err error) {
+			m, err = str.GetMsg(ctx, seq)
+			return err
+		}); err != nil {
+			t.Fatalf("message at sequence %d: %v", seq, err)
 		}
-		for m := range batch.Messages() {
-			read++
-			id := m.Headers().Get(nats.MsgIdHdr)
-			seen[id]++
-			meta, _ := m.Metadata()
-			if seq, ok := w.acked[id]; !ok {
-				t.Errorf("stored message %q (seq %d) was never acknowledged", id, meta.Sequence.Stream)
-			} else if seq != meta.Sequence.Stream {
-				t.Errorf("message %s stored at %d, acknowledged at %d", id, meta.Sequence.Stream, seq)
-			}
-		}
-		if err := batch.Error(); err != nil {
-			t.Fatalf("fetch: %v", err)
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("read %d of %d messages: %v", read, msgs, ctx.Err())
+		id := m.Header.Get(nats.MsgIdHdr)
+		seen[id]++
+		if ackSeq, ok := w.acked[id]; !ok {
+			t.Errorf("stored message %q (seq %d) was never acknowledged", id, seq)
+		} else if ackSeq != seq {
+			t.Errorf("message %s stored at %d, acknowledged at %d", id, seq, ackSeq)
 		}
 	}
 	for id := range w.acked {
@@ -263,29 +258,60 @@ func (w *writer) finish(t *testing.T) {
 		}
 	}
 
-	keys, err := w.kv.ListKeys(ctx)
-	if err != nil {
+	var stored []string
+	if err := answered(ctx, func(ctx context.Context) error {
+		keys, err := w.kv.ListKeys(ctx)
+		if err != nil {
+			return err
+		}
+		stored = stored[:0]
+		for k := range keys.Keys() {
+			stored = append(stored, k)
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	stored := 0
-	for k := range keys.Keys() {
-		stored++
+	for _, k := range stored {
 		if _, ok := w.keys[k]; !ok {
 			t.Errorf("stored key %s was never acknowledged", k)
 		}
 	}
-	if stored != len(w.keys) {
-		t.Errorf("bucket holds %d keys, %d were acknowledged", stored, len(w.keys))
+	if len(stored) != len(w.keys) {
+		t.Errorf("bucket holds %d keys, %d were acknowledged", len(stored), len(w.keys))
 	}
 	for k, v := range w.keys {
-		e, err := w.kv.Get(ctx, k)
-		if err != nil {
+		var e jetstream.KeyValueEntry
+		if err := answered(ctx, func(ctx context.Context) (err error) {
+			e, err = w.kv.Get(ctx, k)
+			return err
+		}); err != nil {
 			t.Errorf("acknowledged key %s: %v", k, err)
 			continue
 		}
 		if string(e.Value()) != v || e.Revision() == 0 {
 			t.Errorf("key %s = %q, want %q", k, e.Value(), v)
 		}
+	}
+}
+
+// answered runs a read until it gets an answer: errors that mean "no leader
+// answered yet" (no responders, no response from stream, a timed-out attempt)
+// are retried until ctx ends; any other error is returned at once.
+func answered(ctx context.Context, read func(context.Context) error) error {
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := read(attempt)
+		cancel()
+		transient := errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+			errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)
+		if err == nil || !transient {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
