@@ -95,7 +95,7 @@ func (s *servedSession) stop(timeout time.Duration) {
 	s.handlersClosed = true
 	s.mu.Unlock()
 	if !waitTimeout(&s.handlers, timeout) {
-		s.host.log.Warn().Dur("timeout", timeout).Msg("command callbacks still running after the service stopped")
+		s.host.log.Warn().Dur("timeout_ms", timeout).Msg("command callbacks still running after the service stopped")
 	}
 	s.auditor.stop(s.ctx)
 }
@@ -167,7 +167,7 @@ func (r *Runtime) commandHandler(s *servedSession, name string) micro.HandlerFun
 		if refusal != nil {
 			ev = s.refusals.Warn().Str("code", refusal.Code).Str("reason", refusal.Message)
 		}
-		ev.Str("command", name).Dur("took", time.Since(received)).Msg("command handled")
+		ev.Str("command", name).Dur("took_ms", time.Since(received)).Msg("command handled")
 		rec := r.auditRecordOf(cmd, received, reply)
 		// Reply before auditing: the audit record waits for room in the
 		// session's high lane, and a requester must not time out (and maybe

@@ -411,7 +411,7 @@ func (r *Runtime) releaseHost(h *Host) {
 	select {
 	case <-h.highDone:
 	case <-deadline:
-		h.log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("high lane did not drain in time; abandoning unpublished events")
+		h.log.Error().Dur("timeout_ms", r.opts.DrainTimeout).Msg("high lane did not drain in time; abandoning unpublished events")
 		deadline = nil // the low lane gets no more time either
 	}
 	if deadline != nil {
@@ -420,7 +420,7 @@ func (r *Runtime) releaseHost(h *Host) {
 		case <-deadline:
 			// The shared pump keeps the closed lane until it is empty (or
 			// abandons it at its own hard stop); nothing waits for it here.
-			h.log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("low lane did not drain in time")
+			h.log.Error().Dur("timeout_ms", r.opts.DrainTimeout).Msg("low lane did not drain in time")
 		}
 	}
 	h.stopPublishing()

@@ -169,7 +169,7 @@ func (r *Runtime) stopSessionNow(s *running, atOnce bool) {
 		case <-time.After(r.opts.DrainTimeout):
 			// A source blocked on a full high lane (NATS down) cannot finish:
 			// closing the lanes makes its Emit fail so it can return.
-			s.host.log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("source did not stop in time; closing its lanes")
+			s.host.log.Error().Dur("timeout_ms", r.opts.DrainTimeout).Msg("source did not stop in time; closing its lanes")
 			s.host.closeLanes()
 			<-s.done
 		}

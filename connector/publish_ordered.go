@@ -106,7 +106,7 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, 
 			ev = log.Error().Str("action", "raise the stream's limits or let messages age out to resume")
 		}
 		ev.Err(err).Str("reason", reason).Str("subject", msg.Subject).Int("attempt", attempt).
-			Dur("wait", wait).Msg("publish not acknowledged; retrying")
+			Dur("wait_ms", wait).Msg("publish not acknowledged; retrying")
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():

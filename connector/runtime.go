@@ -278,7 +278,7 @@ func (r *Runtime) waitHandlers() {
 	r.handlersClosed = true
 	r.handlersMu.Unlock()
 	if !waitTimeout(&r.handlers, r.opts.CommandTimeout) {
-		r.opts.Log.Warn().Dur("timeout", r.opts.CommandTimeout).Msg("command callbacks still running after the services stopped")
+		r.opts.Log.Warn().Dur("timeout_ms", r.opts.CommandTimeout).Msg("command callbacks still running after the services stopped")
 	}
 }
 
@@ -309,7 +309,7 @@ func (r *Runtime) Close() {
 		select {
 		case <-r.pumpDone:
 		case <-time.After(r.opts.DrainTimeout):
-			r.opts.Log.Error().Dur("timeout", r.opts.DrainTimeout).Msg("low lanes did not drain in time; abandoning unpublished events")
+			r.opts.Log.Error().Dur("timeout_ms", r.opts.DrainTimeout).Msg("low lanes did not drain in time; abandoning unpublished events")
 		}
 		r.stopPublishing()
 		<-r.pumpDone

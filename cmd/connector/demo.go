@@ -14,13 +14,19 @@ import (
 )
 
 // runDemo runs embedded NATS, the LaserSell simulator, a two-robot simulated
-// cell and both sources, printing a live per-subject table until ctx ends.
+// cell and both sources until ctx ends, printing a live per-subject table
+// redrawn each second on a terminal, else a plain line of totals every
+// -totals-every (when messages arrived).
 func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("connector demo", flag.ContinueOnError)
 	duration := fs.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
 	quiet := fs.Bool("no-table", false, "do not draw the live table (logs only)")
+	every := fs.Duration("totals-every", 10*time.Second, "when stdout is not a terminal: print a line of totals this often")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return flagError(err)
+	}
+	if *every <= 0 {
+		return badUsage("-totals-every must be positive, got %v", *every)
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc
@@ -39,7 +45,17 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, set := os.LookupEnv("LOG_LEVEL"); !set {
 		cfg.LogLevel = "warn" // keep the table readable; LOG_LEVEL=info shows everything
 	}
-	log := newLogger(cfg.LogLevel, "console", os.Stderr)
+	// A table redrawn in a terminal clears the screen each second, wiping log
+	// lines written to the same terminal: those are drawn under the table.
+	terminal := !*quiet && isTerminal(stdout) && isTerminal(os.Stderr)
+	logOut := io.Writer(os.Stderr)
+	var logs *logTail
+	if terminal {
+		logs = newLogTail(os.Stderr, 8)
+		defer logs.release() // also when serve fails before the first frame
+		logOut = logs
+	}
+	log := newLogger(cfg.LogLevel, "console", logOut)
 	if _, set := os.LookupEnv("CONNECTOR_NATS_STORE_DIR"); !set && cfg.NATSConfig.URL == "" {
 		dir, err := os.MkdirTemp("", "connector-demo-*")
 		if err != nil {
@@ -68,6 +84,9 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 			fmt.Fprint(stdout, header)
 			return
 		}
+		if logs != nil {
+			defer logs.release() // when the table stops, log lines go straight to stderr
+		}
 		nc, err := connectNATS(natsURL, cfg.NATSConfig, "demo summary", log)
 		if err != nil {
 			log.Error().Err(err).Msg("demo summary cannot connect")
@@ -78,7 +97,11 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 		for _, k := range sel.kinds {
 			filters = append(filters, k.Name()+".>")
 		}
-		if err := runSummary(ctx, nc, stdout, header, time.Second, filters...); err != nil {
+		opts := summaryOptions{Header: header, Interval: *every}
+		if terminal {
+			opts = summaryOptions{Header: header, Interval: time.Second, Terminal: true, Logs: logs}
+		}
+		if err := runSummary(ctx, nc, stdout, opts, filters...); err != nil {
 			log.Error().Err(err).Msg("demo summary stopped")
 		}
 	}

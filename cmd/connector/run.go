@@ -121,7 +121,7 @@ func provision(ctx context.Context, opts connector.Options, log zerolog.Logger) 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		log.Warn().Err(err).Dur("retry_in", wait).Msg("could not provision streams and KV buckets; is JetStream enabled?")
+		log.Warn().Err(err).Dur("retry_in_ms", wait).Msg("could not provision streams and KV buckets; is JetStream enabled?")
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():

@@ -455,7 +455,7 @@ func (s *Source) requestDeadlineExit(ctx context.Context, id uint64, deadline ti
 	}
 	s.mu.Unlock()
 	s.persistPosition(id)
-	s.log.Info().Uint64("position_id", id).Dur("deadline", deadline).Msg("deadline reached: request_exit_signal sent")
+	s.log.Info().Uint64("position_id", id).Dur("deadline_ms", deadline).Msg("deadline reached: request_exit_signal sent")
 	// Audited next to the operators' commands: the stream accounts for
 	// everything asked of the upstream.
 	if err := s.host.Audit(ctx, deadlineAudit(id, issued, sentAt, data)); err != nil && ctx.Err() == nil {

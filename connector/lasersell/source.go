@@ -196,7 +196,7 @@ func (s *Source) Run(ctx context.Context) error {
 			wait = bo.Next()
 		}
 		s.host.Metrics().Reconnects.WithLabelValues(end.code).Inc()
-		s.log.Warn().Str("reason", end.text).Str("reason_code", end.code).Int("attempt", failures).Bool("backoff_reset", healthy).Dur("backoff", wait).Msg("upstream session ended; reconnecting")
+		s.log.Warn().Str("reason", end.text).Str("reason_code", end.code).Int("attempt", failures).Bool("backoff_reset", healthy).Dur("backoff_ms", wait).Msg("upstream session ended; reconnecting")
 		detail := map[string]any{"reason_code": end.code}
 		s.host.Report(connector.Status{State: connector.StateDisconnected, Reason: end.text, Detail: detail})
 		s.host.Report(connector.Status{State: connector.StateReconnecting, Reason: end.text, Attempt: failures,
@@ -219,7 +219,7 @@ func (s *Source) stopped(ctx context.Context) {
 func (s *Source) loadWithRetry(ctx context.Context) error {
 	bo := connector.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
 	return connector.Retry(ctx, bo, s.load, func(err error, wait time.Duration) {
-		s.log.Error().Err(err).Dur("retry_in", wait).Msg("could not load the LaserSell state from KV")
+		s.log.Error().Err(err).Dur("retry_in_ms", wait).Msg("could not load the LaserSell state from KV")
 	})
 }
 

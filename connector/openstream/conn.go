@@ -201,7 +201,7 @@ func (c *conn) run(ctx context.Context) {
 			detail["since_data_ms"] = time.Since(c.lastData).Milliseconds()
 		}
 		c.mu.Unlock()
-		c.log.Warn().Str("reason", end.reason).Str("reason_code", end.reasonCode()).Int("attempt", failures).Dur("backoff", delay).Msg("reconnecting to the controller")
+		c.log.Warn().Str("reason", end.reason).Str("reason_code", end.reasonCode()).Int("attempt", failures).Dur("backoff_ms", delay).Msg("reconnecting to the controller")
 		c.r.report(c, connector.StateReconnecting, end.reason, failures, delay, detail)
 		if !connector.Sleep(ctx, delay) {
 			return
@@ -273,7 +273,7 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	}
 	_ = json.Unmarshal(o.line, &ack)
 	c.setSession(s)
-	c.log.Info().Str("version", ack.Version).Dur("rtt", rtt).Str("session", s.id).Msg("connected to the controller")
+	c.log.Info().Str("version", ack.Version).Dur("rtt_ms", rtt).Str("session", s.id).Msg("connected to the controller")
 	c.r.report(c, connector.StateConnected, "", 0, 0, map[string]any{
 		"version": ack.Version, "session": s.id, "handshake_rtt_ms": float64(rtt.Microseconds()) / 1000,
 	})
@@ -382,7 +382,7 @@ func (c *conn) reportStreaming(s *session) {
 	if !prev.IsZero() {
 		gap := first.Sub(prev)
 		detail["gap_ms"] = float64(gap.Microseconds()) / 1000
-		ev = ev.Dur("gap", gap)
+		ev = ev.Dur("gap_ms", gap)
 	}
 	ev.Msg("monitor data is flowing")
 	c.r.report(c, StateStreaming, "", 0, 0, detail)

@@ -171,7 +171,7 @@ func (r *Robot) loadDesired(ctx context.Context) (map[string]Recipe, error) {
 		desired, err = r.tryLoadDesired(ctx)
 		return err
 	}, func(err error, wait time.Duration) {
-		r.log.Error().Err(err).Dur("retry_in", wait).Msg("cannot read the desired monitors from KV; retrying")
+		r.log.Error().Err(err).Dur("retry_in_ms", wait).Msg("cannot read the desired monitors from KV; retrying")
 		if !reported {
 			reported = true
 			r.host.Report(connector.Status{State: connector.StateDisconnected, Reason: "desired state unavailable: " + err.Error()})

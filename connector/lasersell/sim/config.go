@@ -99,7 +99,8 @@ func (l Limits) withDefaults() Limits {
 // DefaultPath with no scheduled traffic and no faults; DefaultConfig and DemoConfig
 // return ready-made starting points. Durations of zero disable the behaviour.
 type Config struct {
-	// Addr is the listen address used by Start("") (default ":8082", the SDKs' local port).
+	// Addr is the listen address used by Start("") (default "127.0.0.1:8082", the SDKs'
+	// local port on loopback; pass "0.0.0.0:8082" or ":8082" to accept other hosts).
 	Addr string
 	// Path is the WebSocket endpoint path (default "/v1/ws").
 	Path string
@@ -178,7 +179,7 @@ type Config struct {
 
 // Defaults used when Config fields are zero.
 const (
-	DefaultAddr        = ":8082"
+	DefaultAddr        = "127.0.0.1:8082"
 	DefaultPath        = "/v1/ws"
 	DefaultCloseReason = "manual"
 	DefaultUnknownType = "market_regime"
@@ -305,7 +306,7 @@ func validTypeToken(s string) bool {
 // RegisterFlags binds every field to fs, using the current values as defaults.
 // Typical use: cfg := sim.DemoConfig(); cfg.RegisterFlags(fs); fs.Parse(args).
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address")
+	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address (host:port; 0.0.0.0:PORT to accept other hosts)")
 	fs.StringVar(&c.Path, "path", c.Path, "WebSocket endpoint path")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "required x-api-key header value (empty: any key accepted)")
 	if c.HelloOrder == "" {

@@ -237,7 +237,7 @@ func (c *conn) stall(d time.Duration) {
 		}
 	}
 	c.s.stalls.Add(1)
-	c.log.Info().Dur("for", d).Msg("stalling")
+	c.log.Info().Dur("for_ms", d).Msg("stalling")
 	select {
 	case c.notify <- struct{}{}:
 	default:

@@ -37,7 +37,8 @@ const (
 // except where noted; a negative timeout disables that watchdog limit. All faults are off by
 // default.
 type Config struct {
-	// Addr is the listen address used by Start("") (default ":49000", the vendor's port).
+	// Addr is the listen address used by Start("") (default "127.0.0.1:49000", the vendor's
+	// port on loopback; pass "0.0.0.0:49000" or ":49000" to accept other hosts).
 	Addr string
 	// Version is the protocol version MAJOR.MINOR.PATCH reported in handshake_ack (default
 	// "1.0.0"); HANDSHAKE must send its MAJOR.
@@ -76,8 +77,9 @@ type Faults struct {
 	StopFailed      bool          // answer every STOP with stop_failed
 }
 
-// DefaultAddr is the vendor example client's port.
-const DefaultAddr = ":49000"
+// DefaultAddr is the vendor example client's port, on loopback: a simulator
+// accepts other hosts only when asked to (-addr 0.0.0.0:49000).
+const DefaultAddr = "127.0.0.1:49000"
 
 // DefaultConfig returns the defaults, suitable for RegisterFlags.
 func DefaultConfig() Config {
@@ -97,7 +99,7 @@ func DefaultConfig() Config {
 // RegisterFlags binds the configuration to fs, using the current values as defaults. Call it on
 // DefaultConfig(). The flag names are listed in the package documentation.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address (host:port)")
+	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address (host:port; 0.0.0.0:PORT to accept other hosts)")
 	fs.StringVar(&c.Version, "version", c.Version, "protocol version MAJOR.MINOR.PATCH; HANDSHAKE must send its MAJOR")
 	fs.IntVar(&c.MaxLine, "max-line", c.MaxLine, "longest accepted command line in bytes (rx_buf_overflow beyond)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "watchdog limit without an active MONITOR (negative: off)")
@@ -108,7 +110,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.EchoID, "echo-id", c.EchoID, "echo the MONITOR payload's id in every data event")
 	fs.BoolVar(&c.MonitorExclusive, "monitor-exclusive", c.MonitorExclusive, "refuse a second MONITOR (monitor_already_active) instead of replacing it")
 	fs.BoolVar(&c.MotorOffAtStart, "motor-off", c.MotorOffAtStart, "start with motors off")
-	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "also serve the REST services over HTTP on this address (e.g. :8888)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "also serve the REST services over HTTP on this address (e.g. 127.0.0.1:8888)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "refuse connections beyond this many (0: unlimited)")
 	fs.IntVar(&c.RecordLimit, "record-limit", c.RecordLimit, "received commands kept in memory (negative: unlimited)")
 	f := &c.Faults

@@ -18,7 +18,7 @@ import (
 func Example_cli() {
 	cfg := sim.DefaultConfig()
 	fs := flag.NewFlagSet("sim openstream", flag.ContinueOnError)
-	cfg.RegisterFlags(fs) // includes -addr (default :49000, the vendor's port)
+	cfg.RegisterFlags(fs) // includes -addr (default 127.0.0.1:49000, the vendor's port)
 	if err := fs.Parse([]string{"-addr", "127.0.0.1:0", "-armed-timeout", "10s", "-fault-ack-after-data"}); err != nil {
 		panic(err)
 	}

@@ -207,7 +207,7 @@ func (s *Server) acceptLoop(ln net.Listener) error {
 			}
 			// Transient failures (e.g. too many open files): back off instead of spinning.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn().Err(err).Dur("backoff", backoff).Msg("accept failed")
+			s.log.Warn().Err(err).Dur("backoff_ms", backoff).Msg("accept failed")
 			select {
 			case <-time.After(backoff):
 			case <-s.ctx.Done():
