@@ -1,9 +1,13 @@
 package connector
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,7 +32,9 @@ type FleetOptions struct {
 	// a watch on the bucket wakes the candidates at once when a lease is
 	// released or expires.
 	Retry time.Duration
-	Log   zerolog.Logger
+	// Metrics, if set, receive the lease series (NewFleetMetrics).
+	Metrics *FleetMetrics
+	Log     zerolog.Logger
 }
 
 // Fleet runs, on one runtime, exactly the sessions whose lease this replica
@@ -43,10 +49,21 @@ type Fleet struct {
 	leases   *Leases
 	opts     FleetOptions
 	sessions []Session
+	settled  chan struct{} // closed when every keeper made its first attempt
+	pending  sync.WaitGroup
 
-	mu    sync.Mutex
-	wakes map[string]chan struct{} // per session key: a lease changed
-	held  map[string]*Lease
+	mu        sync.Mutex
+	wakes     map[string]chan struct{} // per session key: a lease changed
+	held      map[string]*Lease
+	owners    map[string]Owner // per session key: the holder last seen in the bucket
+	duplicate bool             // another live process uses this replica's name
+}
+
+// LeaseView is one configured session's ownership as this replica sees it.
+type LeaseView struct {
+	Session string `json:"session"` // <kind>.<name>
+	Owner          // the holder, if known ("" when free or not seen yet)
+	Mine    bool   `json:"mine"` // this replica holds it and runs the session
 }
 
 // NewFleet prepares the keepers of sessions on rt, with the leases in kv.
@@ -67,13 +84,19 @@ func NewFleet(rt *Runtime, kv jetstream.KeyValue, sessions []Session, opts Fleet
 	if opts.Renew+opts.Margin >= opts.TTL {
 		return nil, fmt.Errorf("fleet: renewal every %s with a %s margin does not fit in the lease TTL %s", opts.Renew, opts.Margin, opts.TTL)
 	}
-	f := &Fleet{rt: rt, kv: kv, leases: leases, opts: opts, sessions: sessions,
-		wakes: map[string]chan struct{}{}, held: map[string]*Lease{}}
+	f := &Fleet{rt: rt, kv: kv, leases: leases, opts: opts, sessions: sessions, settled: make(chan struct{}),
+		wakes: map[string]chan struct{}{}, held: map[string]*Lease{}, owners: map[string]Owner{}}
 	for _, s := range sessions {
 		f.wakes[s.Key()] = make(chan struct{}, 1)
 	}
+	f.pending.Add(len(sessions))
+	go func() { f.pending.Wait(); close(f.settled) }()
 	return f, nil
 }
+
+// Settled is closed once every session's keeper made its first attempt:
+// this replica runs each session whose lease it could take at start.
+func (f *Fleet) Settled() <-chan struct{} { return f.settled }
 
 // Held returns the owner and epoch of the lease this replica holds for key,
 // if any.
@@ -85,6 +108,23 @@ func (f *Fleet) Held(key string) (replica string, epoch uint64, ok bool) {
 		return "", 0, false
 	}
 	return l.Replica, l.Epoch, true
+}
+
+// Leases returns every configured session's ownership, sorted by session.
+func (f *Fleet) Leases() []LeaseView {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]LeaseView, 0, len(f.sessions))
+	for _, s := range f.sessions {
+		key := s.Key()
+		v := LeaseView{Session: key, Owner: f.owners[key]}
+		if l, ok := f.held[key]; ok {
+			v.Owner, v.Mine = Owner{Replica: l.Replica, Epoch: l.Epoch}, true
+		}
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b LeaseView) int { return strings.Compare(a.Session, b.Session) })
+	return out
 }
 
 // Run keeps the leases until ctx ends, then stops the sessions it runs and
@@ -100,7 +140,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var watching sync.WaitGroup
-	watching.Go(func() { f.forwardReleases(watchCtx) })
+	watching.Go(func() { f.watchLeases(watchCtx) })
 	var keepers sync.WaitGroup
 	for _, s := range f.sessions {
 		keepers.Go(func() { f.keep(ctx, s) })
@@ -111,10 +151,11 @@ func (f *Fleet) Run(ctx context.Context) error {
 	return nil
 }
 
-// forwardReleases wakes the keeper of a session whose lease was released or
+// watchLeases follows the bucket: it records each lease's holder (for
+// Leases) and wakes the keeper of a session whose lease was released or
 // expired (a delete, purge or limit marker), so it tries at once.
-func (f *Fleet) forwardReleases(ctx context.Context) {
-	w, err := f.kv.WatchAll(ctx, jetstream.UpdatesOnly())
+func (f *Fleet) watchLeases(ctx context.Context) {
+	w, err := f.kv.WatchAll(ctx)
 	if err != nil {
 		// Candidates still try every Retry.
 		f.opts.Log.Warn().Err(err).Msg("cannot watch the leases; taking over by polling only")
@@ -129,13 +170,23 @@ func (f *Fleet) forwardReleases(ctx context.Context) {
 			if !ok {
 				return
 			}
-			if e == nil || e.Operation() == jetstream.KeyValuePut {
-				continue
+			if e == nil {
+				continue // the end of the initial values
+			}
+			var owner Owner
+			if e.Operation() == jetstream.KeyValuePut {
+				var doc leaseDoc
+				if json.Unmarshal(e.Value(), &doc) == nil {
+					owner = Owner{Replica: doc.Replica, Epoch: cmp.Or(doc.Epoch, e.Revision())}
+				}
 			}
 			f.mu.Lock()
+			if _, configured := f.wakes[e.Key()]; configured {
+				f.owners[e.Key()] = owner
+			}
 			wake := f.wakes[e.Key()]
 			f.mu.Unlock()
-			if wake != nil {
+			if wake != nil && e.Operation() != jetstream.KeyValuePut {
 				select {
 				case wake <- struct{}{}:
 				default:
@@ -149,31 +200,52 @@ func (f *Fleet) forwardReleases(ctx context.Context) {
 func (f *Fleet) keep(ctx context.Context, s Session) {
 	key := s.Key()
 	log := f.opts.Log.With().Str("session", key).Str("replica", f.opts.Replica).Logger()
+	first := true
+	settle := func() {
+		if first {
+			first = false
+			f.pending.Done()
+		}
+	}
+	defer settle()
 	for ctx.Err() == nil {
-		lease, err := f.leases.Acquire(ctx, key)
+		lease, how, err := f.take(ctx, key)
 		if err != nil {
-			if !errors.Is(err, ErrLeaseHeld) && ctx.Err() == nil {
+			settle()
+			var held *LeaseHeldError
+			switch {
+			case errors.As(err, &held):
+				f.setOwner(key, Owner{Replica: held.Replica, Epoch: held.Epoch})
+			case ctx.Err() == nil:
 				log.Warn().Err(err).Msg("cannot acquire the lease; retrying")
 			}
 			f.wait(ctx, key, f.opts.Retry)
 			continue
 		}
-		log.Info().Uint64("epoch", lease.Epoch).Msg("lease acquired; starting the session")
+		log.Info().Uint64("epoch", lease.Epoch).Str("how", how).Msg("lease taken; starting the session")
 		f.setHeld(key, lease)
+		f.metric(func(m *FleetMetrics) {
+			m.acquisitions.WithLabelValues(s.Kind, s.Name, how).Inc()
+			m.held.WithLabelValues(s.Kind, s.Name).Set(1)
+		})
 		// The lease is renewed from now on: while the session starts, runs
-		// and stops. lost closes when it is lost or cannot be confirmed in time.
+		// and stops. lost closes when it is lost or cannot be confirmed in
+		// time, after lostReason is set.
 		holding, stopHolding := context.WithCancel(context.WithoutCancel(ctx))
 		lost := make(chan struct{})
 		held := make(chan struct{})
+		var lostReason error
 		go func() {
 			defer close(held)
-			f.hold(holding, lease, lost, log)
+			lostReason = f.hold(holding, lease, lost, log)
 		}()
 		endHolding := func() { stopHolding(); <-held }
 
-		if err := f.rt.Start(ctx, s); err != nil {
+		err = f.rt.StartOwned(ctx, s, Owner{Replica: lease.Replica, Epoch: lease.Epoch})
+		settle()
+		if err != nil {
 			endHolding()
-			f.release(lease, log)
+			f.release(s, lease, log)
 			if errors.Is(err, ErrClosed) {
 				return
 			}
@@ -189,22 +261,25 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 				log.Error().Err(err).Msg("stopping the session")
 			}
 			endHolding()
-			f.setHeld(key, nil)
+			f.lose(ctx, s, lease, lostReason, log)
 			continue // compete again: the lease may be free once it expired
 		case <-f.rt.Closing():
 			// The runtime stopped every session (a source failed): nothing runs here.
 		case <-ctx.Done():
 		}
 		// Handover: stop the session (still renewing), then release.
+		stopping := time.Now()
 		if err := f.rt.Stop(key); err != nil && !errors.Is(err, ErrUnknownSession) {
 			log.Error().Err(err).Msg("stopping the session")
 		}
 		endHolding()
 		select {
 		case <-lost:
-			f.setHeld(key, nil) // lost while stopping: nothing to release
+			f.lose(ctx, s, lease, lostReason, log) // lost while stopping: nothing to release
 		default:
-			f.release(lease, log)
+			if f.release(s, lease, log) {
+				f.metric(func(m *FleetMetrics) { m.handover.Observe(time.Since(stopping).Seconds()) })
+			}
 		}
 		select {
 		case <-f.rt.Closing():
@@ -214,11 +289,60 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 	}
 }
 
+// take acquires the lease of key, or adopts it when it is held under this
+// replica's name by an earlier process (a restart with the same
+// CONNECTOR_REPLICA does not wait out the TTL); how says which.
+func (f *Fleet) take(ctx context.Context, key string) (lease *Lease, how string, err error) {
+	f.mu.Lock()
+	duplicate := f.duplicate
+	f.mu.Unlock()
+	if duplicate {
+		lease, err = f.leases.Acquire(ctx, key)
+		return lease, "acquired", err
+	}
+	lease, err = f.leases.Acquire(ctx, key)
+	var held *LeaseHeldError
+	if !errors.As(err, &held) || held.Replica != f.opts.Replica {
+		return lease, "acquired", err
+	}
+	lease, err = f.leases.Adopt(ctx, key)
+	return lease, "adopted", err
+}
+
+// lose records a lease lost while the session ran. If the new holder has
+// this replica's name with another epoch, a second live process uses the
+// name: adopting is then switched off for good (each would take the
+// other's sessions in turn).
+func (f *Fleet) lose(ctx context.Context, s Session, lease *Lease, why error, log zerolog.Logger) {
+	f.setHeld(lease.Key, nil)
+	reason := "unconfirmed"
+	if errors.Is(why, ErrLeaseLost) {
+		reason = "lost"
+		if held, ok := f.leases.holder(ctx, lease.Key).(*LeaseHeldError); ok &&
+			held.Replica == f.opts.Replica && held.Epoch != lease.Epoch {
+			f.mu.Lock()
+			f.duplicate = true
+			f.mu.Unlock()
+			log.Error().Uint64("epoch", held.Epoch).Msg("another live process runs with this CONNECTOR_REPLICA name and took the lease; names must be unique (adopting leases is now off)")
+		}
+	}
+	f.metric(func(m *FleetMetrics) {
+		m.losses.WithLabelValues(s.Kind, s.Name, reason).Inc()
+		m.held.WithLabelValues(s.Kind, s.Name).Set(0)
+	})
+}
+
+func (f *Fleet) metric(update func(*FleetMetrics)) {
+	if f.opts.Metrics != nil {
+		update(f.opts.Metrics)
+	}
+}
+
 // hold renews the lease at once and then every Renew until ctx ends. When
 // the lease is lost, or cannot be confirmed before its deadline less the
 // margin (each renewal is bounded by that deadline), it closes lost and
-// returns: the owner must stop before anyone else can acquire.
-func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, log zerolog.Logger) {
+// returns why: the owner must stop before anyone else can acquire.
+func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, log zerolog.Logger) error {
 	next := time.Duration(0)
 	for {
 		fence := lease.ValidUntil().Add(-f.opts.Margin)
@@ -227,13 +351,13 @@ func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, lo
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return
+			return nil
 		case <-t.C:
 		}
 		if !time.Now().Before(fence) {
 			log.Error().Time("valid_until", lease.ValidUntil()).Msg("lease not confirmed in time; stopping the session (self-fencing)")
 			close(lost)
-			return
+			return errors.New("lease not confirmed in time")
 		}
 		rctx, cancel := context.WithDeadline(ctx, fence)
 		err := f.leases.Renew(rctx, lease)
@@ -242,7 +366,7 @@ func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, lo
 		case errors.Is(err, ErrLeaseLost):
 			log.Error().Err(err).Msg("lease lost; stopping the session")
 			close(lost)
-			return
+			return err
 		case err != nil && ctx.Err() == nil:
 			log.Warn().Err(err).Time("valid_until", lease.ValidUntil()).Msg("lease renewal failed; retrying until its deadline")
 			next = f.opts.Renew / 4 // retry sooner while the deadline nears
@@ -252,15 +376,26 @@ func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, lo
 	}
 }
 
-func (f *Fleet) release(lease *Lease, log zerolog.Logger) {
+// release gives the lease back after its session stopped; true when it was
+// released (not left to expire).
+func (f *Fleet) release(s Session, lease *Lease, log zerolog.Logger) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), f.opts.Renew)
 	defer cancel()
-	if err := f.leases.Release(ctx, lease); err != nil {
+	err := f.leases.Release(ctx, lease)
+	if err != nil {
 		log.Warn().Err(err).Msg("could not release the lease; it expires after its TTL")
 	} else {
 		log.Info().Uint64("epoch", lease.Epoch).Msg("lease released")
 	}
 	f.setHeld(lease.Key, nil)
+	f.metric(func(m *FleetMetrics) { m.held.WithLabelValues(s.Kind, s.Name).Set(0) })
+	return err == nil
+}
+
+func (f *Fleet) setOwner(key string, owner Owner) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.owners[key] = owner
 }
 
 func (f *Fleet) setHeld(key string, lease *Lease) {

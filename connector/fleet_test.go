@@ -2,6 +2,8 @@ package connector_test
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -193,5 +195,86 @@ func TestFleetStopsSessionWhenLeaseLost(t *testing.T) {
 	defer occ.mu.Unlock()
 	if occ.most["only"] != 1 {
 		t.Fatalf("session ran %d times at once", occ.most["only"])
+	}
+}
+
+// A replica restarted under the same name after a crash (its lease left in
+// the bucket) runs its sessions again at once, by adopting the lease with a
+// new epoch; the status it publishes names the owner and the epoch.
+func TestFleetRestartWithSameNameAdopts(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	leaseBucket(t, env)
+	crashed, err := replicaLeases(t, env, "a").Acquire(context.Background(), "probe.only")
+	if err != nil {
+		t.Fatal(err)
+	}
+	occ := &occupancy{running: map[string]int{}, most: map[string]int{}}
+	start := time.Now()
+	a := startReplica(t, env, "a", fleetSessions(occ, "only"))
+	select {
+	case <-a.fleet.Settled():
+	case <-time.After(leaseTTL / 2):
+		t.Fatalf("the restarted replica did not settle within %v (half the TTL)", leaseTTL/2)
+	}
+	if got := a.rt.Running(); len(got) != 1 {
+		t.Fatalf("running %v after settling, want probe.only", got)
+	}
+	t.Logf("restarted replica running its session after %v", time.Since(start).Round(time.Millisecond))
+	rep, epoch, ok := a.fleet.Held("probe.only")
+	if !ok || rep != "a" || epoch <= crashed.Epoch {
+		t.Fatalf("held %q epoch %d (%v), want a above %d", rep, epoch, ok, crashed.Epoch)
+	}
+	want := fmt.Sprintf(`"replica":"a","epoch":%d`, epoch)
+	connectortest.Eventually(t, 5*time.Second, "the status naming owner and epoch", func() bool {
+		return strings.Contains(string(a.rt.Statuses()["probe.only"]), want)
+	})
+	views := a.fleet.Leases()
+	if len(views) != 1 || !views[0].Mine || views[0].Replica != "a" || views[0].Epoch != epoch {
+		t.Fatalf("Leases() = %+v", views)
+	}
+}
+
+// Two live processes with one name take the lease from each other at most
+// once: the one that loses it to its own name stops adopting, and the
+// session then has one owner.
+func TestFleetDuplicateNameStopsAdopting(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	occ := &occupancy{running: map[string]int{}, most: map[string]int{}}
+	first := startReplica(t, env, "same", fleetSessions(occ, "only"))
+	connectortest.Eventually(t, 5*time.Second, "the first process running", func() bool { return len(first.rt.Running()) == 1 })
+	second := startReplica(t, env, "same", fleetSessions(occ, "only"))
+	<-second.fleet.Settled()
+	// The second adopted the lease; the first lost it, noticed the name and
+	// stops adopting: from then on exactly one runs the session, for good.
+	epochNow := func() uint64 {
+		var epoch uint64
+		holders := 0
+		for _, r := range []*replica{first, second} {
+			if _, e, ok := r.fleet.Held("probe.only"); ok {
+				epoch = e
+				holders++
+			}
+		}
+		if holders != 1 {
+			return 0
+		}
+		return epoch
+	}
+	connectortest.Eventually(t, 5*leaseTTL, "one process running the session and holding its lease", func() bool {
+		return len(first.rt.Running())+len(second.rt.Running()) == 1 && epochNow() != 0
+	})
+	settledEpoch := epochNow()
+	time.Sleep(3 * leaseTTL)
+	if n := len(first.rt.Running()) + len(second.rt.Running()); n != 1 {
+		t.Fatalf("%d processes run the session after 3 TTLs", n)
+	}
+	// Without the detection they would take it from each other forever.
+	if e := epochNow(); e != settledEpoch || e == 0 {
+		t.Fatalf("the lease changed hands again: epoch %d, was %d", e, settledEpoch)
+	}
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	if occ.most["only"] > 2 {
+		t.Fatalf("the session ran %d times at once", occ.most["only"])
 	}
 }

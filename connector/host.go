@@ -37,6 +37,7 @@ const (
 // its *Host from construction; everything on it is safe for concurrent use.
 type Host struct {
 	kind, name string
+	owner      Owner // set once, before the source opens
 	rt         *Runtime
 	log        zerolog.Logger
 	metrics    SessionMetrics
@@ -210,6 +211,7 @@ type statusRecord struct {
 	Source  string `json:"source"`
 	Session string `json:"session"`
 	Time    string `json:"time"`
+	Owner
 	Status
 	// raw is the document as published.
 	raw []byte
@@ -219,7 +221,7 @@ type statusRecord struct {
 // records it, with the time, as the session's entry in the status KV bucket.
 func (h *Host) SetStatus(ctx context.Context, st Status) error {
 	now := time.Now()
-	rec := &statusRecord{Source: h.kind, Session: h.name, Time: now.UTC().Format(time.RFC3339Nano), Status: st}
+	rec := &statusRecord{Source: h.kind, Session: h.name, Time: now.UTC().Format(time.RFC3339Nano), Owner: h.owner, Status: st}
 	payload, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode status: %w", err)

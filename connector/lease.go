@@ -123,18 +123,56 @@ func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lease %s: acquire: %w", key, err)
 	}
-	lease := &Lease{Key: key, Replica: l.replica, Epoch: rev, revision: rev, sent: sent, ttl: l.ttl}
-	// Record the epoch in the value at once (a revision-checked write, so it
-	// is the renewal that also proves the lease is still ours).
-	if err := l.renew(ctx, lease, now); err != nil {
+	return l.confirm(ctx, &Lease{Key: key, Replica: l.replica, Epoch: rev, revision: rev, sent: sent, ttl: l.ttl}, now)
+}
+
+// confirm records a new lease's epoch in its value at once: a
+// revision-checked write, so it is the renewal that also proves the lease is
+// still ours.
+func (l *Leases) confirm(ctx context.Context, lease *Lease, acquired string) (*Lease, error) {
+	written := lease.revision
+	if err := l.renew(ctx, lease, acquired); err != nil {
 		// Do not leave a lease nobody uses until its TTL: give it back
 		// (only if it is still the one just written).
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = l.kv.Delete(dctx, key, jetstream.LastRevision(rev))
+		_ = l.kv.Delete(dctx, lease.Key, jetstream.LastRevision(written))
 		cancel()
 		return nil, err
 	}
 	return lease, nil
+}
+
+// Adopt takes over a lease held under this replica's own name by an
+// earlier process (the same CONNECTOR_REPLICA restarted after a crash), so
+// a restart does not wait out the TTL: a revision-checked rewrite of the key
+// as read, whose revision is the new epoch. A lease held by another replica
+// is refused with a *LeaseHeldError; a free one is acquired.
+//
+// Names must be unique among live processes: adopting assumes the earlier
+// holder is gone.
+func (l *Leases) Adopt(ctx context.Context, key string) (*Lease, error) {
+	e, err := l.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return l.Acquire(ctx, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: adopt: %w", key, err)
+	}
+	var doc leaseDoc
+	if json.Unmarshal(e.Value(), &doc) != nil || doc.Replica != l.replica {
+		return nil, l.holder(ctx, key)
+	}
+	sent := time.Now()
+	now := sent.UTC().Format(time.RFC3339Nano)
+	rev, err := l.kv.Update(ctx, key, l.encode(leaseDoc{Replica: l.replica, Acquired: now}), e.Revision())
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || isWrongLastSequence(err) {
+		// Changed since it was read (expired, released, taken): compete as usual.
+		return l.Acquire(ctx, key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lease %s: adopt: %w", key, err)
+	}
+	return l.confirm(ctx, &Lease{Key: key, Replica: l.replica, Epoch: rev, revision: rev, sent: sent, ttl: l.ttl}, now)
 }
 
 // holder reads who holds key, for a refusal.

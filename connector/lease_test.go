@@ -180,3 +180,45 @@ func TestLeaseRenewExpireAndRelease(t *testing.T) {
 		t.Fatalf("epoch %d after release is not above %d", again.Epoch, taken.Epoch)
 	}
 }
+
+// A process restarted with the same replica name adopts the lease its
+// predecessor left (a new epoch, at once, without waiting for the TTL); the
+// predecessor's lease is dead from then on; another name cannot adopt it.
+func TestLeaseAdoptByTheSameName(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{})
+	leaseBucket(t, env)
+	ctx := context.Background()
+	before := replicaLeases(t, env, "a")
+	old, err := before.Acquire(ctx, "probe.s")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var held *connector.LeaseHeldError
+	if _, err := replicaLeases(t, env, "b").Adopt(ctx, "probe.s"); !errors.As(err, &held) || held.Replica != "a" || held.Epoch != old.Epoch {
+		t.Fatalf("replica b adopting a's lease: %v, want held by a at epoch %d", err, old.Epoch)
+	}
+	restarted := replicaLeases(t, env, "a")
+	start := time.Now()
+	adopted, err := restarted.Adopt(ctx, "probe.s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > leaseTTL/2 {
+		t.Errorf("adopting took %v; it must not wait for the TTL %v", took, leaseTTL)
+	}
+	if adopted.Replica != "a" || adopted.Epoch <= old.Epoch {
+		t.Fatalf("adopted %+v, want replica a with an epoch above %d", adopted, old.Epoch)
+	}
+	if err := before.Renew(ctx, old); !errors.Is(err, connector.ErrLeaseLost) {
+		t.Fatalf("the predecessor's renewal after the adoption: %v, want ErrLeaseLost", err)
+	}
+	if err := restarted.Renew(ctx, adopted); err != nil {
+		t.Fatalf("renewing the adopted lease: %v", err)
+	}
+	// Adopting a free key acquires it.
+	free, err := restarted.Adopt(ctx, "probe.free")
+	if err != nil || free.Epoch == 0 {
+		t.Fatalf("adopting a free key: %+v, %v", free, err)
+	}
+}

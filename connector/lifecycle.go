@@ -42,6 +42,12 @@ var ErrClosed = errors.New("the runtime is closed")
 // returns nil the commands are served. The session runs until Stop, the end
 // of Run, or Close; ctx gives it its values, not its lifetime.
 func (r *Runtime) Start(ctx context.Context, spec Session) error {
+	return r.StartOwned(ctx, spec, Owner{})
+}
+
+// StartOwned is Start for a session this replica owns under a lease: its
+// status documents and /status name the owner and the lease's epoch.
+func (r *Runtime) StartOwned(ctx context.Context, spec Session, owner Owner) error {
 	if err := spec.validate(); err != nil {
 		return err
 	}
@@ -64,6 +70,7 @@ func (r *Runtime) Start(ctx context.Context, spec Session) error {
 		return fmt.Errorf("session %s is configured twice (or still stopping)", key)
 	}
 	s.host = r.newHost(spec)
+	s.host.owner = owner
 	r.sessions[key] = s
 	r.mu.Unlock()
 

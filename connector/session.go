@@ -34,3 +34,10 @@ func (s Session) validate() error {
 	}
 	return nil
 }
+
+// Owner is the replica that runs a session and the epoch of its lease, as a
+// fleet starts it (StartOwned); the zero Owner is a process without a fleet.
+type Owner struct {
+	Replica string `json:"replica,omitempty"`
+	Epoch   uint64 `json:"epoch,omitempty"`
+}

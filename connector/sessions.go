@@ -17,6 +17,8 @@ import (
 type SessionSnapshot struct {
 	Source  string `json:"source"`
 	Session string `json:"session"`
+	// Owner is this replica and its lease epoch, when a fleet runs the session.
+	Owner
 	// Connected is the source's own verdict that its upstream session is
 	// established (connector_upstream_connected).
 	Connected bool `json:"connected"`
@@ -82,7 +84,7 @@ func (r *Runtime) Statuses() map[string]json.RawMessage {
 // Snapshot returns the session's state and counters.
 func (h *Host) Snapshot() SessionSnapshot {
 	s := SessionSnapshot{
-		Source: h.kind, Session: h.name,
+		Source: h.kind, Session: h.name, Owner: h.owner,
 		Connected:  metricValue(h.metrics.Connected) == 1,
 		Malformed:  uint64(metricValue(h.metrics.Malformed)),
 		RTTSeconds: metricValue(h.metrics.RTT),
