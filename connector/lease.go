@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetbridge/connector/subjects"
 )
 
 // Leases give one replica of a fleet the ownership of an upstream session,
@@ -107,6 +109,34 @@ func LeaseBucket(name string, ttl time.Duration, replicas int) jetstream.KeyValu
 		Replicas:       max(replicas, 1),
 		Storage:        jetstream.FileStorage,
 	}
+}
+
+// ErrLeaseTTLMismatch: the leases bucket exists with another age limit than
+// this replica's lease TTL. Every replica must use the same TTL (the fencing
+// arithmetic relies on it); changing it takes stopping every replica and
+// deleting the bucket.
+var ErrLeaseTTLMismatch = errors.New("the leases bucket's TTL is not the lease TTL")
+
+// ProvisionLeases creates the leases bucket for ttl, or opens it if it
+// exists with that TTL; an existing bucket with another TTL is refused
+// (ErrLeaseTTLMismatch), never changed under running replicas.
+func ProvisionLeases(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
+	cfg := LeaseBucket(subjects.BucketLeases, ttl, replicas)
+	kv, err := js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.KeyValue(ctx, cfg.Bucket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("leases bucket %s: %w", cfg.Bucket, err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("leases bucket %s: %w", cfg.Bucket, err)
+	}
+	if st.TTL() != ttl {
+		return nil, fmt.Errorf("leases bucket %s expires leases after %s, this replica's lease TTL is %s: %w", cfg.Bucket, st.TTL(), ttl, ErrLeaseTTLMismatch)
+	}
+	return kv, nil
 }
 
 // Acquire takes the lease of key if no replica holds it. A held lease is

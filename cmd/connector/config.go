@@ -39,6 +39,8 @@ type Config struct {
 	CommandRate          float64       `envconfig:"CONNECTOR_COMMAND_RATE" default:"1000" desc:"commands per second per session (beyond: rate_limited); negative disables the limit"`
 	CommandBurst         int           `envconfig:"CONNECTOR_COMMAND_BURST" default:"1000" desc:"commands a session accepts back to back before the rate applies"`
 	QuietUnknownSessions bool          `envconfig:"CONNECTOR_QUIET_UNKNOWN_SESSIONS" default:"false" desc:"do not answer commands for sessions this process does not serve (several connector processes on one NATS account)"`
+	Replica              string        `envconfig:"CONNECTOR_REPLICA" desc:"this process's name in a fleet, unique among live replicas (default: <host name>-<pid>); a restart under the same name adopts its leases at once"`
+	LeaseTTL             time.Duration `envconfig:"CONNECTOR_LEASE_TTL" default:"15s" desc:"a session's lease lifetime in CONNECTOR_LEASES: a dead owner's sessions move after at most this long; must outlast a JetStream leader election (4-9 s measured), same on every replica"`
 	SingleLane           bool          `envconfig:"CONNECTOR_SINGLE_LANE" default:"false" desc:"measurement only: one FIFO for every event, no priority, nothing dropped"`
 }
 
@@ -130,6 +132,34 @@ func loadConfig() (Config, error) {
 	return cfg, cfg.validate()
 }
 
+// validReplicaName accepts CONNECTOR_REPLICA: printable, no spaces, at most
+// 64 bytes ("" takes the default).
+func validReplicaName(name string) error {
+	if len(name) > 64 {
+		return badConfig("CONNECTOR_REPLICA=%q is longer than 64 bytes", name)
+	}
+	for _, r := range name {
+		if r <= ' ' || r == 0x7f || !strconv.IsPrint(r) {
+			return badConfig("CONNECTOR_REPLICA=%q may not contain spaces or control characters", name)
+		}
+	}
+	return nil
+}
+
+// replicaName is CONNECTOR_REPLICA, or <host name>-<pid>: unique among live
+// processes, and the same after a container restart (same host name, pid 1),
+// so such a restart adopts its leases.
+func (c Config) replicaName() string {
+	if c.Replica != "" {
+		return c.Replica
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "connector"
+	}
+	return fmt.Sprintf("%s-%d", strings.ReplaceAll(host, " ", "_"), os.Getpid())
+}
+
 func (c Config) validate() error {
 	switch strings.ToLower(c.LogLevel) {
 	case "trace", "debug", "info", "warn", "error":
@@ -161,6 +191,12 @@ func (c Config) validate() error {
 		if d <= 0 {
 			return badConfig("%s=%s must be positive", name, d)
 		}
+	}
+	if c.LeaseTTL < time.Second || c.LeaseTTL > 10*time.Minute {
+		return badConfig("CONNECTOR_LEASE_TTL=%s must be 1s..10m (it must outlast a JetStream leader election: 15s is the default)", c.LeaseTTL)
+	}
+	if err := validReplicaName(c.Replica); err != nil {
+		return err
 	}
 	if c.CommandMaxBytes < 64 || c.CommandMaxBytes > 8<<20 {
 		return badConfig("CONNECTOR_COMMAND_MAX_BYTES=%d must be 64..8388608", c.CommandMaxBytes)

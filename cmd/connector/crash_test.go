@@ -104,7 +104,10 @@ func TestCrashRestoresDesiredStateWithoutDuplicates(t *testing.T) {
 
 	env := map[string]string{
 		"NATS_URL": nsrv.URL(), "CONNECTOR_HTTP_ADDR": freeLoopbackAddr(t),
-		"LOG_LEVEL": "debug", "LOG_FORMAT": "json",
+		// The restart keeps the name (a container restarted in place, a
+		// StatefulSet pod): it adopts the killed process's leases at once.
+		"CONNECTOR_REPLICA": "crash-test",
+		"LOG_LEVEL":         "debug", "LOG_FORMAT": "json",
 		"CONNECTOR_ACK_TIMEOUT": "1s", "CONNECTOR_DRAIN_TIMEOUT": "3s", "CONNECTOR_COMMAND_TIMEOUT": "5s",
 		"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": lcfg.APIKey, "LASERSELL_SESSION": session,
 		"LASERSELL_BACKOFF_MAX": "300ms", "LASERSELL_RECONCILE_AFTER": "1s",

@@ -21,10 +21,12 @@ import (
 
 // httpDeps is what the HTTP surface reports on.
 type httpDeps struct {
-	reg   *prometheus.Registry
-	rt    *connector.Runtime
-	conns map[string]*nats.Conn // by role: high, low
-	kinds []subjects.Kind       // source kinds whose streams and buckets the connector owns
+	reg     *prometheus.Registry
+	rt      *connector.Runtime
+	fleet   *connector.Fleet // nil: no leases (tests of the HTTP surface alone)
+	replica string
+	conns   map[string]*nats.Conn // by role: high, low
+	kinds   []subjects.Kind       // source kinds whose streams and buckets the connector owns
 	// streamsTTL is how long /readyz trusts its last stream listing (default 2 s).
 	streamsTTL time.Duration
 }
@@ -60,9 +62,16 @@ func newHTTPHandler(deps httpDeps) http.Handler {
 	}
 	ready := &readiness{deps: deps, streamsTTL: deps.streamsTTL, streamsTimeout: 2 * time.Second}
 	status := func(w http.ResponseWriter, _ *http.Request) {
+		var leases []connector.LeaseView
+		if deps.fleet != nil {
+			leases = deps.fleet.Leases()
+		}
 		writeJSON(w, http.StatusOK, struct {
+			Replica  string                      `json:"replica,omitempty"`
 			Sessions []connector.SessionSnapshot `json:"sessions"`
-		}{deps.rt.Sessions()})
+			// Leases are every configured session's owner, this replica's or another's.
+			Leases []connector.LeaseView `json:"leases,omitempty"`
+		}{deps.replica, deps.rt.Sessions(), leases})
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(deps.reg, promhttp.HandlerOpts{Registry: deps.reg}))
@@ -168,7 +177,11 @@ func (r *readiness) streams(ctx context.Context) []failedCheck {
 				missing = append(missing, failedCheck{Check: "stream", Name: s.Name, Reason: "stream does not exist"})
 			}
 		}
-		for _, b := range subjects.Buckets(r.deps.kinds...) {
+		buckets := subjects.Buckets(r.deps.kinds...)
+		if r.deps.fleet != nil {
+			buckets = append(buckets, subjects.BucketSpec{Name: subjects.BucketLeases})
+		}
+		for _, b := range buckets {
 			if !present["KV_"+b.Name] {
 				missing = append(missing, failedCheck{Check: "stream", Name: "KV_" + b.Name, Reason: "KV bucket " + b.Name + " does not exist"})
 			}

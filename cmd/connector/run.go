@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -61,21 +62,35 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	kinds := subjectKinds(sel.kinds)
+	replica := cfg.replicaName()
+	log = log.With().Str("replica", replica).Logger()
+	configured := map[string]bool{}
+	for _, s := range sel.sessions {
+		configured[s.Key()] = true
+	}
 	rt, err := provision(ctx, connector.Options{
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
 		CommandTimeout: cfg.CommandTimeout, Version: version, SingleLane: cfg.SingleLane,
 		CommandMaxBytes: cfg.CommandMaxBytes, CommandRate: cfg.CommandRate, CommandBurst: cfg.CommandBurst,
 		QuietUnknownSessions: cfg.QuietUnknownSessions,
-		Metrics:              connector.NewMetrics(reg), Log: log,
+		// Every replica has the same configuration: a configured session this
+		// process does not run is another replica's to answer.
+		ServedElsewhere: func(kind, name string) bool { return configured[subjects.SessionKey(kind, name)] },
+		Metrics:         connector.NewMetrics(reg), Log: log,
 	}, log)
 	if err != nil {
 		return err
 	}
 	defer rt.Close() // idempotent: covers the error returns before Run
+	fleet, err := startFleet(ctx, rt, cfg, replica, sel.sessions, reg, log)
+	if err != nil {
+		return err
+	}
 	if cfg.HTTPAddr != "" {
 		stopHTTP, err := startHTTP(cfg.HTTPAddr, httpDeps{
-			reg: reg, rt: rt, conns: map[string]*nats.Conn{"high": high, "low": low}, kinds: kinds,
+			reg: reg, rt: rt, fleet: fleet, replica: replica,
+			conns: map[string]*nats.Conn{"high": high, "low": low}, kinds: kinds,
 		}, log)
 		if err != nil {
 			return err
@@ -84,24 +99,59 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	}
 	for _, s := range sel.sessions {
 		log.Info().Str("source", s.Kind).Str("session", s.Name).
-			Str("commands", subjects.Command(s.Kind, s.Name, subjects.Any)).Msg("starting source")
+			Str("commands", subjects.Command(s.Kind, s.Name, subjects.Any)).Msg("configured source; running it once its lease is held")
 	}
 	var readyDone sync.WaitGroup
 	defer readyDone.Wait()
 	if ready != nil {
-		readyDone.Add(1)
-		go func() {
-			defer readyDone.Done()
+		readyDone.Go(func() {
 			select {
 			case <-rt.Serving():
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case <-fleet.Settled(): // the sessions whose lease was free run
 				ready(rt, url)
 			case <-ctx.Done():
 			}
-		}()
+		})
 	}
-	err = rt.Run(ctx, sel.sessions...)
+	// The runtime serves the sessions the fleet starts and stops; both end
+	// with ctx, the fleet after stopping its sessions and releasing their
+	// leases (or when the runtime stops because a source failed).
+	var fleetDone sync.WaitGroup
+	fleetDone.Go(func() {
+		if err := fleet.Run(ctx); err != nil {
+			log.Error().Err(err).Msg("fleet stopped")
+		}
+	})
+	err = rt.Run(ctx)
+	fleetDone.Wait()
 	log.Info().Msg("connector stopped")
 	return err
+}
+
+// startFleet provisions the leases bucket and prepares this replica's fleet
+// over the configured sessions: each runs here only while this replica holds
+// its lease in CONNECTOR_LEASES.
+func startFleet(ctx context.Context, rt *connector.Runtime, cfg Config, replica string,
+	sessions []connector.Session, reg prometheus.Registerer, log zerolog.Logger,
+) (*connector.Fleet, error) {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kv, err := connector.ProvisionLeases(pctx, rt.JetStream(), cfg.LeaseTTL, cfg.KVReplicas)
+	if errors.Is(err, connector.ErrLeaseTTLMismatch) {
+		return nil, badConfig("CONNECTOR_LEASE_TTL=%s: %v; every replica must use the same TTL (to change it, stop every replica, then: nats kv del %s)",
+			cfg.LeaseTTL, err, subjects.BucketLeases)
+	}
+	if err != nil {
+		return nil, err
+	}
+	log.Info().Dur("lease_ttl_ms", cfg.LeaseTTL).Msg("fleet: taking the leases of the configured sessions")
+	return connector.NewFleet(rt, kv, sessions, connector.FleetOptions{
+		Replica: replica, TTL: cfg.LeaseTTL, Metrics: connector.NewFleetMetrics(reg), Log: log,
+	})
 }
 
 // provision creates the runtime, retrying while NATS or JetStream is not

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
+	"github.com/jetbridge/connector/subjects"
+)
+
+// peakSampler records, every millisecond, the most upstream sessions the
+// simulators saw open at once.
+type peakSampler struct {
+	stop      chan struct{}
+	done      sync.WaitGroup
+	lasersell atomic.Int64
+	robot     atomic.Int64
+}
+
+func samplePeaks(lasersell func() int, robot func() int) *peakSampler {
+	p := &peakSampler{stop: make(chan struct{})}
+	p.done.Go(func() {
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-t.C:
+			}
+			raise(&p.lasersell, lasersell())
+			raise(&p.robot, robot())
+		}
+	})
+	return p
+}
+
+func raise(peak *atomic.Int64, n int) {
+	if int64(n) > peak.Load() {
+		peak.Store(int64(n))
+	}
+}
+
+func (p *peakSampler) finish() (lasersell, robot int) {
+	close(p.stop)
+	p.done.Wait()
+	return int(p.lasersell.Load()), int(p.robot.Load())
+}
+
+// fleetStatus is the part of /status a fleet test reads.
+type fleetStatus struct {
+	Replica  string `json:"replica"`
+	Sessions []struct {
+		Source, Session string
+		Replica         string `json:"replica"`
+		Epoch           uint64 `json:"epoch"`
+	} `json:"sessions"`
+	Leases []struct {
+		Session string `json:"session"`
+		Replica string `json:"replica"`
+		Epoch   uint64 `json:"epoch"`
+		Mine    bool   `json:"mine"`
+	} `json:"leases"`
+}
+
+func readFleetStatus(addr string) (fleetStatus, error) {
+	var st fleetStatus
+	body, err := httpBody("http://" + addr + "/status")
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(body, &st)
+}
+
+// Real `connector run` processes with one configuration, two replicas: only
+// the lease holder opens the upstream sessions (the simulators never see two
+// at once); SIGTERM hands the sessions over through released leases, SIGKILL
+// after the lease TTL; the new owner restores the desired state; no exit
+// signal is stored twice; commands reach whichever replica owns the session.
+func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
+	const session, robotName, ttl = "fleet", "arm", 2 * time.Second
+	nsrv, nc, js := startTestNATS(t)
+	lcfg := lssim.DefaultConfig()
+	lcfg.APIKey = "fleet-test-key"
+	lcfg.AutoPositions = 2
+	lcfg.ExitEvery = 20 * time.Millisecond
+	lcfg.OpenEvery = 50 * time.Millisecond
+	lcfg.PnLRate = 100
+	lcfg.EnforceSessionLimit = false // a second session would be visible, not refused
+	ls, lsURL, robot, robotAddr := startSims(t, lcfg)
+
+	httpA, httpB := freeLoopbackAddr(t), freeLoopbackAddr(t)
+	env := func(replica, httpAddr string) map[string]string {
+		return map[string]string{
+			"NATS_URL": nsrv.URL(), "CONNECTOR_HTTP_ADDR": httpAddr, "LOG_LEVEL": "info", "LOG_FORMAT": "json",
+			"CONNECTOR_REPLICA": replica, "CONNECTOR_LEASE_TTL": ttl.String(),
+			"CONNECTOR_ACK_TIMEOUT": "1s", "CONNECTOR_DRAIN_TIMEOUT": "3s", "CONNECTOR_COMMAND_TIMEOUT": "3s",
+			"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": lcfg.APIKey, "LASERSELL_SESSION": session,
+			"LASERSELL_WALLETS": "FleetWallet11111111111111111111111111111111", "LASERSELL_TARGET_PROFIT_PCT": "5",
+			"LASERSELL_BACKOFF_MAX": "300ms",
+			"OPENSTREAM_ROBOTS":     robotName + "=" + robotAddr, "OPENSTREAM_BACKOFF_MAX": "300ms",
+			"OPENSTREAM_MONITORS": robotName + "/pose=/project/robot/po_cur@20ms",
+		}
+	}
+	owns := func(addr string, n int) func() error {
+		return func() error {
+			st, err := readFleetStatus(addr)
+			if err != nil {
+				return err
+			}
+			if len(st.Sessions) != n {
+				return fmt.Errorf("%s runs %d sessions, want %d", st.Replica, len(st.Sessions), n)
+			}
+			for _, s := range st.Sessions {
+				if s.Replica != st.Replica || s.Epoch == 0 {
+					return fmt.Errorf("session %s.%s names owner %q epoch %d", s.Source, s.Session, s.Replica, s.Epoch)
+				}
+			}
+			return nil
+		}
+	}
+	established := func() error {
+		if n := ls.ActiveSessions(); n != 1 {
+			return fmt.Errorf("%d LaserSell sessions", n)
+		}
+		if n := robot.Active(); n < 1 {
+			return fmt.Errorf("%d robot connections", n)
+		}
+		return nil
+	}
+
+	a := startConnectorProc(t, "a", env("a", httpA))
+	waitUntil(t, 20*time.Second, "replica a owning both sessions", owns(httpA, 2))
+	waitUntil(t, 20*time.Second, "a's upstream sessions established", established)
+	time.Sleep(200 * time.Millisecond)
+	steadyRobot := robot.Active() // one owner's connections to the robot
+	peaks := samplePeaks(ls.ActiveSessions, robot.Active)
+	b := startConnectorProc(t, "b", env("b", httpB))
+	waitUntil(t, 20*time.Second, "replica b up, owning nothing", owns(httpB, 0))
+	// b is a ready standby and knows the owner of each session.
+	if body, err := httpBody("http://" + httpB + "/readyz"); err != nil {
+		t.Fatalf("standby b not ready: %v %s", err, body)
+	}
+	waitUntil(t, 5*time.Second, "b seeing a as the owner of both sessions", func() error {
+		st, err := readFleetStatus(httpB)
+		if err != nil {
+			return err
+		}
+		for _, l := range st.Leases {
+			if l.Replica != "a" || l.Mine {
+				return fmt.Errorf("lease %s: %+v", l.Session, l)
+			}
+		}
+		if len(st.Leases) != 2 {
+			return fmt.Errorf("%d leases listed", len(st.Leases))
+		}
+		return nil
+	})
+	ping := func(what string) {
+		t.Helper()
+		if r := requestCommand(t, nc, subjects.Command(subjects.KindLaserSell, session, "ping"), `{}`, 5*time.Second); !r.OK {
+			t.Fatalf("ping %s: %s", what, r.raw)
+		}
+	}
+	ping("with a owning the session")
+
+	// Graceful handover: SIGTERM a; b starts the sessions once a released them.
+	conns := ls.Connections()
+	term := time.Now()
+	if err := a.stop(20 * time.Second); err != nil {
+		t.Fatalf("a after SIGTERM: %v", err)
+	}
+	exited := time.Since(term)
+	waitUntil(t, 10*time.Second, "b taking over after a's SIGTERM", func() error {
+		if ls.Connections() == conns {
+			return fmt.Errorf("no new LaserSell session")
+		}
+		return established()
+	})
+	cf, err := ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	graceful := cf.At.Sub(term)
+	waitUntil(t, 5*time.Second, "b owning both sessions", owns(httpB, 2))
+	ping("after the graceful handover")
+
+	// Crash: a comes back as the standby; SIGKILL b; a takes over after the TTL.
+	a2 := startConnectorProc(t, "a2", env("a", httpA))
+	waitUntil(t, 20*time.Second, "replica a back as a standby", owns(httpA, 0))
+	conns = ls.Connections()
+	kill := time.Now()
+	b.kill()
+	waitUntil(t, ttl+10*time.Second, "a taking over after b's SIGKILL", func() error {
+		if ls.Connections() == conns {
+			return fmt.Errorf("no new LaserSell session")
+		}
+		return established()
+	})
+	cf, err = ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed := cf.At.Sub(kill)
+	if crashed > ttl+time.Second {
+		t.Errorf("takeover after SIGKILL took %v, want within the TTL %v + 1 s", crashed, ttl)
+	}
+	waitUntil(t, 5*time.Second, "a owning both sessions", owns(httpA, 2))
+	ping("after the takeover")
+	waitUntil(t, 10*time.Second, "exit signals stored after the takeover", func() error {
+		if n := lastSeq(js, subjects.StreamLaserSellExit); n < 20 {
+			return fmt.Errorf("%d exit signals stored", n)
+		}
+		return nil
+	})
+	if err := a2.stop(20 * time.Second); err != nil {
+		t.Fatalf("a after SIGTERM: %v", err)
+	}
+	peakLS, peakRobot := peaks.finish()
+	for _, p := range []*connectorProc{a, b, a2} {
+		p.checkNoRace()
+	}
+
+	if peakLS > 1 {
+		t.Errorf("the LaserSell simulator saw %d sessions at once; one owner opens one", peakLS)
+	}
+	if peakRobot > steadyRobot {
+		t.Errorf("the robot saw %d connections at once; one owner opens %d", peakRobot, steadyRobot)
+	}
+	exits := readStream(t, js, subjects.StreamLaserSellExit)
+	seen := map[string]int{}
+	for _, m := range exits {
+		id, err := exitIdentity(m.Data)
+		if err != nil {
+			t.Fatalf("exit seq %d: %v", m.Seq, err)
+		}
+		if seen[id]++; seen[id] > 1 {
+			t.Errorf("exit signal %s stored twice", id)
+		}
+	}
+	sent := ls.Stats().ExitSignalsSent
+	t.Logf("MEASURED fleet of 2 processes, lease TTL %v: SIGTERM to the new owner's configure at the upstream %v (the old owner exited after %v); "+
+		"SIGKILL to the new owner's configure %v; peak concurrent upstream sessions: LaserSell %d, robot connections %d; "+
+		"exit signals sent %d, stored %d, duplicates 0",
+		ttl, graceful.Round(time.Millisecond), exited.Round(time.Millisecond), crashed.Round(time.Millisecond),
+		peakLS, peakRobot, sent, len(exits))
+}
