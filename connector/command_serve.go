@@ -149,6 +149,8 @@ func (r *Runtime) commandHandler(s *servedSession, name string) micro.HandlerFun
 				err = r.rateLimited(h.kind, h.name)
 			case len(cmd.Body) > r.opts.CommandMaxBytes:
 				err = Refuse(CodeRequestTooLarge, "request is %d bytes; at most %d", len(cmd.Body), r.opts.CommandMaxBytes)
+			case h.Fence() != nil:
+				err = Refuse(CodeNotOwner, "%s.%s: %v; nothing was forwarded; the session is moving to another replica, retry in a few seconds", h.kind, h.name, h.Fence())
 			default:
 				cctx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
 				result, err = s.src.Handle(cctx, cmd)
@@ -206,6 +208,8 @@ func statusOf(code string) string {
 		return "413"
 	case CodeRateLimited:
 		return "429"
+	case CodeNotOwner:
+		return "503"
 	case CodeUnknownSession, CodeUnknownCommand:
 		return "404"
 	}

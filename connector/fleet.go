@@ -199,7 +199,7 @@ func (f *Fleet) watchLeases(ctx context.Context) {
 // keep is one session's keeper: acquire, start, renew; stop when lost.
 func (f *Fleet) keep(ctx context.Context, s Session) {
 	key := s.Key()
-	log := f.opts.Log.With().Str("session", key).Str("replica", f.opts.Replica).Logger()
+	log := f.opts.Log.With().Str("session", key).Logger() // the caller's logger names the replica
 	first := true
 	settle := func() {
 		if first {
@@ -241,7 +241,7 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 		}()
 		endHolding := func() { stopHolding(); <-held }
 
-		err = f.rt.StartOwned(ctx, s, Owner{Replica: lease.Replica, Epoch: lease.Epoch})
+		err = f.rt.StartOwned(ctx, s, Owner{Replica: lease.Replica, Epoch: lease.Epoch}, f.fence(lease))
 		settle()
 		if err != nil {
 			endHolding()
@@ -330,6 +330,20 @@ func (f *Fleet) lose(ctx context.Context, s Session, lease *Lease, why error, lo
 		m.losses.WithLabelValues(s.Kind, s.Name, reason).Inc()
 		m.held.WithLabelValues(s.Kind, s.Name).Set(0)
 	})
+}
+
+// fence is the session's write and command check: the lease must be
+// certainly valid for at least the margin, the same deadline at which the
+// keeper stops the session. A process resumed after a pause fails it at
+// once, before its keeper has noticed.
+func (f *Fleet) fence(lease *Lease) func() error {
+	return func() error {
+		if lease.Valid(time.Now(), f.opts.Margin) {
+			return nil
+		}
+		f.metric(func(m *FleetMetrics) { m.fenced.Inc() })
+		return fmt.Errorf("replica %s cannot confirm its lease (epoch %d) in time", f.opts.Replica, lease.Epoch)
+	}
 }
 
 func (f *Fleet) metric(update func(*FleetMetrics)) {

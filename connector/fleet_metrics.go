@@ -11,6 +11,7 @@ type FleetMetrics struct {
 	acquisitions *prometheus.CounterVec
 	losses       *prometheus.CounterVec
 	handover     prometheus.Histogram
+	fenced       prometheus.Counter
 }
 
 // NewFleetMetrics creates the series and registers them on reg.
@@ -32,6 +33,9 @@ func NewFleetMetrics(reg prometheus.Registerer) *FleetMetrics {
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 	}
-	reg.MustRegister(m.held, m.acquisitions, m.losses, m.handover)
+	m.fenced = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "connector_lease_fenced_total", Help: "Upstream writes and commands refused because this replica could not confirm its lease in time (not_owner).",
+	})
+	reg.MustRegister(m.held, m.acquisitions, m.losses, m.handover, m.fenced)
 	return m
 }

@@ -37,7 +37,8 @@ const (
 // its *Host from construction; everything on it is safe for concurrent use.
 type Host struct {
 	kind, name string
-	owner      Owner // set once, before the source opens
+	owner      Owner        // set once, before the source opens
+	fence      func() error // nil: no lease to check (see Fence)
 	rt         *Runtime
 	log        zerolog.Logger
 	metrics    SessionMetrics
@@ -203,6 +204,20 @@ func (h *Host) Report(st Status) {
 	if err := h.SetStatus(context.Background(), st); err != nil {
 		h.log.Error().Err(err).Str("state", st.State).Str("reason", st.Reason).Msg("could not publish status")
 	}
+}
+
+// Fence reports whether the session may still write upstream: nil, or an
+// error when this replica can no longer be sure it owns the session (its
+// lease could not be confirmed in time; another replica may own it now).
+// A source calls it in its writer before each write (or batch of writes)
+// and, on an error, writes nothing and closes the connection: a process
+// resumed after a pause must not write on its old connections. It is a
+// clock comparison, cheap enough for every write.
+func (h *Host) Fence() error {
+	if h == nil || h.fence == nil { // nil: a source's unit test without a runtime
+		return nil
+	}
+	return h.fence()
 }
 
 // statusRecord is the published status document: the session's Status with

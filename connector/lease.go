@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,8 +48,9 @@ type Lease struct {
 	// Epoch is the revision of the write that acquired the lease.
 	Epoch uint64
 
-	revision uint64    // of the last write by this owner
-	sent     time.Time // when that write was sent (monotonic)
+	mu       sync.Mutex // revision and sent: renewed by the keeper, read by writers' fences
+	revision uint64     // of the last write by this owner
+	sent     time.Time  // when that write was sent (monotonic)
 	ttl      time.Duration
 }
 
@@ -160,7 +162,7 @@ func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
 // revision-checked write, so it is the renewal that also proves the lease is
 // still ours.
 func (l *Leases) confirm(ctx context.Context, lease *Lease, acquired string) (*Lease, error) {
-	written := lease.revision
+	written := lease.lastRevision()
 	if err := l.renew(ctx, lease, acquired); err != nil {
 		// Do not leave a lease nobody uses until its TTL: give it back
 		// (only if it is still the one just written).
@@ -229,15 +231,23 @@ func (l *Leases) Renew(ctx context.Context, lease *Lease) error {
 func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error {
 	sent := time.Now()
 	doc := leaseDoc{Replica: l.replica, Epoch: lease.Epoch, Acquired: acquired, Renewed: sent.UTC().Format(time.RFC3339Nano)}
-	rev, err := l.kv.Update(ctx, lease.Key, l.encode(doc), lease.revision)
+	rev, err := l.kv.Update(ctx, lease.Key, l.encode(doc), lease.lastRevision())
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("lease %s (epoch %d): %w", lease.Key, lease.Epoch, ErrLeaseLost)
 	}
 	if err != nil {
 		return fmt.Errorf("lease %s: renew: %w", lease.Key, err)
 	}
+	lease.mu.Lock()
 	lease.revision, lease.sent = rev, sent
+	lease.mu.Unlock()
 	return nil
+}
+
+func (lease *Lease) lastRevision() uint64 {
+	lease.mu.Lock()
+	defer lease.mu.Unlock()
+	return lease.revision
 }
 
 // Release gives the lease up at once if this replica still holds it, so that
@@ -245,8 +255,10 @@ func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error
 // says it was not (or no longer provably) this replica's: it then expires
 // after its TTL.
 func (l *Leases) Release(ctx context.Context, lease *Lease) error {
-	err := l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(lease.revision))
+	err := l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(lease.lastRevision()))
+	lease.mu.Lock()
 	lease.sent = time.Time{} // no longer valid, whatever the outcome
+	lease.mu.Unlock()
 	switch {
 	case err == nil:
 		return nil
@@ -261,6 +273,8 @@ func (l *Leases) Release(ctx context.Context, lease *Lease) error {
 // ValidUntil is the monotonic deadline before which no other replica can
 // hold the lease: the TTL after the last successful write was sent.
 func (lease *Lease) ValidUntil() time.Time {
+	lease.mu.Lock()
+	defer lease.mu.Unlock()
 	if lease.sent.IsZero() {
 		return time.Time{}
 	}

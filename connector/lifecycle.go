@@ -42,12 +42,15 @@ var ErrClosed = errors.New("the runtime is closed")
 // returns nil the commands are served. The session runs until Stop, the end
 // of Run, or Close; ctx gives it its values, not its lifetime.
 func (r *Runtime) Start(ctx context.Context, spec Session) error {
-	return r.StartOwned(ctx, spec, Owner{})
+	return r.StartOwned(ctx, spec, Owner{}, nil)
 }
 
 // StartOwned is Start for a session this replica owns under a lease: its
-// status documents and /status name the owner and the lease's epoch.
-func (r *Runtime) StartOwned(ctx context.Context, spec Session, owner Owner) error {
+// status documents and /status name the owner and the lease's epoch, and
+// fence (if set) is asked before every command is forwarded and, through
+// Host.Fence, before the source writes upstream: an error means the
+// ownership is no longer certain and nothing may be written.
+func (r *Runtime) StartOwned(ctx context.Context, spec Session, owner Owner, fence func() error) error {
 	if err := spec.validate(); err != nil {
 		return err
 	}
@@ -70,7 +73,7 @@ func (r *Runtime) StartOwned(ctx context.Context, spec Session, owner Owner) err
 		return fmt.Errorf("session %s is configured twice (or still stopping)", key)
 	}
 	s.host = r.newHost(spec)
-	s.host.owner = owner
+	s.host.owner, s.host.fence = owner, fence
 	r.sessions[key] = s
 	r.mu.Unlock()
 

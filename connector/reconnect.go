@@ -31,4 +31,8 @@ const (
 	// ReasonStopped: the connection was ended on purpose (shutdown, or a
 	// session handed over to another replica).
 	ReasonStopped = "stopped"
+	// ReasonFenced: this replica could not confirm its lease on the session
+	// in time (Host.Fence): the connection was closed before anything more
+	// was written, and none is opened until the ownership is certain again.
+	ReasonFenced = "fenced"
 )

@@ -121,6 +121,10 @@ const (
 	CodeRateLimited = "rate_limited"
 	// CodeUnknownSession: no session of that name is served by this connector.
 	CodeUnknownSession = "unknown_session"
+	// CodeNotOwner: this replica cannot confirm that it still owns the
+	// session (its lease); nothing was forwarded. The session is moving to
+	// another replica: retry after a few seconds.
+	CodeNotOwner = "not_owner"
 )
 
 // DecodeStrict unmarshals a command body into v, refusing with CodeInvalidJSON

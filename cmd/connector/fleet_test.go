@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -248,4 +250,101 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 		"exit signals sent %d, stored %d, duplicates 0",
 		ttl, graceful.Round(time.Millisecond), exited.Round(time.Millisecond), crashed.Round(time.Millisecond),
 		peakLS, peakRobot, sent, len(exits))
+}
+
+// An owner paused (SIGSTOP) for 3 x TTL loses its sessions to the standby;
+// resumed (SIGCONT), it writes nothing more upstream on its old connection
+// (the per-write fence refuses its next ping at once, before its keeper has
+// noticed) and closes it, and it runs no session any more.
+func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
+	const session, ttl = "paused", 2 * time.Second
+	nsrv, _, _ := startTestNATS(t)
+	lcfg := lssim.DefaultConfig()
+	lcfg.APIKey = "pause-test-key"
+	lcfg.EnforceSessionLimit = false
+	ls, lsURL, _, _ := startSims(t, lcfg)
+	httpA, httpB := freeLoopbackAddr(t), freeLoopbackAddr(t)
+	env := func(replica, httpAddr string) map[string]string {
+		return map[string]string{
+			"NATS_URL": nsrv.URL(), "CONNECTOR_HTTP_ADDR": httpAddr, "LOG_LEVEL": "info", "LOG_FORMAT": "json",
+			"CONNECTOR_REPLICA": replica, "CONNECTOR_LEASE_TTL": ttl.String(), "CONNECTOR_SOURCES": "lasersell",
+			"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": lcfg.APIKey, "LASERSELL_SESSION": session,
+			"LASERSELL_WALLETS": "PauseWallet11111111111111111111111111111111", "LASERSELL_TARGET_PROFIT_PCT": "5",
+			// A ping every 100 ms: without the fence, the resumed process
+			// would write one on its old connection at once.
+			"LASERSELL_PING_INTERVAL": "100ms", "LASERSELL_BACKOFF_MAX": "300ms",
+		}
+	}
+	a := startConnectorProc(t, "a", env("a", httpA))
+	waitUntil(t, 20*time.Second, "a connected upstream", func() error {
+		if n := ls.ActiveSessions(); n != 1 {
+			return fmt.Errorf("%d sessions", n)
+		}
+		return nil
+	})
+	aConn := ls.Connections()
+	b := startConnectorProc(t, "b", env("b", httpB))
+	waitUntil(t, 20*time.Second, "b up as a standby", func() error {
+		st, err := readFleetStatus(httpB)
+		if err != nil {
+			return err
+		}
+		if len(st.Leases) != 1 || st.Leases[0].Replica != "a" {
+			return fmt.Errorf("leases %+v", st.Leases)
+		}
+		return nil
+	})
+
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	waitUntil(t, ttl+5*time.Second, "b taking over from the paused a", func() error {
+		if ls.Connections() == aConn {
+			return fmt.Errorf("no new upstream session")
+		}
+		return nil
+	})
+	takeover := time.Since(stopped)
+	time.Sleep(3*ttl - takeover)
+	resumed := time.Now()
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "a's old connection closed and a running nothing", func() error {
+		if n := ls.ActiveSessions(); n != 1 {
+			return fmt.Errorf("%d upstream sessions", n)
+		}
+		st, err := readFleetStatus(httpA)
+		if err != nil {
+			return err
+		}
+		if len(st.Sessions) != 0 {
+			return fmt.Errorf("a still runs %d sessions", len(st.Sessions))
+		}
+		return nil
+	})
+	stale := 0
+	for _, f := range ls.Received() {
+		if f.Conn == aConn && !f.At.Before(resumed) && f.Type != "" {
+			stale++
+			t.Errorf("a wrote %s on its old connection %v after resuming", f.Type, f.At.Sub(resumed))
+		}
+	}
+	if err := b.stop(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.stop(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	a.checkNoRace()
+	b.checkNoRace()
+	// Whichever noticed first after the resume (the keeper's deadline or the
+	// writer's fence), a says it stopped because of its lease.
+	if !bytes.Contains(a.output(), []byte("self-fencing")) && !bytes.Contains(a.output(), []byte(`"reason_code":"fenced"`)) {
+		t.Errorf("a's log never says it fenced itself")
+	}
+	t.Logf("MEASURED paused owner (SIGSTOP %v, lease TTL %v): standby's new upstream session %v after the pause began; "+
+		"frames the resumed owner wrote on its old connection: %d",
+		(3 * ttl).Round(time.Millisecond), ttl, takeover.Round(time.Millisecond), stale)
 }

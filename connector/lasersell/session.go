@@ -114,6 +114,11 @@ func netDial(ctx context.Context, network, addr string) (net.Conn, error) {
 // healthy (see healthyLocked: the next reconnect starts the backoff over) and
 // why it ended.
 func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
+	if err := s.host.Fence(); err != nil {
+		// Not certainly the owner: open no upstream session (it would count
+		// against the API key's sessions and might write).
+		return false, sessionEnd{code: connector.ReasonFenced, text: err.Error()}
+	}
 	var tcpUp atomic.Bool
 	dctx, cancelDial := context.WithTimeout(context.WithValue(ctx, tcpConnectedKey{}, &tcpUp), s.cfg.DialTimeout)
 	ws, resp, err := s.dialer.DialContext(dctx, s.cfg.URL, s.header)
@@ -338,6 +343,12 @@ func pingOut(reply chan time.Duration) outFrame {
 }
 
 func (s *Source) write(c *conn, f outFrame) error {
+	if err := s.host.Fence(); err != nil {
+		// A process resumed after a pause: its lease may be another
+		// replica's by now, so nothing more is written on this connection.
+		c.failWith(connector.ReasonFenced, err.Error())
+		return fmt.Errorf("write refused: %w", err)
+	}
 	if f.ping != nil {
 		s.mu.Lock()
 		f.ping.sent = time.Now()

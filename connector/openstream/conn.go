@@ -217,6 +217,9 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 	if keepAlive == 0 {
 		keepAlive = -1 // disabled
 	}
+	if err := c.r.host.Fence(); err != nil {
+		return sessionEnd{reason: err.Error(), code: connector.ReasonFenced} // not certainly the owner: no connection
+	}
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive}
 	nc, err := d.DialContext(ctx, "tcp", c.r.cfg.Addr)
 	if err != nil {

@@ -327,6 +327,18 @@ func (s *session) write() {
 			}
 			batch = append(batch, m)
 		}
+		if err := s.c.r.host.Fence(); err != nil {
+			// A process resumed after a pause: the robot may be another
+			// replica's by now, so this batch (a CONTROL slice included)
+			// is not written, and the connection ends.
+			for _, m := range batch {
+				if m.written != nil {
+					m.written <- err
+				}
+			}
+			s.end(connector.ReasonFenced, err.Error())
+			return
+		}
 		meaningful := false
 		for _, m := range batch {
 			if m.sending != nil {
