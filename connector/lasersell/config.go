@@ -39,6 +39,8 @@ type Config struct {
 	APIKeyFile string `split_words:"true" desc:"file holding the API key (Docker/Kubernetes secrets); a trailing newline is ignored"`
 	URL        string `split_words:"true" default:"wss://stream.lasersell.io/v1/ws" desc:"WebSocket endpoint of the Exit Intelligence Stream (ws:// or wss://)"`
 	Session    string `split_words:"true" default:"default" desc:"session name, the second subject token: letters, digits, '-' and '_'"`
+	// SessionNames declares several sessions (see sessions.go).
+	SessionNames []string `split_words:"true" desc:"several sessions, comma-separated names; each reads LASERSELL_<NAME>_<VARIABLE> (e.g. LASERSELL_ALPHA_API_KEY_FILE), else LASERSELL_<VARIABLE>; replaces LASERSELL_SESSION"`
 
 	// The initial configure (see the precedence rule above).
 	Wallets            []string `split_words:"true" desc:"initial configure: wallet public keys, comma-separated"`
@@ -104,7 +106,9 @@ func (s Secret) GoString() string { return s.String() }
 func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // Configured reports whether an API key is given, the sign that LaserSell is meant to run.
-func (c Config) Configured() bool { return c.APIKey != "" || c.APIKeyFile != "" }
+func (c Config) Configured() bool {
+	return c.APIKey != "" || c.APIKeyFile != "" || len(c.SessionNames) > 0
+}
 
 // LaneSizes returns the lane capacities of the session.
 func (c Config) LaneSizes() connector.LaneSizes {

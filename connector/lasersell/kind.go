@@ -1,7 +1,9 @@
 package lasersell
 
 import (
+	"errors"
 	"flag"
+	"os"
 
 	"github.com/rs/zerolog"
 
@@ -27,12 +29,27 @@ func Kind() connector.Kind {
 // EnvPrefix implements connector.KindConfig.
 func (c *Config) EnvPrefix() string { return EnvPrefix }
 
-// Sessions implements connector.KindConfig: one session, LASERSELL_SESSION.
+// Sessions implements connector.KindConfig: LASERSELL_SESSION, or each of
+// LASERSELL_SESSION_NAMES with its own variables (sessions.go).
 func (c *Config) Sessions() ([]connector.Session, error) {
-	if err := c.Validate(); err != nil {
+	if len(c.SessionNames) == 0 {
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		return []connector.Session{NewSession(*c)}, nil
+	}
+	if _, set := os.LookupEnv(EnvPrefix + "_SESSION"); set {
+		return nil, errors.New("LASERSELL_SESSION and LASERSELL_SESSION_NAMES are both set: set only one")
+	}
+	cfgs, err := c.sessionConfigs()
+	if err != nil {
 		return nil, err
 	}
-	return []connector.Session{NewSession(*c)}, nil
+	out := make([]connector.Session, len(cfgs))
+	for i, sc := range cfgs {
+		out[i] = NewSession(sc)
+	}
+	return out, nil
 }
 
 // NewSession is the session cfg declares; its source is built by New.
