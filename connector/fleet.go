@@ -32,6 +32,15 @@ type FleetOptions struct {
 	// a watch on the bucket wakes the candidates at once when a lease is
 	// released or expires.
 	Retry time.Duration
+	// Members, if set, balances the sessions over the live replicas: each
+	// session moves (a graceful handover) to its preferred replica once the
+	// membership has settled, and other replicas leave the preferred one a
+	// head start on a free lease. Without it, the first replica to try takes
+	// a free lease.
+	Members *Members
+	// Balance is how often an owner checks whether another replica is
+	// preferred for a session it runs (default TTL/8).
+	Balance time.Duration
 	// Metrics, if set, receive the lease series (NewFleetMetrics).
 	Metrics *FleetMetrics
 	Log     zerolog.Logger
@@ -64,6 +73,11 @@ type LeaseView struct {
 	Session string `json:"session"` // <kind>.<name>
 	Owner          // the holder, if known ("" when free or not seen yet)
 	Mine    bool   `json:"mine"` // this replica holds it and runs the session
+	// Preferred is the live replica the session should run on when the
+	// fleet balances its sessions ("" without balancing), and Settled
+	// whether the membership has been stable long enough to move it there.
+	Preferred string `json:"preferred,omitempty"`
+	Settled   bool   `json:"settled,omitempty"`
 }
 
 // NewFleet prepares the keepers of sessions on rt, with the leases in kv.
@@ -80,6 +94,9 @@ func NewFleet(rt *Runtime, kv jetstream.KeyValue, sessions []Session, opts Fleet
 	}
 	if opts.Retry <= 0 {
 		opts.Retry = opts.TTL / 4
+	}
+	if opts.Balance <= 0 {
+		opts.Balance = opts.TTL / 8
 	}
 	if opts.Renew+opts.Margin >= opts.TTL {
 		return nil, fmt.Errorf("fleet: renewal every %s with a %s margin does not fit in the lease TTL %s", opts.Renew, opts.Margin, opts.TTL)
@@ -118,6 +135,7 @@ func (f *Fleet) Leases() []LeaseView {
 	for _, s := range f.sessions {
 		key := s.Key()
 		v := LeaseView{Session: key, Owner: f.owners[key]}
+		v.Preferred, v.Settled = f.preferred(key)
 		if l, ok := f.held[key]; ok {
 			v.Owner, v.Mine = Owner{Replica: l.Replica, Epoch: l.Epoch}, true
 		}
@@ -141,6 +159,17 @@ func (f *Fleet) Run(ctx context.Context) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var watching sync.WaitGroup
 	watching.Go(func() { f.watchLeases(watchCtx) })
+	if f.opts.Members != nil {
+		// Leaving: the others stop deferring to this replica before its
+		// leases are released, so the next owner starts at once.
+		watching.Go(func() {
+			select {
+			case <-ctx.Done():
+				f.opts.Members.Leave()
+			case <-watchCtx.Done():
+			}
+		})
+	}
 	var keepers sync.WaitGroup
 	for _, s := range f.sessions {
 		keepers.Go(func() { f.keep(ctx, s) })
@@ -209,6 +238,9 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 	}
 	defer settle()
 	for ctx.Err() == nil {
+		if !first && !f.headStart(ctx, key) {
+			return
+		}
 		lease, how, err := f.take(ctx, key)
 		if err != nil {
 			settle()
@@ -253,7 +285,10 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 			f.wait(ctx, key, f.opts.Retry)
 			continue
 		}
+		moving := f.watchPreference(holding, key)
 		select {
+		case <-moving:
+			log.Info().Msg("another replica is preferred for this session; handing it over")
 		case <-lost:
 			// Self-fencing: stop writing upstream now, without waiting for
 			// commands in progress.
@@ -287,6 +322,61 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 		default:
 		}
 	}
+}
+
+// headStart waits up to Retry while another live replica is preferred for
+// key (it tries at once when the lease is released or expires), and ends
+// early when that replica leaves. False when ctx ended.
+func (f *Fleet) headStart(ctx context.Context, key string) bool {
+	deadline := time.Now().Add(f.opts.Retry)
+	t := time.NewTicker(max(f.opts.Retry/16, time.Millisecond))
+	defer t.Stop()
+	for time.Now().Before(deadline) {
+		if r, _ := f.preferred(key); r == "" || r == f.opts.Replica {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+	return ctx.Err() == nil
+}
+
+// preferred is the replica that should own key when the fleet balances its
+// sessions (Members), "" when it does not.
+func (f *Fleet) preferred(key string) (replica string, settled bool) {
+	if f.opts.Members == nil {
+		return "", false
+	}
+	return f.opts.Members.Preferred(key)
+}
+
+// watchPreference returns a channel closed when, with a settled membership,
+// another live replica is preferred for key: the owner then hands the
+// session over. It checks every Balance until ctx ends.
+func (f *Fleet) watchPreference(ctx context.Context, key string) <-chan struct{} {
+	moving := make(chan struct{})
+	if f.opts.Members == nil {
+		return moving
+	}
+	go func() {
+		t := time.NewTicker(f.opts.Balance)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if r, settled := f.preferred(key); settled && r != "" && r != f.opts.Replica {
+				close(moving)
+				return
+			}
+		}
+	}()
+	return moving
 }
 
 // take acquires the lease of key, or adopts it when it is held under this

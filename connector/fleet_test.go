@@ -64,9 +64,10 @@ func fleetSessions(occ *occupancy, names ...string) []connector.Session {
 // replica is one connector process of the fleet: its own connections,
 // runtime and fleet on the shared NATS server.
 type replica struct {
-	rt    *connector.Runtime
-	fleet *connector.Fleet
-	stop  func()
+	rt      *connector.Runtime
+	fleet   *connector.Fleet
+	members *connector.Members // nil: no balancing
+	stop    func()
 }
 
 func startReplica(t *testing.T, env *connectortest.Env, name string, sessions []connector.Session) *replica {
@@ -277,4 +278,150 @@ func TestFleetDuplicateNameStopsAdopting(t *testing.T) {
 	if occ.most["only"] > 2 {
 		t.Fatalf("the session ran %d times at once", occ.most["only"])
 	}
+}
+
+// startBalancedReplica is startReplica with fleet membership: sessions are
+// spread over the live replicas.
+func startBalancedReplica(t *testing.T, env *connectortest.Env, name string, sessions []connector.Session) *replica {
+	t.Helper()
+	ctx := context.Background()
+	configured := map[string]bool{}
+	keys := make([]string, 0, len(sessions))
+	for _, s := range sessions {
+		configured[s.Key()] = true
+		keys = append(keys, s.Key())
+	}
+	log := env.Log.With().Str("replica", name).Logger()
+	rt, err := connector.New(ctx, connector.Options{
+		HighConn: env.Connect(), LowConn: env.Connect(), Kinds: []subjects.Kind{probeKind()},
+		ServedElsewhere: func(kind, name string) bool { return configured[subjects.SessionKey(kind, name)] },
+		Metrics:         connector.NewMetrics(prometheus.NewRegistry()), Log: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(env.Connect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := connector.ProvisionLeases(ctx, js, leaseTTL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mkv, err := js.CreateOrUpdateKeyValue(ctx, connector.MembersBucket(leaseTTL, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, err := connector.NewMembers(mkv, connector.MembersOptions{
+		Replica: name, Sessions: keys, Heartbeat: leaseTTL / 4, Settle: 300 * time.Millisecond, Log: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet, err := connector.NewFleet(rt, kv, sessions, connector.FleetOptions{
+		Replica: name, TTL: leaseTTL, Members: members, Balance: 50 * time.Millisecond, Log: log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = rt.Run(runCtx) })
+	wg.Go(func() { members.Run(runCtx) })
+	wg.Go(func() { _ = fleet.Run(runCtx) })
+	var once sync.Once
+	r := &replica{rt: rt, fleet: fleet, members: members, stop: func() { once.Do(func() { cancel(); wg.Wait() }) }}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// placement maps each running session to the replica running it; ok is
+// false when a session is listed by two replicas (the lists are read one
+// after the other, so a handover between the reads shows it on both; the
+// occupancy counters catch a session really running twice).
+func placement(replicas map[string]*replica) (out map[string]string, ok bool) {
+	out, ok = map[string]string{}, true
+	for name, r := range replicas {
+		for _, k := range r.rt.Running() {
+			if _, dup := out[k]; dup {
+				ok = false
+			}
+			out[k] = name
+		}
+	}
+	return out, ok
+}
+
+// balanced waits until every session runs on the replica all views prefer.
+func balanced(t *testing.T, replicas map[string]*replica, keys []string, what string) map[string]string {
+	t.Helper()
+	var last map[string]string
+	connectortest.Eventually(t, 15*time.Second, what, func() bool {
+		var ok bool
+		last, ok = placement(replicas)
+		if !ok || len(last) != len(keys) {
+			return false
+		}
+		for _, k := range keys {
+			for _, r := range replicas {
+				if want, settled := r.members.Preferred(k); !settled || want != last[k] {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return last
+}
+
+// Scaling 1 -> 3 -> 2: sessions spread over the live replicas by rendezvous
+// hashing, each move a graceful handover, and only the sessions whose
+// preferred replica changed move; a session never runs twice at once.
+func TestFleetBalancesAndMovesOnlyWhatItMust(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	occ := &occupancy{running: map[string]int{}, most: map[string]int{}}
+	names := []string{"s01", "s02", "s03", "s04", "s05", "s06", "s07", "s08", "s09", "s10", "s11", "s12"}
+	keys := make([]string, len(names))
+	for i, n := range names {
+		keys[i] = "probe." + n
+	}
+	replicas := map[string]*replica{"a": startBalancedReplica(t, env, "a", fleetSessions(occ, names...))}
+	one := balanced(t, replicas, keys, "every session on a")
+
+	replicas["b"] = startBalancedReplica(t, env, "b", fleetSessions(occ, names...))
+	replicas["c"] = startBalancedReplica(t, env, "c", fleetSessions(occ, names...))
+	three := balanced(t, replicas, keys, "sessions spread over a, b and c")
+	per := map[string]int{}
+	for _, r := range three {
+		per[r]++
+	}
+	moved := 0
+	for _, k := range keys {
+		if three[k] != one[k] {
+			moved++
+		}
+	}
+	if moved != per["b"]+per["c"] {
+		t.Errorf("1 -> 3: %d sessions moved, want exactly those now on b and c (%d)", moved, per["b"]+per["c"])
+	}
+	if per["a"] == 0 || per["b"] == 0 || per["c"] == 0 {
+		t.Fatalf("12 sessions over 3 replicas: %v", per)
+	}
+
+	replicas["c"].stop()
+	delete(replicas, "c")
+	two := balanced(t, replicas, keys, "c's sessions moved to a and b")
+	for _, k := range keys {
+		if three[k] != "c" && two[k] != three[k] {
+			t.Errorf("3 -> 2: %s moved from %s to %s although its replica stayed", k, three[k], two[k])
+		}
+	}
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	for n, most := range occ.most {
+		if most > 1 {
+			t.Errorf("session %s ran %d times at once", n, most)
+		}
+	}
+	t.Logf("placement with 3 replicas %v (moved %d of 12 from a); with 2: c's %d sessions moved, no other", per, moved, per["c"])
 }

@@ -24,6 +24,9 @@ const (
 	// BucketLeases holds one lease per upstream session of a fleet of
 	// replicas: key <kind>.<session>, value {"replica":...,"epoch":...}.
 	BucketLeases = "CONNECTOR_LEASES"
+	// BucketReplicas holds the fleet's live replicas: key <replica>, renewed
+	// by each replica's heartbeat, expiring with the lease TTL.
+	BucketReplicas = "CONNECTOR_REPLICAS"
 )
 
 // StreamAudit records every command received, for every kind.

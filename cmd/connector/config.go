@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/kelseyhightower/envconfig"
 
@@ -132,16 +133,19 @@ func loadConfig() (Config, error) {
 	return cfg, cfg.validate()
 }
 
-// validReplicaName accepts CONNECTOR_REPLICA: printable, no spaces, at most
-// 64 bytes ("" takes the default).
+// validReplicaName accepts CONNECTOR_REPLICA: a KV key of the membership
+// bucket, so 1-64 letters, digits, '-', '_' or '.', not starting or ending
+// with '.' ("" takes the default).
 func validReplicaName(name string) error {
-	if len(name) > 64 {
-		return badConfig("CONNECTOR_REPLICA=%q is longer than 64 bytes", name)
+	if name == "" {
+		return nil
 	}
+	ok := len(name) <= 64 && name[0] != '.' && name[len(name)-1] != '.'
 	for _, r := range name {
-		if r <= ' ' || r == 0x7f || !strconv.IsPrint(r) {
-			return badConfig("CONNECTOR_REPLICA=%q may not contain spaces or control characters", name)
-		}
+		ok = ok && (r == '-' || r == '_' || r == '.' || r < 0x80 && (unicode.IsLetter(r) || unicode.IsDigit(r)))
+	}
+	if !ok {
+		return badConfig("CONNECTOR_REPLICA=%q must be 1-64 letters, digits, '-', '_' or '.' (not first or last)", name)
 	}
 	return nil
 }
@@ -157,7 +161,14 @@ func (c Config) replicaName() string {
 	if err != nil || host == "" {
 		host = "connector"
 	}
-	return fmt.Sprintf("%s-%d", strings.ReplaceAll(host, " ", "_"), os.Getpid())
+	// A host name may hold characters a KV key may not (':' or '%'): each becomes '-'.
+	host = strings.Map(func(r rune) rune {
+		if r < 0x80 && (unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_' || r == '.') {
+			return r
+		}
+		return '-'
+	}, host)
+	return strings.Trim(fmt.Sprintf("%.50s-%d", host, os.Getpid()), ".")
 }
 
 func (c Config) validate() error {

@@ -62,10 +62,12 @@ type fleetStatus struct {
 		Epoch           uint64 `json:"epoch"`
 	} `json:"sessions"`
 	Leases []struct {
-		Session string `json:"session"`
-		Replica string `json:"replica"`
-		Epoch   uint64 `json:"epoch"`
-		Mine    bool   `json:"mine"`
+		Session   string `json:"session"`
+		Replica   string `json:"replica"`
+		Epoch     uint64 `json:"epoch"`
+		Mine      bool   `json:"mine"`
+		Preferred string `json:"preferred"`
+		Settled   bool   `json:"settled"`
 	} `json:"leases"`
 }
 
@@ -153,7 +155,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 			return err
 		}
 		for _, l := range st.Leases {
-			if l.Replica != "a" || l.Mine {
+			if l.Replica != "a" || l.Mine || l.Preferred != "a" || !l.Settled {
 				return fmt.Errorf("lease %s: %+v", l.Session, l)
 			}
 		}
@@ -169,6 +171,10 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 		}
 	}
 	ping("with a owning the session")
+	// b joined and the membership settled: nothing moved (a is preferred).
+	if err := owns(httpA, 2)(); err != nil {
+		t.Fatalf("after b joined: %v", err)
+	}
 
 	// Graceful handover: SIGTERM a; b starts the sessions once a released them.
 	conns := ls.Connections()
@@ -191,13 +197,40 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 	waitUntil(t, 5*time.Second, "b owning both sessions", owns(httpB, 2))
 	ping("after the graceful handover")
 
-	// Crash: a comes back as the standby; SIGKILL b; a takes over after the TTL.
+	// a comes back under its name: both sessions prefer a (rendezvous
+	// hashing of lasersell.fleet and openstream.arm over {a, b}), so once the
+	// membership settled (TTL/3) b hands them back, gracefully.
+	conns = ls.Connections()
 	a2 := startConnectorProc(t, "a2", env("a", httpA))
-	waitUntil(t, 20*time.Second, "replica a back as a standby", owns(httpA, 0))
+	joined := a2.started
+	waitUntil(t, 20*time.Second, "the sessions moving back to the preferred a", owns(httpA, 2))
+	waitUntil(t, 10*time.Second, "a's upstream sessions established", func() error {
+		if ls.Connections() == conns {
+			return fmt.Errorf("no new LaserSell session")
+		}
+		return established()
+	})
+	cf, err = ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	rebalanced := cf.At.Sub(joined)
+	waitUntil(t, 5*time.Second, "b owning nothing", owns(httpB, 0))
+	if st, err := readFleetStatus(httpB); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, l := range st.Leases {
+			if l.Preferred != "a" || !l.Settled {
+				t.Errorf("b's view of %s: preferred %q, settled %v; want a, settled", l.Session, l.Preferred, l.Settled)
+			}
+		}
+	}
+
+	// Crash: SIGKILL a, the owner; b takes over after the TTL.
 	conns = ls.Connections()
 	kill := time.Now()
-	b.kill()
-	waitUntil(t, ttl+10*time.Second, "a taking over after b's SIGKILL", func() error {
+	a2.kill()
+	waitUntil(t, ttl+10*time.Second, "b taking over after a's SIGKILL", func() error {
 		if ls.Connections() == conns {
 			return fmt.Errorf("no new LaserSell session")
 		}
@@ -211,7 +244,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 	if crashed > ttl+time.Second {
 		t.Errorf("takeover after SIGKILL took %v, want within the TTL %v + 1 s", crashed, ttl)
 	}
-	waitUntil(t, 5*time.Second, "a owning both sessions", owns(httpA, 2))
+	waitUntil(t, 5*time.Second, "b owning both sessions", owns(httpB, 2))
 	ping("after the takeover")
 	waitUntil(t, 10*time.Second, "exit signals stored after the takeover", func() error {
 		if n := lastSeq(js, subjects.StreamLaserSellExit); n < 20 {
@@ -219,11 +252,11 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 		}
 		return nil
 	})
-	if err := a2.stop(20 * time.Second); err != nil {
-		t.Fatalf("a after SIGTERM: %v", err)
+	if err := b.stop(20 * time.Second); err != nil {
+		t.Fatalf("b after SIGTERM: %v", err)
 	}
 	peakLS, peakRobot := peaks.finish()
-	for _, p := range []*connectorProc{a, b, a2} {
+	for _, p := range []*connectorProc{a, b, a2} { // a2 was killed: its output is what it wrote until then
 		p.checkNoRace()
 	}
 
@@ -246,9 +279,9 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 	}
 	sent := ls.Stats().ExitSignalsSent
 	t.Logf("MEASURED fleet of 2 processes, lease TTL %v: SIGTERM to the new owner's configure at the upstream %v (the old owner exited after %v); "+
-		"SIGKILL to the new owner's configure %v; peak concurrent upstream sessions: LaserSell %d, robot connections %d; "+
-		"exit signals sent %d, stored %d, duplicates 0",
-		ttl, graceful.Round(time.Millisecond), exited.Round(time.Millisecond), crashed.Round(time.Millisecond),
+		"the preferred replica's restart to its configure after the handback %v (settle TTL/3); SIGKILL to the new owner's configure %v; "+
+		"peak concurrent upstream sessions: LaserSell %d, robot connections %d; exit signals sent %d, stored %d, duplicates 0",
+		ttl, graceful.Round(time.Millisecond), exited.Round(time.Millisecond), rebalanced.Round(time.Millisecond), crashed.Round(time.Millisecond),
 		peakLS, peakRobot, sent, len(exits))
 }
 
@@ -283,6 +316,11 @@ func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
 		return nil
 	})
 	aConn := ls.Connections()
+	before, err := readFleetStatus(httpA)
+	if err != nil || len(before.Sessions) != 1 {
+		t.Fatalf("a's status: %+v, %v", before, err)
+	}
+	firstEpoch := before.Sessions[0].Epoch
 	b := startConnectorProc(t, "b", env("b", httpB))
 	waitUntil(t, 20*time.Second, "b up as a standby", func() error {
 		st, err := readFleetStatus(httpB)
@@ -311,7 +349,9 @@ func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "a's old connection closed and a running nothing", func() error {
+	// a stops its old session; being the preferred replica, it may then get
+	// the session back from b (a handover, with a new epoch).
+	waitUntil(t, 10*time.Second, "a's old session stopped", func() error {
 		if n := ls.ActiveSessions(); n != 1 {
 			return fmt.Errorf("%d upstream sessions", n)
 		}
@@ -319,8 +359,8 @@ func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(st.Sessions) != 0 {
-			return fmt.Errorf("a still runs %d sessions", len(st.Sessions))
+		if len(st.Sessions) != 0 && st.Sessions[0].Epoch == firstEpoch {
+			return fmt.Errorf("a still runs its session under epoch %d", firstEpoch)
 		}
 		return nil
 	})

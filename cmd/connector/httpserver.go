@@ -179,7 +179,7 @@ func (r *readiness) streams(ctx context.Context) []failedCheck {
 		}
 		buckets := subjects.Buckets(r.deps.kinds...)
 		if r.deps.fleet != nil {
-			buckets = append(buckets, subjects.BucketSpec{Name: subjects.BucketLeases})
+			buckets = append(buckets, subjects.BucketSpec{Name: subjects.BucketLeases}, subjects.BucketSpec{Name: subjects.BucketReplicas})
 		}
 		for _, b := range buckets {
 			if !present["KV_"+b.Name] {

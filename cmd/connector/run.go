@@ -83,7 +83,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		return err
 	}
 	defer rt.Close() // idempotent: covers the error returns before Run
-	fleet, err := startFleet(ctx, rt, cfg, replica, sel.sessions, reg, log)
+	fleet, members, err := startFleet(ctx, rt, cfg, replica, sel.sessions, reg, log)
 	if err != nil {
 		return err
 	}
@@ -120,13 +120,16 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	// The runtime serves the sessions the fleet starts and stops; both end
 	// with ctx, the fleet after stopping its sessions and releasing their
 	// leases (or when the runtime stops because a source failed).
+	fleetCtx, stopFleet := context.WithCancel(ctx)
 	var fleetDone sync.WaitGroup
 	fleetDone.Go(func() {
-		if err := fleet.Run(ctx); err != nil {
+		if err := fleet.Run(fleetCtx); err != nil {
 			log.Error().Err(err).Msg("fleet stopped")
 		}
 	})
+	fleetDone.Go(func() { members.Run(fleetCtx) })
 	err = rt.Run(ctx)
+	stopFleet() // also when the runtime stopped by itself (a source failed)
 	fleetDone.Wait()
 	log.Info().Msg("connector stopped")
 	return err
@@ -137,21 +140,36 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 // its lease in CONNECTOR_LEASES.
 func startFleet(ctx context.Context, rt *connector.Runtime, cfg Config, replica string,
 	sessions []connector.Session, reg prometheus.Registerer, log zerolog.Logger,
-) (*connector.Fleet, error) {
+) (*connector.Fleet, *connector.Members, error) {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	kv, err := connector.ProvisionLeases(pctx, rt.JetStream(), cfg.LeaseTTL, cfg.KVReplicas)
 	if errors.Is(err, connector.ErrLeaseTTLMismatch) {
-		return nil, badConfig("CONNECTOR_LEASE_TTL=%s: %v; every replica must use the same TTL (to change it, stop every replica, then: nats kv del %s)",
+		return nil, nil, badConfig("CONNECTOR_LEASE_TTL=%s: %v; every replica must use the same TTL (to change it, stop every replica, then: nats kv del %s)",
 			cfg.LeaseTTL, err, subjects.BucketLeases)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	mkv, err := rt.JetStream().CreateOrUpdateKeyValue(pctx, connector.MembersBucket(cfg.LeaseTTL, cfg.KVReplicas))
+	if err != nil {
+		return nil, nil, fmt.Errorf("fleet membership bucket %s: %w", subjects.BucketReplicas, err)
+	}
+	keys := make([]string, len(sessions))
+	for i, s := range sessions {
+		keys[i] = s.Key()
+	}
+	members, err := connector.NewMembers(mkv, connector.MembersOptions{
+		Replica: replica, Sessions: keys, Heartbeat: cfg.LeaseTTL / 4, Settle: cfg.LeaseTTL / 3, Log: log,
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	log.Info().Dur("lease_ttl_ms", cfg.LeaseTTL).Msg("fleet: taking the leases of the configured sessions")
-	return connector.NewFleet(rt, kv, sessions, connector.FleetOptions{
-		Replica: replica, TTL: cfg.LeaseTTL, Metrics: connector.NewFleetMetrics(reg), Log: log,
+	fleet, err := connector.NewFleet(rt, kv, sessions, connector.FleetOptions{
+		Replica: replica, TTL: cfg.LeaseTTL, Members: members, Metrics: connector.NewFleetMetrics(reg), Log: log,
 	})
+	return fleet, members, err
 }
 
 // provision creates the runtime, retrying while NATS or JetStream is not

@@ -98,6 +98,10 @@ func (c *conn) failure() sessionEnd {
 // HTTP upgrade (a peer that accepts TCP and never answers), not in connect.
 type tcpConnectedKey struct{}
 
+// closeDrain bounds, at a graceful stop, the wait for the server's Close
+// while the frames it sent before reading ours are still read and published.
+const closeDrain = time.Second
+
 // netDial is the dialer's TCP dial; it marks the flag of tcpConnectedKey.
 func netDial(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
@@ -159,19 +163,36 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	var wg sync.WaitGroup
 	wg.Go(func() { s.writeLoop(cctx, c) })
 	wg.Go(func() { s.reconcileLoop(cctx, c) })
+	readDone := make(chan struct{})
 	wg.Go(func() {
 		// The only way to interrupt a blocked read is to close the socket.
 		<-cctx.Done()
+		stopping := ctx.Err() != nil
 		code := websocket.CloseNormalClosure
-		if ctx.Err() != nil {
+		if stopping {
 			code = websocket.CloseGoingAway
 		}
-		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(250*time.Millisecond))
+		if s.host.Fence() == nil { // a fenced replica writes nothing, not even a Close
+			_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(250*time.Millisecond))
+			if stopping {
+				// A graceful stop (shutdown, handover): what the server sent
+				// before it read our Close is still on its way, exit signals
+				// included. Its own Close ends that (RFC 6455 5.5.1), so the
+				// reader goes on until it arrives, for at most closeDrain.
+				t := time.NewTimer(closeDrain)
+				select {
+				case <-readDone:
+				case <-t.C:
+				}
+				t.Stop()
+			}
+		}
 		_ = ws.Close()
 	})
 
 	s.attach(c)
 	readErr := s.readLoop(ctx, c)
+	close(readDone)
 	// Read the cause before tearing down: closing the socket makes a write in
 	// flight fail too, and that is a consequence, not the reason.
 	cause := c.failure()
