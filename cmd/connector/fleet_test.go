@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
+	"github.com/jetbridge/connector/internal/faultproxy"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -387,4 +389,139 @@ func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
 	t.Logf("MEASURED paused owner (SIGSTOP %v, lease TTL %v): standby's new upstream session %v after the pause began; "+
 		"frames the resumed owner wrote on its old connection: %d",
 		(3 * ttl).Round(time.Millisecond), ttl, takeover.Round(time.Millisecond), stale)
+}
+
+// The owner loses NATS (its connection cut, reconnections refused: a
+// partition between it and NATS only) while its upstream stays up: unable
+// to renew, it closes its upstream session before its lease can expire, and
+// the standby, still on NATS, takes over once the lease expired. The two
+// upstream sessions never overlap.
+func TestFleetOwnerCutFromNATSFencesBeforeTakeover(t *testing.T) {
+	const session, ttl = "partition", 2 * time.Second
+	nsrv, _, js := startTestNATS(t)
+	lcfg := lssim.DefaultConfig()
+	lcfg.APIKey = "partition-test-key"
+	lcfg.AutoPositions = 2
+	lcfg.ExitEvery = 20 * time.Millisecond
+	lcfg.OpenEvery = 50 * time.Millisecond
+	lcfg.EnforceSessionLimit = false
+	ls, lsURL, _, _ := startSims(t, lcfg)
+	natsAddr := strings.TrimPrefix(nsrv.URL(), "nats://")
+	proxies := map[string]*faultproxy.Proxy{}
+	httpAddrs := map[string]string{}
+	procs := map[string]*connectorProc{}
+	for _, name := range []string{"a", "b"} {
+		p, err := faultproxy.New(natsAddr, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.Close() })
+		proxies[name], httpAddrs[name] = p, freeLoopbackAddr(t)
+		procs[name] = startConnectorProc(t, name, map[string]string{
+			"NATS_URL": "nats://" + p.Addr(), "CONNECTOR_HTTP_ADDR": httpAddrs[name], "LOG_LEVEL": "info", "LOG_FORMAT": "json",
+			"CONNECTOR_REPLICA": name, "CONNECTOR_LEASE_TTL": ttl.String(), "CONNECTOR_SOURCES": "lasersell",
+			"CONNECTOR_DRAIN_TIMEOUT": "2s", "CONNECTOR_ACK_TIMEOUT": "500ms",
+			"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": lcfg.APIKey, "LASERSELL_SESSION": session,
+			"LASERSELL_WALLETS": "PartWallet111111111111111111111111111111111", "LASERSELL_TARGET_PROFIT_PCT": "5",
+			"LASERSELL_BACKOFF_MAX": "300ms",
+		})
+	}
+	// Whichever replica owns the session (balancing decides) is cut off.
+	var owner, standby string
+	waitUntil(t, 20*time.Second, "one replica owning the session, settled", func() error {
+		st, err := readFleetStatus(httpAddrs["a"])
+		if err != nil {
+			return err
+		}
+		if len(st.Leases) != 1 || st.Leases[0].Replica == "" || st.Leases[0].Replica != st.Leases[0].Preferred || !st.Leases[0].Settled {
+			return fmt.Errorf("leases %+v", st.Leases)
+		}
+		owner = st.Leases[0].Replica
+		if ls.ActiveSessions() != 1 {
+			return fmt.Errorf("%d upstream sessions", ls.ActiveSessions())
+		}
+		return nil
+	})
+	standby = map[string]string{"a": "b", "b": "a"}[owner]
+	waitUntil(t, 10*time.Second, "exit signals stored", func() error {
+		if n := lastSeq(js, subjects.StreamLaserSellExit); n < 10 {
+			return fmt.Errorf("%d stored", n)
+		}
+		return nil
+	})
+	peaks := samplePeaks(ls.ActiveSessions, func() int { return 0 })
+	conns := ls.Connections()
+	proxies[owner].Refuse(true)
+	cut := time.Now()
+	proxies[owner].Cut(true)
+
+	var closedAfter time.Duration
+	waitUntil(t, ttl+5*time.Second, "the cut-off owner closing its upstream session", func() error {
+		if ls.ActiveSessions() != 0 && ls.Connections() == conns {
+			return fmt.Errorf("still open")
+		}
+		closedAfter = time.Since(cut)
+		return nil
+	})
+	waitUntil(t, 2*ttl+5*time.Second, "the standby taking over", func() error {
+		if ls.Connections() == conns || ls.ActiveSessions() != 1 {
+			return fmt.Errorf("%d connections, %d active", ls.Connections(), ls.ActiveSessions())
+		}
+		return nil
+	})
+	takeover := time.Since(cut)
+	waitUntil(t, 5*time.Second, "the standby owning the session", func() error {
+		st, err := readFleetStatus(httpAddrs[standby])
+		if err != nil {
+			return err
+		}
+		if len(st.Sessions) != 1 {
+			return fmt.Errorf("%s runs %d sessions", standby, len(st.Sessions))
+		}
+		return nil
+	})
+	if closedAfter >= ttl {
+		t.Errorf("the cut-off owner closed its upstream session %v after the cut: not before its lease (TTL %v) could expire", closedAfter, ttl)
+	}
+	// Heal: the old owner is back on NATS; the fleet settles again.
+	proxies[owner].Reset()
+	waitUntil(t, 20*time.Second, "one owner again after the heal", func() error {
+		if n := ls.ActiveSessions(); n != 1 {
+			return fmt.Errorf("%d upstream sessions", n)
+		}
+		st, err := readFleetStatus(httpAddrs[standby])
+		if err != nil {
+			return err
+		}
+		if len(st.Leases) != 1 || st.Leases[0].Replica != st.Leases[0].Preferred || !st.Leases[0].Settled {
+			return fmt.Errorf("leases %+v", st.Leases)
+		}
+		return nil
+	})
+	for _, name := range []string{standby, owner} {
+		if err := procs[name].stop(20 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		procs[name].checkNoRace()
+	}
+	peakLS, _ := peaks.finish()
+	if peakLS > 1 {
+		t.Errorf("the upstream saw %d sessions at once", peakLS)
+	}
+	exits := readStream(t, js, subjects.StreamLaserSellExit)
+	seen := map[string]bool{}
+	for _, m := range exits {
+		id, err := exitIdentity(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[id] {
+			t.Errorf("exit %s stored twice", id)
+		}
+		seen[id] = true
+	}
+	sent := ls.Stats().ExitSignalsSent
+	t.Logf("MEASURED owner cut from NATS (TTL %v): its upstream session closed %v after the cut (self-fencing), the standby's opened %v after it; "+
+		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0 (what the cut-off owner received before fencing waits in its lanes for NATS, up to CONNECTOR_DRAIN_TIMEOUT=2s)",
+		ttl, closedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond), peakLS, sent, len(exits))
 }
