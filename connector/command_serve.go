@@ -257,7 +257,14 @@ func (r *Runtime) serveKind(ctx context.Context, kind string) error {
 		}
 		name, command := tokens[1], tokens[3]
 		if s := r.session(kind, name); s != nil {
-			if !s.served.commands[command] {
+			switch {
+			case r.isStopping(s):
+				// Its endpoints may be gone already: nobody else answers.
+				if m.Reply != "" {
+					reply, refusal := encodeReply(nil, shuttingDown())
+					_ = respondError(m, refusal, reply)
+				}
+			case !s.served.commands[command]:
 				r.refuseUnknownCommand(s.served, command, m)
 			}
 			return
@@ -281,8 +288,13 @@ func (r *Runtime) refuseUnknownSession(ctx context.Context, kind, name, command 
 	r.mu.Lock()
 	stopping := r.stopping
 	r.mu.Unlock()
-	if r.opts.ServedElsewhere != nil && r.opts.ServedElsewhere(kind, name) {
-		return // its owner answers; during a handover nobody does (the requester retries)
+	if r.opts.SessionOwner != nil {
+		if configured, _ := r.opts.SessionOwner(kind, name); configured {
+			if m.Reply != "" {
+				r.refuseWithoutOwner(kind, name, m)
+			}
+			return
+		}
 	}
 	if r.opts.QuietUnknownSessions && !stopping {
 		return
@@ -308,6 +320,42 @@ func (r *Runtime) refuseUnknownSession(ctx context.Context, kind, name, command 
 	// session names is summed up); the reply never waits for it.
 	rec := r.auditRecordOf(Command{Name: command, Body: m.Data, WantsReply: m.Reply != ""}, received, reply)
 	auditor.record(ctx, name, refusal.Code, rec, received)
+}
+
+// refuseWithoutOwner answers a command for a session of the fleet that
+// this replica does not run. If another replica holds its lease, that one
+// answers (its endpoint, or its own refusal while it starts or stops the
+// session). Otherwise (no holder: a handover; or this replica holds it but
+// does not run it yet or any more) the answer is not_owner (shutting_down
+// when this process is stopping), after OwnerGrace: a refusal racing the
+// new owner's success could make the requester retry a command that ran.
+func (r *Runtime) refuseWithoutOwner(kind, name string, m *nats.Msg) {
+	if !r.enterHandler() {
+		return
+	}
+	time.AfterFunc(r.opts.OwnerGrace, func() {
+		defer r.handlers.Done()
+		if _, owner := r.opts.SessionOwner(kind, name); owner != "" {
+			return // held elsewhere: the holder answers
+		}
+		r.mu.Lock()
+		stopping := r.stopping
+		r.mu.Unlock()
+		refusal := Refuse(CodeNotOwner, "no replica runs %s.%s right now (it is moving between replicas); nothing was forwarded: retry in a moment", kind, name)
+		if stopping {
+			refusal = shuttingDown()
+		}
+		reply, _ := encodeReply(nil, refusal)
+		_ = respondError(m, refusal, reply)
+		r.opts.Metrics.commands.WithLabelValues(kind, unknownLabel, unknownLabel, refusal.Code).Inc()
+	})
+}
+
+// isStopping reports a session whose stop has begun.
+func (r *Runtime) isStopping(s *running) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return s.stopping
 }
 
 // kindHasCommand reports whether a running session of kind serves command

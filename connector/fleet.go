@@ -127,6 +127,17 @@ func (f *Fleet) Held(key string) (replica string, epoch uint64, ok bool) {
 	return l.Replica, l.Epoch, true
 }
 
+// Holder is the replica holding key's lease as this replica last saw it:
+// itself while it holds it, "" when the lease is free or unknown.
+func (f *Fleet) Holder(key string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l, ok := f.held[key]; ok {
+		return l.Replica
+	}
+	return f.owners[key].Replica
+}
+
 // Leases returns every configured session's ownership, sorted by session.
 func (f *Fleet) Leases() []LeaseView {
 	f.mu.Lock()

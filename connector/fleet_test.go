@@ -79,8 +79,10 @@ func startReplica(t *testing.T, env *connectortest.Env, name string, sessions []
 	}
 	rt, err := connector.New(ctx, connector.Options{
 		HighConn: env.Connect(), LowConn: env.Connect(), Kinds: []subjects.Kind{probeKind()},
-		ServedElsewhere: func(kind, name string) bool { return configured[subjects.SessionKey(kind, name)] },
-		Metrics:         connector.NewMetrics(prometheus.NewRegistry()), Log: env.Log.With().Str("replica", name).Logger(),
+		SessionOwner: func(kind, name string) (bool, string) {
+			return configured[subjects.SessionKey(kind, name)], "elsewhere" // these tests send commands to owners only
+		},
+		Metrics: connector.NewMetrics(prometheus.NewRegistry()), Log: env.Log.With().Str("replica", name).Logger(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -294,8 +296,10 @@ func startBalancedReplica(t *testing.T, env *connectortest.Env, name string, ses
 	log := env.Log.With().Str("replica", name).Logger()
 	rt, err := connector.New(ctx, connector.Options{
 		HighConn: env.Connect(), LowConn: env.Connect(), Kinds: []subjects.Kind{probeKind()},
-		ServedElsewhere: func(kind, name string) bool { return configured[subjects.SessionKey(kind, name)] },
-		Metrics:         connector.NewMetrics(prometheus.NewRegistry()), Log: log,
+		SessionOwner: func(kind, name string) (bool, string) {
+			return configured[subjects.SessionKey(kind, name)], "elsewhere" // these tests send commands to owners only
+		},
+		Metrics: connector.NewMetrics(prometheus.NewRegistry()), Log: log,
 	})
 	if err != nil {
 		t.Fatal(err)

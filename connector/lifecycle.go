@@ -27,7 +27,8 @@ type running struct {
 	// set (before) when it failed and released everything itself.
 	started chan struct{}
 	aborted bool
-	ready   bool // under r.mu: Start returned nil (its commands are served)
+	ready    bool // under r.mu: Start returned nil (its commands are served)
+	stopping bool // under r.mu: its stop began (new commands: shutting_down)
 }
 
 // ErrUnknownSession is returned by Stop for a session that is not running.
@@ -164,7 +165,7 @@ func (r *Runtime) stopSessionNow(s *running, atOnce bool) {
 			return // Start released it
 		}
 		r.mu.Lock()
-		s.ready = false
+		s.ready, s.stopping = false, true
 		r.mu.Unlock()
 		if atOnce {
 			s.cancel()

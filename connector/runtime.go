@@ -59,12 +59,19 @@ type Options struct {
 	// unknown_session. Set it when several connector processes share one NATS
 	// account with different sessions: see serveUnknown.
 	QuietUnknownSessions bool
-	// ServedElsewhere reports a session that another replica of a fleet may
-	// own (a session of the shared configuration): a command for it that
-	// this process does not serve is left to its owner, never refused here
-	// with unknown_session (that refusal could reach the requester before
-	// the owner's reply).
-	ServedElsewhere func(kind, name string) bool
+	// SessionOwner, in a fleet, tells a session of the shared configuration
+	// (configured) that this process does not run from an unknown one, and
+	// names the replica that holds its lease ("" while none does, or while
+	// this replica holds it but does not run it yet or any more). A command
+	// for a session held elsewhere is left to its owner, never refused here
+	// (a refusal could reach the requester before the owner's reply); one
+	// for a session nobody holds (a handover) is refused with not_owner
+	// after OwnerGrace, unless an owner appeared meanwhile.
+	SessionOwner func(kind, name string) (configured bool, owner string)
+	// OwnerGrace is how long a replica waits before answering not_owner for
+	// a session without an owner (default 100 ms): a new owner starting its
+	// session answers first.
+	OwnerGrace time.Duration
 	// SingleLane sends low-lane events through the high lane (one FIFO, never
 	// dropped). It exists to measure what the lanes buy; do not use it in production.
 	SingleLane bool
@@ -144,6 +151,9 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	if opts.CommandTimeout <= 0 {
 		opts.CommandTimeout = 10 * time.Second
+	}
+	if opts.OwnerGrace <= 0 {
+		opts.OwnerGrace = 100 * time.Millisecond
 	}
 	if opts.CommandMaxBytes <= 0 {
 		opts.CommandMaxBytes = DefaultCommandMaxBytes

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/jetbridge/connector/connector"
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	"github.com/jetbridge/connector/internal/faultproxy"
 	"github.com/jetbridge/connector/subjects"
@@ -524,4 +529,191 @@ func TestFleetOwnerCutFromNATSFencesBeforeTakeover(t *testing.T) {
 	t.Logf("MEASURED owner cut from NATS (TTL %v): its upstream session closed %v after the cut (self-fencing), the standby's opened %v after it; "+
 		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0 (what the cut-off owner received before fencing waits in its lanes for NATS, up to CONNECTOR_DRAIN_TIMEOUT=2s)",
 		ttl, closedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond), peakLS, sent, len(exits))
+}
+
+// commandTally classifies the answers to a stream of requests.
+type commandTally struct {
+	mu       sync.Mutex
+	outcomes map[string]int
+}
+
+func (c *commandTally) add(outcome string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.outcomes[outcome]++
+}
+
+func (c *commandTally) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.outcomes)
+}
+
+// Twenty and more graceful handovers in a row (SIGTERM of the owner, then
+// its restart under the same name, which takes the session back once the
+// membership settled), while exit signals flow and a client sends a command
+// every 25 ms: every exit the simulator sent is stored exactly once and, per
+// position, in order; commands get the owner's answer or a refusal naming
+// why (no responders while no process listens), and only rarely no answer.
+func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
+	const session, ttl, want = "handover", 2 * time.Second, 20
+	nsrv, nc, js := startTestNATS(t)
+	lcfg := lssim.DefaultConfig()
+	lcfg.APIKey = "handover-test-key"
+	lcfg.AutoPositions = 2
+	lcfg.ExitEvery = 20 * time.Millisecond
+	lcfg.OpenEvery = 50 * time.Millisecond
+	lcfg.EnforceSessionLimit = false
+	ls, lsURL, _, _ := startSims(t, lcfg)
+	httpAddrs := map[string]string{"a": freeLoopbackAddr(t), "b": freeLoopbackAddr(t)}
+	env := func(name string) map[string]string {
+		return map[string]string{
+			"NATS_URL": nsrv.URL(), "CONNECTOR_HTTP_ADDR": httpAddrs[name], "LOG_LEVEL": "warn", "LOG_FORMAT": "json",
+			"CONNECTOR_REPLICA": name, "CONNECTOR_LEASE_TTL": ttl.String(), "CONNECTOR_SOURCES": "lasersell",
+			"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": lcfg.APIKey, "LASERSELL_SESSION": session,
+			"LASERSELL_WALLETS": "HandWallet111111111111111111111111111111111", "LASERSELL_TARGET_PROFIT_PCT": "5",
+			"LASERSELL_BACKOFF_MAX": "300ms",
+		}
+	}
+	procs := map[string]*connectorProc{"a": startConnectorProc(t, "a0", env("a")), "b": startConnectorProc(t, "b0", env("b"))}
+	owner := func() (string, error) {
+		for name, addr := range httpAddrs {
+			if !procs[name].running() {
+				continue
+			}
+			st, err := readFleetStatus(addr)
+			if err != nil {
+				return "", err
+			}
+			if len(st.Sessions) == 1 && ls.ActiveSessions() == 1 {
+				return name, nil
+			}
+		}
+		return "", errors.New("no replica runs the session")
+	}
+	waitUntil(t, 20*time.Second, "an owner", func() error { _, err := owner(); return err })
+
+	tally := &commandTally{outcomes: map[string]int{}}
+	stopCommands := make(chan struct{})
+	var commands sync.WaitGroup
+	commands.Go(func() {
+		subject := subjects.Command(subjects.KindLaserSell, session, "ping")
+		for {
+			select {
+			case <-stopCommands:
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+			m, err := nc.Request(subject, []byte(`{}`), 2*time.Second)
+			switch {
+			case errors.Is(err, nats.ErrNoResponders):
+				tally.add("no_responders")
+			case err != nil:
+				tally.add("error: " + err.Error())
+			default:
+				var r commandReply
+				if json.Unmarshal(m.Data, &r) != nil {
+					tally.add("not JSON")
+				} else if r.OK {
+					tally.add("ok")
+				} else {
+					tally.add(r.Error.Code)
+				}
+			}
+		}
+	})
+
+	handovers, cycles := 0, 0
+	for handovers < want {
+		cycles++
+		from, err := owner()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns := ls.Connections()
+		if err := procs[from].stop(20 * time.Second); err != nil {
+			t.Fatalf("cycle %d: %s after SIGTERM: %v", cycles, from, err)
+		}
+		procs[from].checkNoRace()
+		waitUntil(t, 10*time.Second, "the other replica taking over", func() error {
+			if ls.Connections() == conns || ls.ActiveSessions() != 1 {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		handovers++
+		conns = ls.Connections()
+		procs[from] = startConnectorProc(t, fmt.Sprintf("%s%d", from, cycles), env(from))
+		// Wait for the fleet to settle: the restarted replica either gets the
+		// session back (it is preferred: one more handover) or stays a standby.
+		waitUntil(t, 20*time.Second, "the fleet settled", func() error {
+			st, err := readFleetStatus(httpAddrs[from])
+			if err != nil {
+				return err
+			}
+			if len(st.Leases) != 1 || !st.Leases[0].Settled || st.Leases[0].Replica != st.Leases[0].Preferred {
+				return fmt.Errorf("leases %+v", st.Leases)
+			}
+			_, err = owner()
+			return err
+		})
+		handovers += ls.Connections() - conns
+	}
+	close(stopCommands)
+	commands.Wait()
+	for _, p := range procs {
+		if err := p.stop(20 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		p.checkNoRace()
+	}
+
+	exits := readStream(t, js, subjects.StreamLaserSellExit)
+	seen := map[string]bool{}
+	lastTrig := map[string]int64{}
+	for _, m := range exits {
+		var e struct {
+			PositionID    json.Number `json:"position_id"`
+			TriggeredAtMs int64       `json:"triggered_at_ms"`
+		}
+		id, err := exitIdentity(m.Data)
+		if err != nil || json.Unmarshal(m.Data, &e) != nil {
+			t.Fatalf("exit seq %d: %v", m.Seq, err)
+		}
+		if seen[id] {
+			t.Errorf("exit %s stored twice", id)
+		}
+		seen[id] = true
+		if e.TriggeredAtMs < lastTrig[e.PositionID.String()] {
+			t.Errorf("position %s: exit of %d stored after one of %d", e.PositionID, e.TriggeredAtMs, lastTrig[e.PositionID.String()])
+		}
+		lastTrig[e.PositionID.String()] = e.TriggeredAtMs
+	}
+	sent := ls.Stats().ExitSignalsSent
+	if uint64(len(exits)) != sent {
+		t.Errorf("exits: %d sent, %d stored", sent, len(exits))
+	}
+	outcomes := tally.snapshot()
+	for k, n := range outcomes {
+		switch k {
+		case "ok", "no_responders", connector.CodeShuttingDown, connector.CodeNotOwner, "not_connected":
+			// Answers: the owner's, or a refusal saying why (not_connected:
+			// the new owner's upstream session is being established).
+		case "error: " + nats.ErrTimeout.Error():
+			// A request that reached the new owner in the instant its command
+			// subscriptions were being registered goes unanswered (README:
+			// retry on a timeout). Measured 0-3 of about 650 over 20 handovers.
+			total := 0
+			for _, m := range outcomes {
+				total += m
+			}
+			if n*50 > total {
+				t.Errorf("%d of %d requests timed out in %d handovers (more than 2%%)", n, total, handovers)
+			}
+		default:
+			t.Errorf("a command got %q (%d times)", k, n)
+		}
+	}
+	t.Logf("MEASURED %d graceful handovers in %d cycles (TTL %v): exits sent %d, stored %d, duplicates 0, out of order 0; commands every 25 ms: %v",
+		handovers, cycles, ttl, sent, len(exits), outcomes)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	for _, s := range sel.sessions {
 		configured[s.Key()] = true
 	}
+	var fleetRef atomic.Pointer[connector.Fleet] // set once the fleet exists (it needs the runtime)
 	rt, err := provision(ctx, connector.Options{
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
@@ -75,9 +77,21 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		CommandMaxBytes: cfg.CommandMaxBytes, CommandRate: cfg.CommandRate, CommandBurst: cfg.CommandBurst,
 		QuietUnknownSessions: cfg.QuietUnknownSessions,
 		// Every replica has the same configuration: a configured session this
-		// process does not run is another replica's to answer.
-		ServedElsewhere: func(kind, name string) bool { return configured[subjects.SessionKey(kind, name)] },
-		Metrics:         connector.NewMetrics(reg), Log: log,
+		// process does not run is its owner's to answer (or nobody's during a
+		// handover: not_owner).
+		SessionOwner: func(kind, name string) (bool, string) {
+			key := subjects.SessionKey(kind, name)
+			f := fleetRef.Load()
+			if !configured[key] || f == nil {
+				return configured[key], ""
+			}
+			owner := f.Holder(key)
+			if owner == replica {
+				owner = "" // held here but not running (starting or stopping): nobody answers
+			}
+			return true, owner
+		},
+		Metrics: connector.NewMetrics(reg), Log: log,
 	}, log)
 	if err != nil {
 		return err
@@ -87,6 +101,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	if err != nil {
 		return err
 	}
+	fleetRef.Store(fleet)
 	if cfg.HTTPAddr != "" {
 		stopHTTP, err := startHTTP(cfg.HTTPAddr, httpDeps{
 			reg: reg, rt: rt, fleet: fleet, replica: replica,
@@ -117,20 +132,26 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 			}
 		})
 	}
-	// The runtime serves the sessions the fleet starts and stops; both end
-	// with ctx, the fleet after stopping its sessions and releasing their
-	// leases (or when the runtime stops because a source failed).
-	fleetCtx, stopFleet := context.WithCancel(ctx)
-	var fleetDone sync.WaitGroup
-	fleetDone.Go(func() {
-		if err := fleet.Run(fleetCtx); err != nil {
-			log.Error().Err(err).Msg("fleet stopped")
-		}
-	})
-	fleetDone.Go(func() { members.Run(fleetCtx) })
-	err = rt.Run(ctx)
-	stopFleet() // also when the runtime stopped by itself (a source failed)
-	fleetDone.Wait()
+	// The runtime serves the sessions the fleet starts and stops. At the
+	// end (ctx, or the runtime stopping because a source failed) the fleet
+	// stops its sessions and releases their leases first; only then does
+	// the runtime stop answering on the kinds' command subjects, so that a
+	// request during the handover gets an answer (shutting_down, not_owner)
+	// from the replica that still holds the lease.
+	rtCtx, stopRuntime := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRuntime()
+	runErr := make(chan error, 1)
+	go func() { runErr <- rt.Run(rtCtx) }()
+	membersCtx, stopMembers := context.WithCancel(ctx)
+	var membersDone sync.WaitGroup
+	membersDone.Go(func() { members.Run(membersCtx) })
+	if err := fleet.Run(ctx); err != nil {
+		log.Error().Err(err).Msg("fleet stopped")
+	}
+	stopRuntime()
+	err = <-runErr
+	stopMembers()
+	membersDone.Wait()
 	log.Info().Msg("connector stopped")
 	return err
 }

@@ -737,12 +737,14 @@ func (c *conn) flush() error {
 	}
 	_, err := c.nc.Write(c.buf)
 	c.buf = c.buf[:0]
-	if c.nFrames > 0 {
+	if c.nFrames > 0 && err == nil {
+		// Counted once written: frames of a failed write (the peer gone)
+		// may or may not have left, and are not counted as sent.
 		c.s.framesSent.Add(c.nFrames)
 		c.s.pnlSent.Add(c.nPnL)
 		c.s.exitsSent.Add(c.nExits)
-		c.nFrames, c.nPnL, c.nExits = 0, 0, 0
 	}
+	c.nFrames, c.nPnL, c.nExits = 0, 0, 0
 	return err
 }
 
