@@ -149,9 +149,11 @@ func (r *Runtime) commandHandler(s *servedSession, name string) micro.HandlerFun
 				err = r.rateLimited(h.kind, h.name)
 			case len(cmd.Body) > r.opts.CommandMaxBytes:
 				err = Refuse(CodeRequestTooLarge, "request is %d bytes; at most %d", len(cmd.Body), r.opts.CommandMaxBytes)
-			case h.Fence() != nil:
-				err = Refuse(CodeNotOwner, "%s.%s: %v; nothing was forwarded; the session is moving to another replica, retry in a few seconds", h.kind, h.name, h.Fence())
 			default:
+				if ferr := h.Fence(); ferr != nil {
+					err = Refuse(CodeNotOwner, "%s.%s: %v; nothing was forwarded; the session is moving to another replica, retry in a few seconds", h.kind, h.name, ferr)
+					break
+				}
 				cctx, cancel := context.WithTimeout(ctx, r.opts.CommandTimeout)
 				result, err = s.src.Handle(cctx, cmd)
 				cancel()

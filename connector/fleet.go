@@ -53,13 +53,14 @@ type FleetOptions struct {
 // (self-fencing), or releases it at shutdown after stopping the session (a
 // handover: the next replica takes it at once).
 type Fleet struct {
-	rt       *Runtime
-	kv       jetstream.KeyValue
-	leases   *Leases
-	opts     FleetOptions
-	sessions []Session
-	settled  chan struct{} // closed when every keeper made its first attempt
-	pending  sync.WaitGroup
+	rt         *Runtime
+	kv         jetstream.KeyValue
+	leases     *Leases
+	opts       FleetOptions
+	sessions   []Session
+	settled    chan struct{} // closed when every keeper made its first attempt, or Run ended
+	settleOnce sync.Once
+	pending    sync.WaitGroup
 
 	mu        sync.Mutex
 	wakes     map[string]chan struct{} // per session key: a lease changed
@@ -107,7 +108,7 @@ func NewFleet(rt *Runtime, kv jetstream.KeyValue, sessions []Session, opts Fleet
 		f.wakes[s.Key()] = make(chan struct{}, 1)
 	}
 	f.pending.Add(len(sessions))
-	go func() { f.pending.Wait(); close(f.settled) }()
+	go func() { f.pending.Wait(); f.settleOnce.Do(func() { close(f.settled) }) }()
 	return f, nil
 }
 
@@ -159,6 +160,19 @@ func (f *Fleet) Leases() []LeaseView {
 // Run keeps the leases until ctx ends, then stops the sessions it runs and
 // releases their leases. It returns once every lease is released.
 func (f *Fleet) Run(ctx context.Context) error {
+	defer f.settleOnce.Do(func() { close(f.settled) }) // also when it could not start
+	// The keepers end with ctx or with the runtime (a source failed and it
+	// stopped every session): a keeper waiting for a lease must not go on
+	// competing for sessions this process can no longer run.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-f.rt.Closing():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	st, err := f.kv.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("fleet: leases bucket: %w", err)
@@ -195,13 +209,21 @@ func (f *Fleet) Run(ctx context.Context) error {
 // Leases) and wakes the keeper of a session whose lease was released or
 // expired (a delete, purge or limit marker), so it tries at once.
 func (f *Fleet) watchLeases(ctx context.Context) {
-	w, err := f.kv.WatchAll(ctx)
-	if err != nil {
-		// Candidates still try every Retry.
-		f.opts.Log.Warn().Err(err).Msg("cannot watch the leases; taking over by polling only")
-		return
+	for ctx.Err() == nil {
+		w, err := f.kv.WatchAll(ctx)
+		if err != nil {
+			// Candidates still try every Retry meanwhile.
+			f.opts.Log.Warn().Err(err).Msg("cannot watch the leases; retrying (taking over by polling meanwhile)")
+			Sleep(ctx, f.opts.Retry)
+			continue
+		}
+		f.followLeases(ctx, w)
+		_ = w.Stop()
 	}
-	defer func() { _ = w.Stop() }()
+}
+
+// followLeases applies one watcher's updates until ctx ends or it stops.
+func (f *Fleet) followLeases(ctx context.Context, w jetstream.KeyWatcher) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -313,10 +335,20 @@ func (f *Fleet) keep(ctx context.Context, s Session) {
 			// The runtime stopped every session (a source failed): nothing runs here.
 		case <-ctx.Done():
 		}
-		// Handover: stop the session (still renewing), then release.
+		// Handover: stop the session (still renewing), then release. A
+		// lease lost meanwhile turns the graceful stop into an abort.
 		stopping := time.Now()
-		if err := f.rt.Stop(key); err != nil && !errors.Is(err, ErrUnknownSession) {
-			log.Error().Err(err).Msg("stopping the session")
+		stopped := make(chan error, 1)
+		go func() { stopped <- f.rt.Stop(key) }()
+		var stopErr error
+		select {
+		case stopErr = <-stopped:
+		case <-lost:
+			_ = f.rt.Abort(key)
+			stopErr = <-stopped
+		}
+		if stopErr != nil && !errors.Is(stopErr, ErrUnknownSession) {
+			log.Error().Err(stopErr).Msg("stopping the session")
 		}
 		endHolding()
 		select {

@@ -2,6 +2,7 @@ package connector_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -64,10 +65,11 @@ func fleetSessions(occ *occupancy, names ...string) []connector.Session {
 // replica is one connector process of the fleet: its own connections,
 // runtime and fleet on the shared NATS server.
 type replica struct {
-	rt      *connector.Runtime
-	fleet   *connector.Fleet
-	members *connector.Members // nil: no balancing
-	stop    func()
+	rt        *connector.Runtime
+	fleet     *connector.Fleet
+	members   *connector.Members // nil: no balancing
+	fleetDone chan struct{}      // closed when fleet.Run returned
+	stop      func()
 }
 
 func startReplica(t *testing.T, env *connectortest.Env, name string, sessions []connector.Session) *replica {
@@ -103,10 +105,11 @@ func startReplica(t *testing.T, env *connectortest.Env, name string, sessions []
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	fleetDone := make(chan struct{})
 	wg.Go(func() { _ = rt.Run(runCtx) })
-	wg.Go(func() { _ = fleet.Run(runCtx) })
+	wg.Go(func() { defer close(fleetDone); _ = fleet.Run(runCtx) })
 	var once sync.Once
-	r := &replica{rt: rt, fleet: fleet, stop: func() { once.Do(func() { cancel(); wg.Wait() }) }}
+	r := &replica{rt: rt, fleet: fleet, fleetDone: fleetDone, stop: func() { once.Do(func() { cancel(); wg.Wait() }) }}
 	t.Cleanup(r.stop)
 	return r
 }
@@ -428,4 +431,33 @@ func TestFleetBalancesAndMovesOnlyWhatItMust(t *testing.T) {
 		}
 	}
 	t.Logf("placement with 3 replicas %v (moved %d of 12 from a); with 2: c's %d sessions moved, no other", per, moved, per["c"])
+}
+
+// failingSource stops with an error at once: its runtime shuts down.
+type failingSource struct{}
+
+func (failingSource) Commands() []string { return nil }
+func (failingSource) Handle(context.Context, connector.Command) (any, error) {
+	return nil, errors.New("no commands")
+}
+func (failingSource) Run(context.Context) error { return errors.New("upstream refused for good") }
+
+// When a replica's runtime stops by itself (a source failed), its fleet
+// ends too, also the keepers still waiting for leases other replicas hold:
+// the process exits instead of competing for sessions it cannot run.
+func TestFleetEndsWhenItsRuntimeFails(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{probeKind()}})
+	occ := &occupancy{running: map[string]int{}, most: map[string]int{}}
+	a := startReplica(t, env, "a", fleetSessions(occ, "only"))
+	connectortest.Eventually(t, 5*time.Second, "a running the session", func() bool { return len(a.rt.Running()) == 1 })
+	boom := connector.Session{Kind: "probe", Name: "boom", Open: func(*connector.Host) (connector.Source, error) { return failingSource{}, nil }}
+	b := startReplica(t, env, "b", append(fleetSessions(occ, "only"), boom))
+	select {
+	case <-b.fleetDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("b's fleet still runs 5 s after its runtime failed (its keeper of a's session keeps competing)")
+	}
+	if got := a.rt.Running(); len(got) != 1 {
+		t.Fatalf("a runs %v, want the session it had", got)
+	}
 }

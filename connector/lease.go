@@ -232,7 +232,11 @@ func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error
 	sent := time.Now()
 	doc := leaseDoc{Replica: l.replica, Epoch: lease.Epoch, Acquired: acquired, Renewed: sent.UTC().Format(time.RFC3339Nano)}
 	rev, err := l.kv.Update(ctx, lease.Key, l.encode(doc), lease.lastRevision())
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || isWrongLastSequence(err) {
+		// Known lost: no longer valid at all (the fences close at once).
+		lease.mu.Lock()
+		lease.sent = time.Time{}
+		lease.mu.Unlock()
 		return fmt.Errorf("lease %s (epoch %d): %w", lease.Key, lease.Epoch, ErrLeaseLost)
 	}
 	if err != nil {

@@ -25,8 +25,8 @@ type running struct {
 	once   sync.Once     // stopSession runs once
 	// started is closed when Start has finished with the session, aborted
 	// set (before) when it failed and released everything itself.
-	started chan struct{}
-	aborted bool
+	started  chan struct{}
+	aborted  bool
 	ready    bool // under r.mu: Start returned nil (its commands are served)
 	stopping bool // under r.mu: its stop began (new commands: shutting_down)
 }
@@ -149,6 +149,9 @@ func (r *Runtime) Abort(key string) error {
 	if s == nil {
 		return fmt.Errorf("abort %s: %w", key, ErrUnknownSession)
 	}
+	// Also when a graceful stop is under way (it holds the once): the
+	// source and the commands it waits for end now.
+	s.cancel()
 	r.stopSessionNow(s, true)
 	return nil
 }

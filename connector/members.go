@@ -179,6 +179,8 @@ func (m *Members) follow(ctx context.Context, w jetstream.KeyWatcher) {
 			case initial != nil:
 				if e.Operation() == jetstream.KeyValuePut {
 					initial[e.Key()] = configuredIn(e.Value())
+				} else {
+					delete(initial, e.Key()) // left while the snapshot was read
 				}
 			default:
 				var sessions map[string]bool

@@ -145,11 +145,12 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	membersCtx, stopMembers := context.WithCancel(ctx)
 	var membersDone sync.WaitGroup
 	membersDone.Go(func() { members.Run(membersCtx) })
-	if err := fleet.Run(ctx); err != nil {
-		log.Error().Err(err).Msg("fleet stopped")
-	}
+	fleetErr := fleet.Run(ctx)
 	stopRuntime()
 	err = <-runErr
+	if fleetErr != nil && err == nil {
+		err = fleetErr // it could not start (the leases bucket unreadable): the process fails
+	}
 	stopMembers()
 	membersDone.Wait()
 	log.Info().Msg("connector stopped")

@@ -136,6 +136,11 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 		}
 		return false, dialFailure(err, resp, tcpUp.Load(), s.cfg.DialTimeout)
 	}
+	if err := s.host.Fence(); err != nil {
+		// Paused during the dial: the lease may be another replica's now.
+		_ = ws.Close()
+		return false, sessionEnd{code: connector.ReasonFenced, text: err.Error()}
+	}
 	cctx, cancel := context.WithCancel(ctx)
 	c := &conn{
 		ws: ws, out: make(chan outFrame, writeQueue), cancel: cancel, overrides: map[uint64]bool{},
@@ -149,6 +154,9 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	// it, and pings are answered like gorilla's default handler does.
 	ws.SetPingHandler(func(data string) error {
 		_ = ws.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		if s.host.Fence() != nil {
+			return nil // a fenced replica answers nothing, not even a pong
+		}
 		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(s.cfg.WriteTimeout))
 		var ne net.Error
 		if err == nil || errors.Is(err, websocket.ErrCloseSent) || errors.As(err, &ne) && ne.Timeout() {
@@ -191,7 +199,14 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	})
 
 	s.attach(c)
-	readErr := s.readLoop(ctx, c)
+	// Frames read while draining at a graceful stop are still published:
+	// the reader's context outlives ctx by closeDrain (an exit signal
+	// waiting for room in a full lane is not dropped because ctx ended).
+	readCtx, cancelRead := context.WithCancel(context.WithoutCancel(ctx))
+	stopDrainTimer := context.AfterFunc(ctx, func() { time.AfterFunc(closeDrain, cancelRead) })
+	readErr := s.readLoop(readCtx, c)
+	stopDrainTimer()
+	cancelRead()
 	close(readDone)
 	// Read the cause before tearing down: closing the socket makes a write in
 	// flight fail too, and that is a consequence, not the reason.
