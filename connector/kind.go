@@ -48,9 +48,20 @@ type Demo struct {
 	// Replay is a `go run ./cmd/connector replay` command line worth trying
 	// (NATSURL as in Try).
 	Replay string
-	// Start starts the simulators and returns the sessions connected to them
-	// and how to stop the simulators (after the sessions stopped).
-	Start func(log zerolog.Logger) (sessions []Session, stop func(), err error)
+	// Start starts the simulators and returns what they serve.
+	Start func(log zerolog.Logger) (DemoStart, error)
+}
+
+// DemoStart is what a kind's Demo.Start started.
+type DemoStart struct {
+	// Sessions are connected to the simulators.
+	Sessions []Session
+	// Env declares the same sessions to `connector run` (the kind's
+	// variables), so that `connector demo -replicas` can run them in
+	// separate processes.
+	Env map[string]string
+	// Stop stops the simulators (after the sessions stopped).
+	Stop func()
 }
 
 // NATSURL stands for the NATS URL in Demo.Try and Demo.Replay.

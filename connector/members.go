@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -48,6 +49,8 @@ type Members struct {
 type memberDoc struct {
 	Replica  string   `json:"replica"`
 	Started  string   `json:"started"`
+	Host     string   `json:"host,omitempty"` // for operators: where the replica runs
+	PID      int      `json:"pid,omitempty"`
 	Sessions []string `json:"sessions"`
 }
 
@@ -72,7 +75,7 @@ type MembersOptions struct {
 func MembersBucket(ttl time.Duration, replicas int) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:         subjects.BucketReplicas,
-		Description:    "the fleet's live replicas: <replica> -> {replica, started, sessions}, renewed by heartbeats",
+		Description:    "the fleet's live replicas: <replica> -> {replica, started, host, pid, sessions}, renewed by heartbeats",
 		History:        1,
 		TTL:            ttl,
 		LimitMarkerTTL: ttl,
@@ -100,7 +103,9 @@ func NewMembers(kv jetstream.KeyValue, opts MembersOptions) (*Members, error) {
 func (m *Members) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { m.watch(ctx) })
-	doc, _ := json.Marshal(memberDoc{Replica: m.self, Started: time.Now().UTC().Format(time.RFC3339Nano), Sessions: m.sessions})
+	host, _ := os.Hostname()
+	doc, _ := json.Marshal(memberDoc{Replica: m.self, Started: time.Now().UTC().Format(time.RFC3339Nano),
+		Host: host, PID: os.Getpid(), Sessions: m.sessions})
 	t := time.NewTicker(m.every)
 	defer t.Stop()
 	for {

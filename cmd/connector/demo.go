@@ -8,7 +8,10 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/jetbridge/connector/connector"
 )
@@ -22,11 +25,15 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	duration := fs.Duration("duration", 0, "stop after this long (0: until Ctrl-C)")
 	quiet := fs.Bool("no-table", false, "do not draw the live table (logs only)")
 	every := fs.Duration("totals-every", 10*time.Second, "when stdout is not a terminal: print a line of totals this often")
+	replicas := fs.Int("replicas", 1, "run the connector as this many replica processes (a fleet sharing the sessions; kill one to watch the takeover)")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return flagError(err)
 	}
 	if *every <= 0 {
 		return badUsage("-totals-every must be positive, got %v", *every)
+	}
+	if *replicas < 1 || *replicas > 9 {
+		return badUsage("-replicas must be 1..9, got %d", *replicas)
 	}
 	if *duration > 0 {
 		var cancel context.CancelFunc
@@ -66,20 +73,24 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	simLog := log.With().Str("component", "sim").Logger()
 	sel := selection{}
+	kindEnv := map[string]string{}
 	for _, k := range kinds {
 		if k.Demo == nil {
 			continue
 		}
-		sessions, stop, err := k.Demo.Start(simLog.With().Str("kind", k.Name()).Logger())
+		started, err := k.Demo.Start(simLog.With().Str("kind", k.Name()).Logger())
 		if err != nil {
 			return err
 		}
-		defer stop() // after serve returned: the sessions are stopped by then
+		defer started.Stop() // after serve returned: the sessions are stopped by then
 		sel.kinds = append(sel.kinds, k)
-		sel.sessions = append(sel.sessions, sessions...)
+		sel.sessions = append(sel.sessions, started.Sessions...)
+		for name, v := range started.Env {
+			kindEnv[name] = v
+		}
 	}
-	ready := func(rt *connector.Runtime, natsURL string) {
-		header := demoHeader(redactURL(natsURL), cfg.HTTPAddr)
+	show := func(natsURL, httpAddr string, extra func() string) {
+		header := demoHeader(redactURL(natsURL), httpAddr)
 		if *quiet {
 			fmt.Fprint(stdout, header)
 			return
@@ -97,15 +108,56 @@ func runDemo(ctx context.Context, args []string, stdout io.Writer) error {
 		for _, k := range sel.kinds {
 			filters = append(filters, k.Name()+".>")
 		}
-		opts := summaryOptions{Header: header, Interval: *every}
+		opts := summaryOptions{Header: header, Interval: *every, Extra: extra}
 		if terminal {
-			opts = summaryOptions{Header: header, Interval: time.Second, Terminal: true, Logs: logs}
+			opts = summaryOptions{Header: header, Interval: time.Second, Terminal: true, Logs: logs, Extra: extra}
 		}
 		if err := runSummary(ctx, nc, stdout, opts, filters...); err != nil {
 			log.Error().Err(err).Msg("demo summary stopped")
 		}
 	}
-	return serve(ctx, cfg, ret, sel, log, ready)
+	if *replicas > 1 {
+		return runDemoFleet(ctx, cfg, *replicas, kindEnv, logOut, log, show)
+	}
+	return serve(ctx, cfg, ret, sel, log, func(_ *connector.Runtime, natsURL string) { show(natsURL, cfg.HTTPAddr, nil) })
+}
+
+// runDemoFleet is `connector demo -replicas n`: the embedded NATS server and
+// the simulators here, the connector as n replica processes of this binary
+// sharing the sessions, and the table with who owns what.
+func runDemoFleet(ctx context.Context, cfg Config, n int, kindEnv map[string]string, logOut io.Writer,
+	log zerolog.Logger, show func(natsURL, httpAddr string, extra func() string),
+) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("demo -replicas runs this binary again: %w", err)
+	}
+	httpAddrs, err := replicaHTTPAddrs(cfg.HTTPAddr, n)
+	if err != nil {
+		return err
+	}
+	url, embedded, err := startNATS(cfg, log)
+	if err != nil {
+		return err
+	}
+	if embedded != nil {
+		defer embedded.Stop()
+	}
+	procs := &replicaProcs{exe: exe, env: replicaEnv(url, kindEnv), http: httpAddrs, log: log, out: logOut, pids: make([]int, n)}
+	var wg sync.WaitGroup
+	defer wg.Wait() // every replica stopped (SIGTERM) before the server and simulators
+	for i := range n {
+		wg.Go(func() { procs.run(ctx, i) })
+	}
+	nc, err := connectNATS(url, cfg.NATSConfig, "demo leases", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	board := &leaseBoard{owners: map[string]string{}}
+	wg.Go(func() { board.follow(ctx, nc, log) })
+	show(url, httpAddrs[0], func() string { return board.render(procs) })
+	return nil
 }
 
 // redactURL hides credentials embedded in NATS URLs (nats://user:pass@host).

@@ -22,15 +22,19 @@ type summaryOptions struct {
 	// interval in which messages arrived.
 	Terminal bool
 	Logs     *logTail // Terminal only: log lines drawn under the table; nil for none
+	// Extra, if set, is drawn under the table (in a terminal) or printed
+	// when it changed (otherwise): the demo fleet's owners and replicas.
+	Extra func() string
 }
 
 // summary counts messages per subject and prints a table each interval: the
 // demo's live view of what the connector publishes.
 type summary struct {
-	mu      sync.Mutex
-	counts  map[string]uint64
-	last    map[string]uint64
-	printed bool // a frame was written (plain mode skips unchanged frames after it)
+	mu        sync.Mutex
+	counts    map[string]uint64
+	last      map[string]uint64
+	printed   bool   // a frame was written (plain mode skips unchanged frames after it)
+	lastExtra string // plain mode: the Extra text printed last
 }
 
 // runSummary subscribes to the given subjects on nc and writes the table to
@@ -81,6 +85,14 @@ func (s *summary) frame(opts summaryOptions, now time.Time) string {
 		subjects = append(subjects, k)
 		changed = changed || n != s.last[k]
 	}
+	var extra string
+	if !opts.Terminal && opts.Extra != nil {
+		if extra = opts.Extra(); extra != s.lastExtra {
+			s.lastExtra, changed = extra, true
+		} else {
+			extra = ""
+		}
+	}
 	if !opts.Terminal && s.printed && !changed {
 		return ""
 	}
@@ -115,6 +127,7 @@ func (s *summary) frame(opts summaryOptions, now time.Time) string {
 			fmt.Fprintf(&b, "%s%s %d (%.0f/s)", sep, session, totals[session], perSecond(rates[session]))
 		}
 		b.WriteString("\n")
+		b.WriteString(extra)
 		return b.String()
 	}
 	width := len("subject")
@@ -133,6 +146,9 @@ func (s *summary) frame(opts summaryOptions, now time.Time) string {
 		fmt.Fprintf(&b, "%-*s %10d %10.0f\n", width, subj, n, perSecond(d))
 	}
 	fmt.Fprintf(&b, "%-*s %10d %10.0f\n", width, "all", total, perSecond(rate))
+	if opts.Extra != nil {
+		b.WriteString(opts.Extra())
+	}
 	if opts.Logs != nil {
 		lines, dropped := opts.Logs.show()
 		if len(lines) > 0 {

@@ -2,6 +2,7 @@ package lasersell
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -34,25 +35,31 @@ func demo() *connector.Demo {
 	}
 }
 
-func startDemo(log zerolog.Logger) ([]connector.Session, func(), error) {
+func startDemo(log zerolog.Logger) (connector.DemoStart, error) {
 	simCfg := sim.DemoConfig()
 	simCfg.APIKey = demoAPIKey
 	srv := sim.New(simCfg, log)
 	url, err := srv.Start("127.0.0.1:0")
 	if err != nil {
-		return nil, nil, fmt.Errorf("LaserSell simulator: %w", err)
+		return connector.DemoStart{}, fmt.Errorf("LaserSell simulator: %w", err)
 	}
+	wallets := []string{"DemoWallet1111111111111111111111111111111111", "DemoWallet2222222222222222222222222222222222"}
 	cfg := DefaultConfig()
 	cfg.APIKey = Secret(demoAPIKey)
 	cfg.URL = url
 	cfg.Session = demoSession
-	cfg.Wallets = []string{"DemoWallet1111111111111111111111111111111111", "DemoWallet2222222222222222222222222222222222"}
+	cfg.Wallets = wallets
 	cfg.TargetProfitPct, cfg.StopLossPct, cfg.TrailingStopPct = 5, 1.5, 3
 	cfg.DeadlineTimeoutSec = 45
 	sessions, err := cfg.Sessions()
 	if err != nil {
 		srv.Close()
-		return nil, nil, err
+		return connector.DemoStart{}, err
 	}
-	return sessions, srv.Close, nil
+	env := map[string]string{
+		"LASERSELL_API_KEY": demoAPIKey, "LASERSELL_URL": url, "LASERSELL_SESSION": demoSession,
+		"LASERSELL_WALLETS": strings.Join(wallets, ","), "LASERSELL_TARGET_PROFIT_PCT": "5",
+		"LASERSELL_STOP_LOSS_PCT": "1.5", "LASERSELL_TRAILING_STOP_PCT": "3", "LASERSELL_DEADLINE_TIMEOUT_SEC": "45",
+	}
+	return connector.DemoStart{Sessions: sessions, Env: env, Stop: srv.Close}, nil
 }

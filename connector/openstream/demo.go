@@ -31,7 +31,7 @@ func demo() *connector.Demo {
 	}
 }
 
-func startDemo(log zerolog.Logger) ([]connector.Session, func(), error) {
+func startDemo(log zerolog.Logger) (connector.DemoStart, error) {
 	var servers []*sim.Server
 	stop := func() {
 		for _, s := range servers {
@@ -44,7 +44,7 @@ func startDemo(log zerolog.Logger) ([]connector.Session, func(), error) {
 		addr, err := srv.Start("127.0.0.1:0")
 		if err != nil {
 			stop()
-			return nil, nil, fmt.Errorf("robot simulator %s: %w", name, err)
+			return connector.DemoStart{}, fmt.Errorf("robot simulator %s: %w", name, err)
 		}
 		servers = append(servers, srv)
 		addrs[name] = addr
@@ -56,7 +56,8 @@ func startDemo(log zerolog.Logger) ([]connector.Session, func(), error) {
 	sessions, err := cfg.Sessions()
 	if err != nil {
 		stop()
-		return nil, nil, err
+		return connector.DemoStart{}, err
 	}
-	return sessions, stop, nil
+	env := map[string]string{"OPENSTREAM_ROBOTS": cfg.Robots, "OPENSTREAM_MONITORS": cfg.Monitors, "OPENSTREAM_CONTROL_ALLOW": cfg.ControlAllow}
+	return connector.DemoStart{Sessions: sessions, Env: env, Stop: stop}, nil
 }
