@@ -65,8 +65,9 @@ type Fleet struct {
 	mu        sync.Mutex
 	wakes     map[string]chan struct{} // per session key: a lease changed
 	held      map[string]*Lease
-	owners    map[string]Owner // per session key: the holder last seen in the bucket
-	duplicate bool             // another live process uses this replica's name
+	owners    map[string]Owner  // per session key: the holder last seen in the bucket
+	endedBy   map[string]string // per session key: the holder whose lease ended last (released or expired)
+	duplicate bool              // another live process uses this replica's name
 }
 
 // LeaseView is one configured session's ownership as this replica sees it.
@@ -103,7 +104,7 @@ func NewFleet(rt *Runtime, kv jetstream.KeyValue, sessions []Session, opts Fleet
 		return nil, fmt.Errorf("fleet: renewal every %s with a %s margin does not fit in the lease TTL %s", opts.Renew, opts.Margin, opts.TTL)
 	}
 	f := &Fleet{rt: rt, kv: kv, leases: leases, opts: opts, sessions: sessions, settled: make(chan struct{}),
-		wakes: map[string]chan struct{}{}, held: map[string]*Lease{}, owners: map[string]Owner{}}
+		wakes: map[string]chan struct{}{}, held: map[string]*Lease{}, owners: map[string]Owner{}, endedBy: map[string]string{}}
 	for _, s := range sessions {
 		f.wakes[s.Key()] = make(chan struct{}, 1)
 	}
@@ -244,6 +245,9 @@ func (f *Fleet) followLeases(ctx context.Context, w jetstream.KeyWatcher) {
 			}
 			f.mu.Lock()
 			if _, configured := f.wakes[e.Key()]; configured {
+				if e.Operation() != jetstream.KeyValuePut {
+					f.endedBy[e.Key()] = f.owners[e.Key()].Replica
+				}
 				f.owners[e.Key()] = owner
 			}
 			wake := f.wakes[e.Key()]
@@ -375,7 +379,14 @@ func (f *Fleet) headStart(ctx context.Context, key string) bool {
 	t := time.NewTicker(max(f.opts.Retry/16, time.Millisecond))
 	defer t.Stop()
 	for time.Now().Before(deadline) {
-		if r, _ := f.preferred(key); r == "" || r == f.opts.Replica {
+		r, _ := f.preferred(key)
+		f.mu.Lock()
+		lostIt := r != "" && f.endedBy[key] == r
+		f.mu.Unlock()
+		// No head start for a preferred replica whose own lease just ended:
+		// it crashed (its membership expires later than its lease) or could
+		// not keep the session.
+		if r == "" || r == f.opts.Replica || lostIt {
 			return true
 		}
 		select {
