@@ -106,7 +106,7 @@ type readyReport struct {
 }
 
 type failedCheck struct {
-	// Check is nats, stream or session.
+	// Check is nats, stream, fleet or session.
 	Check string `json:"check"`
 	// Name is the connection role, stream or session (<source>.<name>).
 	Name   string `json:"name"`
@@ -136,6 +136,15 @@ func (r *readiness) check(ctx context.Context) readyReport {
 	}
 	if connected {
 		failing = append(failing, r.streams(ctx)...)
+	}
+	if f := r.deps.fleet; f != nil {
+		select {
+		case <-f.Settled():
+		default:
+			// Until each configured session's lease was tried, the sessions
+			// listed below may not include those this replica is about to run.
+			failing = append(failing, failedCheck{Check: "fleet", Name: r.deps.replica, Reason: "taking the leases of the configured sessions"})
+		}
 	}
 	for _, s := range r.deps.rt.Sessions() {
 		if s.Connected {
