@@ -129,7 +129,7 @@ func ProvisionLeases(ctx context.Context, js jetstream.JetStream, ttl time.Durat
 		kv, err = js.KeyValue(ctx, cfg.Bucket)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("leases bucket %s: %w", cfg.Bucket, err)
+		return nil, placementError(fmt.Errorf("leases bucket %s: %w", cfg.Bucket, err), "", cfg.Bucket, cfg.Replicas)
 	}
 	st, err := kv.Status(ctx)
 	if err != nil {

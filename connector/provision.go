@@ -91,8 +91,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 			}
 			spec = merged
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, StreamConfig(spec, retention(spec))); err != nil {
-			return nil, fmt.Errorf("create or update stream %s: %w", spec.Name, err)
+		cfg := StreamConfig(spec, retention(spec))
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return nil, placementError(fmt.Errorf("create or update stream %s: %w", spec.Name, err), spec.Name, "", cfg.Replicas)
 		}
 	}
 	kvs := make(map[string]jetstream.KeyValue, len(buckets))
@@ -105,7 +106,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 			Storage:     jetstream.FileStorage,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("create or update KV bucket %s: %w", b.Name, err)
+			return nil, placementError(fmt.Errorf("create or update KV bucket %s: %w", b.Name, err), "", b.Name, max(replicas, 1))
 		}
 		kvs[b.Name] = kv
 	}
@@ -131,4 +132,35 @@ func withServerSubjects(ctx context.Context, js jetstream.JetStream, spec subjec
 	}
 	spec.Subjects = merged
 	return spec, nil
+}
+
+// ReplicasError is a stream or bucket the server cannot hold with its
+// replica count: the server is not clustered (Permanent), or the cluster
+// has too few peers or too little room for it right now (a node down, or
+// limits). The configuration variable to check names the stream or the
+// bucket.
+type ReplicasError struct {
+	Stream, Bucket string // one of them
+	Replicas       int
+	Permanent      bool // replicas > 1 on a server that is not clustered
+	Err            error
+}
+
+func (e *ReplicasError) Error() string { return e.Err.Error() }
+func (e *ReplicasError) Unwrap() error { return e.Err }
+
+// placementError classifies err as a *ReplicasError when the server says
+// it cannot place the replicas, else returns it as is.
+func placementError(err error, stream, bucket string, replicas int) error {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return err
+	}
+	switch apiErr.ErrorCode {
+	case 10074: // replicas > 1 not supported in non-clustered mode
+		return &ReplicasError{Stream: stream, Bucket: bucket, Replicas: replicas, Permanent: true, Err: err}
+	case 10005, 10023, 10028, 10047, 10061: // no suitable peers, insufficient resources, memory, storage, replicas not updatable
+		return &ReplicasError{Stream: stream, Bucket: bucket, Replicas: replicas, Err: err}
+	}
+	return err
 }

@@ -170,6 +170,10 @@ func startFleet(ctx context.Context, rt *connector.Runtime, cfg Config, replica 
 		return nil, nil, badConfig("CONNECTOR_LEASE_TTL=%s: %v; every replica must use the same TTL (to change it, stop every replica, then: nats kv del %s)",
 			cfg.LeaseTTL, err, subjects.BucketLeases)
 	}
+	var re *connector.ReplicasError
+	if errors.As(err, &re) && re.Permanent {
+		return nil, nil, replicasConfigError(re)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -211,7 +215,16 @@ func provision(ctx context.Context, opts connector.Options, log zerolog.Logger) 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		log.Warn().Err(err).Dur("retry_in_ms", wait).Msg("could not provision streams and KV buckets; is JetStream enabled?")
+		var re *connector.ReplicasError
+		if errors.As(err, &re) {
+			if re.Permanent {
+				return nil, replicasConfigError(re)
+			}
+			log.Warn().Err(err).Str("variable", replicasVariable(re)).Int("replicas", re.Replicas).Dur("retry_in_ms", wait).
+				Msg("the cluster cannot place this many replicas now (too few servers up, or no room); retrying")
+		} else {
+			log.Warn().Err(err).Dur("retry_in_ms", wait).Msg("could not provision streams and KV buckets; is JetStream enabled?")
+		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
@@ -219,4 +232,18 @@ func provision(ctx context.Context, opts connector.Options, log zerolog.Logger) 
 		}
 		wait = min(wait*2, 5*time.Second)
 	}
+}
+
+// replicasConfigError words a replica count a server that is not clustered
+// cannot hold, naming the variable.
+func replicasConfigError(re *connector.ReplicasError) error {
+	return badConfig("%s=%d: the NATS server is not clustered, so streams and buckets hold 1 replica (%v)", replicasVariable(re), re.Replicas, re.Err)
+}
+
+// replicasVariable names the variable that sets a ReplicasError's count.
+func replicasVariable(re *connector.ReplicasError) string {
+	if re.Stream != "" {
+		return "STREAM_" + re.Stream + "_REPLICAS"
+	}
+	return "CONNECTOR_KV_REPLICAS"
 }
