@@ -84,6 +84,16 @@ func MembersBucket(ttl time.Duration, replicas int) jetstream.KeyValueConfig {
 	}
 }
 
+// ProvisionMembers creates or updates the membership bucket for ttl.
+func ProvisionMembers(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
+	cfg := MembersBucket(ttl, replicas)
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, placementError(fmt.Errorf("fleet membership bucket %s: %w", cfg.Bucket, err), "", cfg.Bucket, cfg.Replicas)
+	}
+	return kv, nil
+}
+
 // NewMembers prepares the membership of opts.Replica in kv.
 func NewMembers(kv jetstream.KeyValue, opts MembersOptions) (*Members, error) {
 	switch {

@@ -17,10 +17,11 @@ import (
 
 // On a three-node JetStream cluster with every stream and bucket replicated
 // three times, the node leading LASERSELL_EXIT is killed during an exit
-// stream and a PnL flood, and later restarted on its store: every exit the
-// simulator sent is stored exactly once and in order per position, the high
-// lane resumes by itself once a new leader answers, and the lease does not
-// change owner (an election is shorter than the lease TTL).
+// stream and a PnL flood, and later restarted on its store; then the node
+// leading the leases bucket: every exit the simulator sent is stored exactly
+// once and in order per position, the high lane resumes by itself once a new
+// leader answers, and the lease does not change owner (an election is
+// shorter than the lease TTL less its margin).
 func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 	const session = "cluster"
 	c := natscluster.Start(t, natscluster.Options{})
@@ -78,6 +79,28 @@ func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 	time.Sleep(2 * time.Second) // exits keep flowing through the new leader
 	c.Restart(leader)
 	time.Sleep(2 * time.Second)
+
+	// Then the node leading the leases bucket: renewals fail for the length
+	// of the election, which is shorter than the TTL less its margin.
+	leasesLeader, err := c.KVLeader(ctx, subjects.BucketLeases)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leasesKilled := time.Now()
+	c.Kill(leasesLeader)
+	if _, err := c.WaitStreamLeader(ctx, "KV_"+subjects.BucketLeases, leasesLeader); err != nil {
+		t.Fatal(err)
+	}
+	leasesElected := time.Since(leasesKilled)
+	seqMid := lastSeq(js, subjects.StreamLaserSellExit)
+	waitUntil(t, 30*time.Second, "exits still stored after the leases leader's kill", func() error {
+		if n := lastSeq(js, subjects.StreamLaserSellExit); n <= seqMid+10 {
+			return fmt.Errorf("last seq %d", n)
+		}
+		return nil
+	})
+	c.Restart(leasesLeader)
+	time.Sleep(2 * time.Second)
 	if err := p.stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -124,8 +147,10 @@ func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 	if strings.Contains(out, "self-fencing") || strings.Contains(out, "lease lost") {
 		t.Errorf("the replica lost or could not confirm its lease during the election")
 	}
-	t.Logf("MEASURED R3 cluster, leader n%d of %s killed during exits every 20 ms and 2,000 PnL/s: next exit stored %v after the kill; exits sent %d, stored %d, duplicates 0, out of order 0; lease epoch %d kept",
-		leader, subjects.StreamLaserSellExit, resumed.Round(time.Millisecond), sent, len(exits), before.Sessions[0].Epoch)
+	t.Logf("MEASURED R3 cluster, leader n%d of %s killed during exits every 20 ms and 2,000 PnL/s: next exit stored %v after the kill; "+
+		"then leader n%d of KV_%s killed: new leader after %v, no lease change; exits sent %d, stored %d, duplicates 0, out of order 0; lease epoch %d kept",
+		leader, subjects.StreamLaserSellExit, resumed.Round(time.Millisecond), leasesLeader, subjects.BucketLeases, leasesElected.Round(time.Millisecond),
+		sent, len(exits), before.Sessions[0].Epoch)
 }
 
 // readStreamDirect reads a stream by sequence; on a cluster whose leaders

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/rs/zerolog"
@@ -163,23 +164,21 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 func startFleet(ctx context.Context, rt *connector.Runtime, cfg Config, replica string,
 	sessions []connector.Session, reg prometheus.Registerer, log zerolog.Logger,
 ) (*connector.Fleet, *connector.Members, error) {
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	kv, err := connector.ProvisionLeases(pctx, rt.JetStream(), cfg.LeaseTTL, cfg.KVReplicas)
-	if errors.Is(err, connector.ErrLeaseTTLMismatch) {
-		return nil, nil, badConfig("CONNECTOR_LEASE_TTL=%s: %v; every replica must use the same TTL (to change it, stop every replica, then: nats kv del %s)",
-			cfg.LeaseTTL, err, subjects.BucketLeases)
-	}
-	var re *connector.ReplicasError
-	if errors.As(err, &re) && re.Permanent {
-		return nil, nil, replicasConfigError(re)
-	}
+	var kv, mkv jetstream.KeyValue
+	err := provisionRetrying(ctx, log, "could not provision the fleet's buckets; retrying", func(ctx context.Context) (err error) {
+		kv, err = connector.ProvisionLeases(ctx, rt.JetStream(), cfg.LeaseTTL, cfg.KVReplicas)
+		if errors.Is(err, connector.ErrLeaseTTLMismatch) {
+			return badConfig("CONNECTOR_LEASE_TTL=%s: %v; every replica must use the same TTL (to change it, stop every replica, then: nats kv del %s)",
+				cfg.LeaseTTL, err, subjects.BucketLeases)
+		}
+		if err != nil {
+			return err
+		}
+		mkv, err = connector.ProvisionMembers(ctx, rt.JetStream(), cfg.LeaseTTL, cfg.KVReplicas)
+		return err
+	})
 	if err != nil {
 		return nil, nil, err
-	}
-	mkv, err := rt.JetStream().CreateOrUpdateKeyValue(pctx, connector.MembersBucket(cfg.LeaseTTL, cfg.KVReplicas))
-	if err != nil {
-		return nil, nil, fmt.Errorf("fleet membership bucket %s: %w", subjects.BucketReplicas, err)
 	}
 	keys := make([]string, len(sessions))
 	for i, s := range sessions {
@@ -204,31 +203,47 @@ func provision(ctx context.Context, opts connector.Options, log zerolog.Logger) 
 	if err := waitConnected(ctx, opts.HighConn, log); err != nil {
 		return nil, err
 	}
+	var rt *connector.Runtime
+	err := provisionRetrying(ctx, log, "could not provision streams and KV buckets; is JetStream enabled?", func(ctx context.Context) (err error) {
+		rt, err = connector.New(ctx, opts)
+		return err
+	})
+	return rt, err
+}
+
+// provisionRetrying runs create until it succeeds, retrying (100 ms doubling
+// to 5 s, each attempt bounded by 10 s) while NATS, JetStream or the
+// cluster's placement is not there yet; a replica count the server can never
+// hold, or another configuration error, ends it at once.
+func provisionRetrying(ctx context.Context, log zerolog.Logger, what string, create func(context.Context) error) error {
 	wait := 100 * time.Millisecond
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		rt, err := connector.New(pctx, opts)
+		err := create(pctx)
 		cancel()
-		if err == nil {
-			return rt, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		var ce *configError
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("provisioning: %w", ctx.Err())
+		case errors.As(err, &ce):
+			return err
 		}
 		var re *connector.ReplicasError
 		if errors.As(err, &re) {
 			if re.Permanent {
-				return nil, replicasConfigError(re)
+				return replicasConfigError(re)
 			}
 			log.Warn().Err(err).Str("variable", replicasVariable(re)).Int("replicas", re.Replicas).Dur("retry_in_ms", wait).
 				Msg("the cluster cannot place this many replicas now (too few servers up, or no room); retrying")
 		} else {
-			log.Warn().Err(err).Dur("retry_in_ms", wait).Msg("could not provision streams and KV buckets; is JetStream enabled?")
+			log.Warn().Err(err).Dur("retry_in_ms", wait).Msg(what)
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return nil, fmt.Errorf("provisioning: %w", ctx.Err())
+			return fmt.Errorf("provisioning: %w", ctx.Err())
 		}
 		wait = min(wait*2, 5*time.Second)
 	}
