@@ -30,6 +30,12 @@ type conn struct {
 	done        chan struct{}
 	apply       chan struct{} // capacity 1: the desired recipe changed
 
+	// keepaliveEvery is the keep-alive interval on a monitor connection:
+	// OPENSTREAM_KEEPALIVE, halved after each session_timeout down to
+	// keepaliveFloor (the watchdog "may change with server policy"). Only
+	// the connection's own goroutine (run, runSession) uses it.
+	keepaliveEvery time.Duration
+
 	mu          sync.Mutex
 	recipe      Recipe // desired MONITOR
 	version     uint64 // bumped on every change of recipe
@@ -50,7 +56,9 @@ type sessionEnd struct {
 	code    string // a reconnect reason code: the core's, or one below
 	refused bool   // version_mismatch / handshake_rejected: retry slowly
 	healthy bool   // lived long enough (and streamed) to reset the backoff
-	stopped bool   // ended on purpose
+	// streamed: handshook and, on a monitor connection, received data.
+	streamed bool
+	stopped  bool // ended on purpose
 }
 
 const controlConnID = "control"
@@ -155,7 +163,7 @@ func (c *conn) stallTimeout(r Recipe) time.Duration {
 func (c *conn) tickInterval() time.Duration {
 	cfg := &c.r.common
 	d := 250 * time.Millisecond
-	for _, x := range []time.Duration{cfg.StallMin / 4, cfg.Keepalive / 4, cfg.IdleKeepalive / 4} {
+	for _, x := range []time.Duration{cfg.StallMin / 4, c.keepaliveEvery / 4, cfg.IdleKeepalive / 4} {
 		if x > 0 && x < d {
 			d = x
 		}
@@ -177,13 +185,22 @@ func (c *conn) run(ctx context.Context) {
 	bo := connector.Backoff{Base: cfg.BackoffMin, Max: cfg.BackoffMax, Immediate: true}
 	refusedBo := connector.Backoff{Base: cfg.HandshakeRetryMin, Max: cfg.HandshakeRetryMax}
 	failures := 0
+	c.keepaliveEvery = cfg.Keepalive
 	c.r.report(c, connector.StateConnecting, "", 0, 0, nil)
 	for n := 1; ; n++ {
 		end := c.runSession(ctx, n)
 		if ctx.Err() != nil || end.stopped {
 			return
 		}
-		if end.healthy {
+		if end.code == reasonWatchdog && c.monitor != "" && c.keepaliveEvery > keepaliveFloor {
+			// The controller's watchdog is stricter than our keep-alive:
+			// adapt, so that data keeps flowing under any watchdog we can outpace.
+			c.keepaliveEvery = max(c.keepaliveEvery/2, keepaliveFloor)
+			c.log.Warn().Dur("keepalive_ms", c.keepaliveEvery).Msg("the controller's watchdog closed the session: keep-alive shortened")
+		}
+		if end.healthy || end.code == reasonWatchdog && end.streamed {
+			// A session the watchdog closed after it handshook and streamed
+			// is not a failing controller: reconnect at once.
 			bo.Reset()
 			failures = 0
 		}
@@ -321,9 +338,10 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 			return sessionEnd{reason: "shutdown", code: connector.ReasonStopped, stopped: true}
 		case <-s.ended:
 			return sessionEnd{
-				reason:  s.endReason,
-				code:    s.codeOr(connector.ReasonClosedByPeer),
-				healthy: connector.Healthy(s.opened, cfg.HealthyAfter) && (c.monitor == "" || s.gotData.Load()),
+				reason:   s.endReason,
+				code:     s.codeOr(connector.ReasonClosedByPeer),
+				healthy:  connector.Healthy(s.opened, cfg.HealthyAfter) && (c.monitor == "" || s.gotData.Load()),
+				streamed: c.monitor == "" || s.gotData.Load(),
 			}
 		case <-c.apply:
 			if c.monitor != "" {
@@ -347,7 +365,7 @@ func (c *conn) runSession(ctx context.Context, n int) (end sessionEnd) {
 			}
 			sinceCmd := now.Sub(time.Unix(0, s.lastCmd.Load()))
 			switch {
-			case c.monitor != "" && cfg.Keepalive > 0 && sinceCmd >= cfg.Keepalive:
+			case c.monitor != "" && c.keepaliveEvery > 0 && sinceCmd >= c.keepaliveEvery:
 				if cfg.KeepaliveMode == KeepaliveMonitor {
 					sendMonitor(true)
 				} else {
@@ -492,6 +510,8 @@ const (
 	// reasonPingTimeout: a keepalive went unanswered on the control
 	// connection, which carries no data to notice a silent controller by.
 	reasonPingTimeout = "ping_timeout"
+	// keepaliveFloor is the shortest keep-alive interval adaptation goes to.
+	keepaliveFloor = 100 * time.Millisecond
 	// reasonWatchdog: the controller ended the session with session_timeout
 	// (its watchdog saw no command in time).
 	reasonWatchdog = "watchdog"

@@ -394,3 +394,40 @@ func TestFaultWatchdogReasonCode(t *testing.T) {
 		t.Fatal("reconnects{reason=watchdog} not counted")
 	}
 }
+
+// A controller whose armed watchdog (1 s) is stricter than the keep-alive
+// (2 s), and which answers the keep-alive STOP with stop_ack rather than
+// nothing_to_stop (as an independent server does): after a session_timeout
+// the connection halves its keep-alive and reconnects at once, so data keeps
+// flowing after at most two watchdog closes; no keep-alive answer is
+// published.
+func TestFaultStrictWatchdogAdaptsKeepalive(t *testing.T) {
+	s := startSim(t, func(c *sim.Config) {
+		c.ArmedTimeout = time.Second
+		c.Faults.StopAckIdle = true
+	})
+	f := startFaultFixture(t, s, func(c *Config, rc *RobotConfig) {
+		rc.ControlAllow = nil
+		c.Keepalive = 2 * time.Second
+	})
+	f.waitData("joints", 5)
+	time.Sleep(5 * time.Second) // 2 s -> 1 s -> 500 ms: at most two closes
+	closes := f.reconnects(reasonWatchdog)
+	before, start := f.dataCount("joints"), time.Now()
+	time.Sleep(3 * time.Second)
+	got, elapsed := f.dataCount("joints")-before, time.Since(start)
+	if closes > 2 {
+		t.Errorf("%v watchdog closes in the first 5 s, want at most 2 (2 s -> 1 s -> 500 ms)", closes)
+	}
+	if late := f.reconnects(reasonWatchdog) - closes; late != 0 {
+		t.Errorf("%v watchdog closes after the keep-alive adapted", late)
+	}
+	if want := uint64(elapsed / (5 * time.Millisecond) * 8 / 10); got < want {
+		t.Errorf("%d data lines in %v at 5 ms, want >= %d (80 %%)", got, elapsed.Round(time.Millisecond), want)
+	}
+	if n := len(f.events("stop_ack")); n != 0 {
+		t.Errorf("%d keep-alive answers (stop_ack) published", n)
+	}
+	t.Logf("measured: strict 1 s watchdog, keep-alive 2 s at start: %v watchdog closes, then %d data lines in %v (%.0f %% of 5 ms)",
+		closes, got, elapsed.Round(time.Millisecond), float64(got)/float64(elapsed/(5*time.Millisecond))*100)
+}

@@ -470,12 +470,13 @@ func (s *session) route(line []byte, at time.Time) {
 }
 
 // expectedKeepaliveAnswer: a keepalive STOP of an inactive target answers
-// nothing_to_stop, a re-sent MONITOR answers monitor_ack. Anything else is
-// news and is published.
+// nothing_to_stop (or stop_ack: some controllers acknowledge a STOP of
+// nothing), a re-sent MONITOR answers monitor_ack. Anything else is news
+// and is published.
 func expectedKeepaliveAnswer(p *pending, typ, code string) bool {
 	switch p.kind {
 	case pendStop:
-		return typ == evError && code == "nothing_to_stop"
+		return typ == evError && code == "nothing_to_stop" || typ == evStopAck
 	case pendMonitor:
 		return typ == evMonitorAck
 	}

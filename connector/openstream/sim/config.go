@@ -75,6 +75,7 @@ type Faults struct {
 	RejectHandshake bool          // answer every HANDSHAKE with handshake_rejected
 	ControlBusy     bool          // answer every CONTROL with control_busy
 	StopFailed      bool          // answer every STOP with stop_failed
+	StopAckIdle     bool          // answer a STOP of an inactive target with stop_ack, not nothing_to_stop (an independent server does)
 }
 
 // DefaultAddr is the vendor example client's port, on loopback: a simulator
@@ -123,6 +124,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&f.RejectHandshake, "fault-reject-handshake", f.RejectHandshake, "fault: answer HANDSHAKE with handshake_rejected")
 	fs.BoolVar(&f.ControlBusy, "fault-control-busy", f.ControlBusy, "fault: answer CONTROL with control_busy")
 	fs.BoolVar(&f.StopFailed, "fault-stop-failed", f.StopFailed, "fault: answer STOP with stop_failed")
+	fs.BoolVar(&f.StopAckIdle, "fault-stop-ack-idle", f.StopAckIdle, "fault: answer a STOP of an inactive target with stop_ack instead of nothing_to_stop")
 }
 
 // Validate reports the first invalid setting.

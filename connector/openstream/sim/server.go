@@ -42,7 +42,7 @@
 // -monitor-exclusive, -motor-off, -http-addr, -max-conns, -record-limit, and the faults
 // -fault-drop-after, -fault-drop-every, -fault-garbage-every, -fault-stall-every,
 // -fault-stall-for, -fault-ack-after-data, -fault-reject-handshake, -fault-control-busy,
-// -fault-stop-failed.
+// -fault-stop-failed, -fault-stop-ack-idle.
 package sim
 
 import (

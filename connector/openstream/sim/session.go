@@ -656,12 +656,12 @@ func (ss *session) stop(p map[string]json.RawMessage, now time.Time) (code, msg,
 	}
 	switch target {
 	case "monitor":
-		if ss.mon == nil {
+		if ss.mon == nil && !ss.cfg.Faults.StopAckIdle {
 			return ErrNothingToStop, "no active MONITOR", ""
 		}
 		ss.stopMonitor()
 	case "control":
-		if !ss.controlActive {
+		if !ss.controlActive && !ss.cfg.Faults.StopAckIdle {
 			return ErrNothingToStop, "no active CONTROL", ""
 		}
 		ss.stopControl(now)
