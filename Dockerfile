@@ -7,7 +7,10 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 # CGO_ENABLED=0: a static binary that runs on distroless/static (no libc).
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/connector ./cmd/connector
+# REVISION (e.g. --build-arg REVISION=$(git rev-parse --short HEAD)) is what
+# `connector version` reports: .git is not in the build context.
+ARG REVISION=unknown
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main.revision=${REVISION}" -o /out/connector ./cmd/connector
 
 # distroless/static: no shell, no package manager; health checks use `connector probe`.
 FROM gcr.io/distroless/static-debian12:nonroot

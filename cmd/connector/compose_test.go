@@ -16,6 +16,9 @@ import (
 )
 
 // composeFile is the part of docker-compose.yml the checks read.
+// connectorImage is the one image compose builds for the connector and the simulators.
+const connectorImage = "jetbridge/connector:dev"
+
 type composeFile struct {
 	Services map[string]composeService `yaml:"services"`
 	Secrets  map[string]struct {
@@ -25,8 +28,13 @@ type composeFile struct {
 }
 
 type composeService struct {
-	Image       string            `yaml:"image"`
-	Build       string            `yaml:"build"`
+	Image      string `yaml:"image"`
+	PullPolicy string `yaml:"pull_policy"`
+	Restart    string `yaml:"restart"`
+	Build      struct {
+		Context string            `yaml:"context"`
+		Args    map[string]string `yaml:"args"`
+	} `yaml:"build"`
 	Command     []string          `yaml:"command"`
 	Environment map[string]string `yaml:"environment"`
 	Ports       []string          `yaml:"ports"`
@@ -127,12 +135,24 @@ func TestComposeCommandsAndEnvironmentAreValid(t *testing.T) {
 	// simPorts: the port each simulator service listens on.
 	simPorts := map[string]string{}
 	sims, runs := 0, 0
+	builds := 0
 	for name, svc := range compose.Services {
-		if svc.Image != "" {
+		if svc.Restart != "unless-stopped" {
+			t.Errorf("service %s: restart %q, want unless-stopped", name, svc.Restart)
+		}
+		if svc.Image != connectorImage {
 			continue // third-party image (nats), checked below
 		}
-		if svc.Build != "." {
-			t.Errorf("service %s: build %q, want the repository's Dockerfile (.)", name, svc.Build)
+		switch {
+		case svc.Build.Context == ".":
+			builds++
+			if _, ok := svc.Build.Args["REVISION"]; !ok {
+				t.Errorf("service %s builds without the REVISION argument (connector version)", name)
+			}
+		case svc.Build.Context != "":
+			t.Errorf("service %s: build context %q, want the repository's Dockerfile (.)", name, svc.Build.Context)
+		case svc.PullPolicy != "never":
+			t.Errorf("service %s uses the image another service builds: pull_policy %q, want never", name, svc.PullPolicy)
 		}
 		if len(svc.Command) == 0 {
 			t.Fatalf("service %s has no command", name)
@@ -189,8 +209,20 @@ func TestComposeCommandsAndEnvironmentAreValid(t *testing.T) {
 	if sims != 3 || runs != 1 {
 		t.Fatalf("compose has %d simulators and %d connectors, want 3 and 1", sims, runs)
 	}
+	if builds != 1 {
+		t.Errorf("%d services build %s, want one (the others use it)", builds, connectorImage)
+	}
 
 	nats := compose.Services["nats"]
+	// The same nats-server line as the embedded one (go.mod).
+	goMod, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := regexp.MustCompile(`github.com/nats-io/nats-server/v2 v(\d+\.\d+)\.`).FindSubmatch(goMod)
+	if line == nil || nats.Image != "nats:"+string(line[1])+"-alpine" {
+		t.Errorf("nats image %q, want nats:%s-alpine (the embedded server's line, go.mod)", nats.Image, line[1])
+	}
 	if !slices.Contains(nats.Command, "-js") || flagValue(nats.Command, "sd") == "" {
 		t.Errorf("nats runs %v: JetStream (-js) with a store directory (-sd) is required", nats.Command)
 	}

@@ -28,8 +28,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// version is reported by the command services and `connector version`.
-const version = "0.1.0"
 
 func main() {
 	if os.Getenv("GOGC") == "" {
@@ -97,7 +95,7 @@ func dispatch(ctx context.Context, args []string, stdout io.Writer) error {
 	case "probe":
 		return runProbe(ctx, args, stdout)
 	case "version":
-		fmt.Fprintln(stdout, version)
+		fmt.Fprintln(stdout, versionLine())
 		return nil
 	case "help", "-h", "-help", "--help":
 		fmt.Fprintf(stdout, "%s\n\nConfiguration (environment variables; README.md explains each):\n\n", usage)

@@ -146,8 +146,8 @@ func TestREADMEBuildCommand(t *testing.T) {
 			t.Fatalf("go build -o %s: %v\n%s", out, err, msg)
 		}
 		got, err := exec.Command(bin, "version").Output()
-		if err != nil || strings.TrimSpace(string(got)) != version {
-			t.Fatalf("%s version: %q %v", out, got, err)
+		if err != nil || !strings.HasPrefix(strings.TrimSpace(string(got)), version+" (") || !strings.Contains(string(got), "go1.") {
+			t.Fatalf("%s version: %q %v (want the release, then the revision and Go version)", out, got, err)
 		}
 	}
 }
