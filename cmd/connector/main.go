@@ -28,7 +28,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-
 func main() {
 	if os.Getenv("GOGC") == "" {
 		// The connector allocates per event and has memory to spare: collecting
