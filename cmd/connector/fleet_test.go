@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -624,6 +625,7 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 	})
 
 	handovers, cycles := 0, 0
+	var takeovers []time.Duration
 	for handovers < want {
 		cycles++
 		from, err := owner()
@@ -631,6 +633,7 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 		conns := ls.Connections()
+		term := time.Now()
 		if err := procs[from].stop(20 * time.Second); err != nil {
 			t.Fatalf("cycle %d: %s after SIGTERM: %v", cycles, from, err)
 		}
@@ -641,6 +644,12 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 			}
 			return nil
 		})
+		// SIGTERM to the new owner's configure at the upstream.
+		cf, err := ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		takeovers = append(takeovers, cf.At.Sub(term))
 		handovers++
 		conns = ls.Connections()
 		procs[from] = startConnectorProc(t, fmt.Sprintf("%s%d", from, cycles), env(from))
@@ -702,18 +711,20 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 		case "error: " + nats.ErrTimeout.Error():
 			// A request that reached the new owner in the instant its command
 			// subscriptions were being registered goes unanswered (README:
-			// retry on a timeout). Measured 0-3 of about 650 over 20 handovers.
+			// retry on a timeout). Measured 0-5 per 350-650 over 20 handovers.
 			total := 0
 			for _, m := range outcomes {
 				total += m
 			}
-			if n*50 > total {
-				t.Errorf("%d of %d requests timed out in %d handovers (more than 2%%)", n, total, handovers)
+			if n*33 > total {
+				t.Errorf("%d of %d requests timed out in %d handovers (more than 3%%)", n, total, handovers)
 			}
 		default:
 			t.Errorf("a command got %q (%d times)", k, n)
 		}
 	}
-	t.Logf("MEASURED %d graceful handovers in %d cycles (TTL %v): exits sent %d, stored %d, duplicates 0, out of order 0; commands every 25 ms: %v",
-		handovers, cycles, ttl, sent, len(exits), outcomes)
+	slices.Sort(takeovers)
+	t.Logf("MEASURED %d graceful handovers in %d cycles (TTL %v): SIGTERM to the new owner's configure p50 %v, max %v over %d; exits sent %d, stored %d, duplicates 0, out of order 0; commands every 25 ms: %v",
+		handovers, cycles, ttl, takeovers[len(takeovers)/2].Round(time.Millisecond), takeovers[len(takeovers)-1].Round(time.Millisecond), len(takeovers),
+		sent, len(exits), outcomes)
 }
