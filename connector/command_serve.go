@@ -259,8 +259,9 @@ func (r *Runtime) serveKind(ctx context.Context, kind string) error {
 		}
 		name, command := tokens[1], tokens[3]
 		if s := r.session(kind, name); s != nil {
+			stopping, ready := r.sessionState(s)
 			switch {
-			case r.isStopping(s):
+			case stopping:
 				// Its endpoints may be gone already: nobody else answers.
 				if m.Reply != "" {
 					reply, refusal := encodeReply(nil, shuttingDown())
@@ -268,6 +269,14 @@ func (r *Runtime) serveKind(ctx context.Context, kind string) error {
 				}
 			case !s.served.commands[command]:
 				r.refuseUnknownCommand(s.served, command, m)
+			case !ready && m.Reply != "":
+				// Starting: its endpoints may not be registered at the server
+				// yet, so this request may have reached only this
+				// subscription. Its source does not run yet, so nothing
+				// can have been forwarded upstream either way.
+				refusal := Refuse(CodeNotOwner, "%s.%s is starting on this replica; nothing was forwarded: retry in a moment", kind, name)
+				reply, _ := encodeReply(nil, refusal)
+				_ = respondError(m, refusal, reply)
 			}
 			return
 		}
@@ -353,11 +362,12 @@ func (r *Runtime) refuseWithoutOwner(kind, name string, m *nats.Msg) {
 	})
 }
 
-// isStopping reports a session whose stop has begun.
-func (r *Runtime) isStopping(s *running) bool {
+// sessionState reports whether a session's stop has begun, and whether its
+// start has finished (its command endpoints confirmed by the server).
+func (r *Runtime) sessionState(s *running) (stopping, ready bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return s.stopping
+	return s.stopping, s.ready
 }
 
 // kindHasCommand reports whether a running session of kind serves command

@@ -198,6 +198,18 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 			opts.Log.Error().Err(err).Msg("low-lane publisher could not start; telemetry is not published")
 		}
 	}()
+	if opts.SessionOwner != nil {
+		// In a fleet, a replica answers for the sessions of the shared
+		// configuration from the start, also before it runs any of them: a
+		// request during a handover then reaches a replica that knows who
+		// owns the session (or that nobody does: not_owner).
+		for _, k := range opts.Kinds {
+			if err := r.serveKind(ctx, k.Name); err != nil {
+				r.Close()
+				return nil, err
+			}
+		}
+	}
 	return r, nil
 }
 

@@ -709,15 +709,17 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 			// Answers: the owner's, or a refusal saying why (not_connected:
 			// the new owner's upstream session is being established).
 		case "error: " + nats.ErrTimeout.Error():
-			// A request that reached the new owner in the instant its command
-			// subscriptions were being registered goes unanswered (README:
-			// retry on a timeout). Measured 0-5 per 350-650 over 20 handovers.
+			// Every replica answers for the configured sessions from its
+			// start, so none should go unanswered: measured 0 in 2 runs
+			// (3-5 per run before standbys subscribed before running a
+			// session). A reply slower than 2 s on a loaded machine is
+			// tolerated up to 1 %.
 			total := 0
 			for _, m := range outcomes {
 				total += m
 			}
-			if n*33 > total {
-				t.Errorf("%d of %d requests timed out in %d handovers (more than 3%%)", n, total, handovers)
+			if n*100 > total {
+				t.Errorf("%d of %d requests timed out in %d handovers (more than 1%%)", n, total, handovers)
 			}
 		default:
 			t.Errorf("a command got %q (%d times)", k, n)
