@@ -37,6 +37,7 @@ func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 	env := map[string]string{
 		"NATS_URL": c.URLs(), "CONNECTOR_HTTP_ADDR": httpAddr, "LOG_LEVEL": "warn", "LOG_FORMAT": "json",
 		"CONNECTOR_REPLICA": "solo", "CONNECTOR_KV_REPLICAS": "3", "CONNECTOR_SOURCES": "lasersell",
+		"CONNECTOR_DRAIN_TIMEOUT": "30s",
 		"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": lcfg.APIKey, "LASERSELL_SESSION": session,
 		"LASERSELL_WALLETS": "ClusWallet111111111111111111111111111111111", "LASERSELL_TARGET_PROFIT_PCT": "5",
 	}
@@ -100,7 +101,16 @@ func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 		return nil
 	})
 	c.Restart(leasesLeader)
-	time.Sleep(2 * time.Second)
+	// Stop only once exits flow again: a graceful stop drains the lanes for
+	// CONNECTOR_DRAIN_TIMEOUT, and what a still-electing cluster does not
+	// acknowledge by then is abandoned (counted as failed).
+	seqBack := lastSeq(js, subjects.StreamLaserSellExit)
+	waitUntil(t, 60*time.Second, "exits stored after the restart", func() error {
+		if n := lastSeq(js, subjects.StreamLaserSellExit); n <= seqBack+10 {
+			return fmt.Errorf("last seq %d", n)
+		}
+		return nil
+	})
 	if err := p.stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}

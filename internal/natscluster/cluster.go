@@ -122,7 +122,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 	c := &Cluster{t: t, opts: opts, isolated: make([]bool, opts.Nodes)}
 	t.Cleanup(c.stop)
 
-	ports, err := freePorts(2 * opts.Nodes)
+	// The ports stay reserved (listened on) while the route proxies take
+	// their own ephemeral ports, so that no proxy lands on a node's port;
+	// they are released just before the nodes start.
+	ports, release, err := reservePorts(2 * opts.Nodes)
 	if err != nil {
 		t.Fatalf("natscluster: %v", err)
 	}
@@ -150,6 +153,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		}
 	}
 
+	release()
 	// Start the nodes concurrently: each waits for its listeners only.
 	errs := make([]error, opts.Nodes)
 	var wg sync.WaitGroup
@@ -177,24 +181,25 @@ func Start(t testing.TB, opts Options) *Cluster {
 	return c
 }
 
-// freePorts reserves n distinct free loopback ports and releases them.
-func freePorts(n int) ([]int, error) {
+// reservePorts listens on n distinct free loopback ports and returns them
+// with the function that releases them (closes the listeners).
+func reservePorts(n int) (ports []int, release func(), err error) {
 	var lns []net.Listener
-	defer func() {
+	release = func() {
 		for _, ln := range lns {
 			ln.Close()
 		}
-	}()
-	ports := make([]int, 0, n)
+	}
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return nil, fmt.Errorf("reserving a free port: %w", err)
+			release()
+			return nil, nil, fmt.Errorf("reserving a free port: %w", err)
 		}
 		lns = append(lns, ln)
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	return ports, nil
+	return ports, release, nil
 }
 
 // serverOptions builds a fresh options value for node i (the server keeps and
