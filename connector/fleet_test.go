@@ -24,6 +24,7 @@ type occupancy struct {
 	mu      sync.Mutex
 	running map[string]int
 	most    map[string]int
+	starts  int // sources started, all sessions together
 }
 
 func (o *occupancy) enter(name string) {
@@ -31,6 +32,7 @@ func (o *occupancy) enter(name string) {
 	defer o.mu.Unlock()
 	o.running[name]++
 	o.most[name] = max(o.most[name], o.running[name])
+	o.starts++
 }
 
 func (o *occupancy) leave(name string) {
@@ -320,7 +322,7 @@ func startBalancedReplica(t *testing.T, env *connectortest.Env, name string, ses
 		t.Fatal(err)
 	}
 	members, err := connector.NewMembers(mkv, connector.MembersOptions{
-		Replica: name, Sessions: keys, Heartbeat: leaseTTL / 4, Settle: 300 * time.Millisecond, Log: log,
+		Replica: name, Sessions: keys, Heartbeat: leaseTTL / 4, Settle: time.Second, Log: log, // longer than starting b and c one after the other
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -430,7 +432,12 @@ func TestFleetBalancesAndMovesOnlyWhatItMust(t *testing.T) {
 			t.Errorf("session %s ran %d times at once", n, most)
 		}
 	}
-	t.Logf("placement with 3 replicas %v (moved %d of 12 from a); with 2: c's %d sessions moved, no other", per, moved, per["c"])
+	// Each start is the first placement or a move the placements show: a
+	// session moved back and forth in between would start more often.
+	if want := len(keys) + moved + per["c"]; occ.starts != want {
+		t.Errorf("%d session starts, want %d (12 first starts, %d moves to b and c, %d moves away from c): sessions flapped", occ.starts, want, moved, per["c"])
+	}
+	t.Logf("placement with 3 replicas %v (moved %d of 12 from a); with 2: c's %d sessions moved, no other; %d starts in all", per, moved, per["c"], occ.starts)
 }
 
 // failingSource stops with an error at once: its runtime shuts down.
