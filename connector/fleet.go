@@ -381,12 +381,16 @@ func (f *Fleet) headStart(ctx context.Context, key string) bool {
 	for time.Now().Before(deadline) {
 		r, _ := f.preferred(key)
 		f.mu.Lock()
-		lostIt := r != "" && f.endedBy[key] == r
+		ended := f.endedBy[key]
 		f.mu.Unlock()
-		// No head start for a preferred replica whose own lease just ended:
-		// it crashed (its membership expires later than its lease) or could
-		// not keep the session.
-		if r == "" || r == f.opts.Replica || lostIt {
+		if r != "" && r == ended {
+			// The preferred replica's own lease just ended: it crashed (its
+			// membership expires later than its lease), could not keep the
+			// session, or is leaving (its departure may not be seen yet).
+			// The head start goes to the next preferred replica.
+			r, _ = f.opts.Members.PreferredExcept(key, ended)
+		}
+		if r == "" || r == f.opts.Replica {
 			return true
 		}
 		select {

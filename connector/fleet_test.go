@@ -71,6 +71,7 @@ type replica struct {
 	fleet     *connector.Fleet
 	members   *connector.Members // nil: no balancing
 	fleetDone chan struct{}      // closed when fleet.Run returned
+	launch    func()             // balanced replicas: starts them (prepared first, so several join at once)
 	stop      func()
 }
 
@@ -287,9 +288,16 @@ func TestFleetDuplicateNameStopsAdopting(t *testing.T) {
 	}
 }
 
-// startBalancedReplica is startReplica with fleet membership: sessions are
-// spread over the live replicas.
-func startBalancedReplica(t *testing.T, env *connectortest.Env, name string, sessions []connector.Session) *replica {
+// balancedTTL is the lease TTL of the balance test: its TTL/4 is the head
+// start a preferred replica gets on a released lease, which must exceed how
+// long that replica takes to try it under the race detector on a loaded
+// machine (250 ms did not always: another replica took the session first,
+// a move more than the placements show).
+const balancedTTL = 3 * time.Second
+
+// prepareBalancedReplica is startReplica with fleet membership (sessions
+// spread over the live replicas), not launched yet: launch starts it.
+func prepareBalancedReplica(t *testing.T, env *connectortest.Env, name string, sessions []connector.Session) *replica {
 	t.Helper()
 	ctx := context.Background()
 	configured := map[string]bool{}
@@ -313,33 +321,35 @@ func startBalancedReplica(t *testing.T, env *connectortest.Env, name string, ses
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := connector.ProvisionLeases(ctx, js, leaseTTL, 1)
+	kv, err := connector.ProvisionLeases(ctx, js, balancedTTL, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mkv, err := js.CreateOrUpdateKeyValue(ctx, connector.MembersBucket(leaseTTL, 1))
+	mkv, err := js.CreateOrUpdateKeyValue(ctx, connector.MembersBucket(balancedTTL, 1))
 	if err != nil {
 		t.Fatal(err)
 	}
 	members, err := connector.NewMembers(mkv, connector.MembersOptions{
-		Replica: name, Sessions: keys, Heartbeat: leaseTTL / 4, Settle: time.Second, Log: log, // longer than starting b and c one after the other
+		Replica: name, Sessions: keys, Heartbeat: balancedTTL / 4, Settle: 500 * time.Millisecond, Log: log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	fleet, err := connector.NewFleet(rt, kv, sessions, connector.FleetOptions{
-		Replica: name, TTL: leaseTTL, Members: members, Balance: 50 * time.Millisecond, Log: log,
+		Replica: name, TTL: balancedTTL, Members: members, Balance: 50 * time.Millisecond, Log: log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = rt.Run(runCtx) })
-	wg.Go(func() { members.Run(runCtx) })
-	wg.Go(func() { _ = fleet.Run(runCtx) })
 	var once sync.Once
 	r := &replica{rt: rt, fleet: fleet, members: members, stop: func() { once.Do(func() { cancel(); wg.Wait() }) }}
+	r.launch = func() {
+		wg.Go(func() { _ = rt.Run(runCtx) })
+		wg.Go(func() { members.Run(runCtx) })
+		wg.Go(func() { _ = fleet.Run(runCtx) })
+	}
 	t.Cleanup(r.stop)
 	return r
 }
@@ -394,11 +404,15 @@ func TestFleetBalancesAndMovesOnlyWhatItMust(t *testing.T) {
 	for i, n := range names {
 		keys[i] = "probe." + n
 	}
-	replicas := map[string]*replica{"a": startBalancedReplica(t, env, "a", fleetSessions(occ, names...))}
+	replicas := map[string]*replica{"a": prepareBalancedReplica(t, env, "a", fleetSessions(occ, names...))}
+	replicas["a"].launch()
 	one := balanced(t, replicas, keys, "every session on a")
 
-	replicas["b"] = startBalancedReplica(t, env, "b", fleetSessions(occ, names...))
-	replicas["c"] = startBalancedReplica(t, env, "c", fleetSessions(occ, names...))
+	// b and c join together (prepared one after the other, launched at once).
+	replicas["b"] = prepareBalancedReplica(t, env, "b", fleetSessions(occ, names...))
+	replicas["c"] = prepareBalancedReplica(t, env, "c", fleetSessions(occ, names...))
+	replicas["b"].launch()
+	replicas["c"].launch()
 	three := balanced(t, replicas, keys, "sessions spread over a, b and c")
 	per := map[string]int{}
 	for _, r := range three {

@@ -264,11 +264,17 @@ func (m *Members) Live() []string {
 // membership has been unchanged for the settle delay. "" while no replica
 // is known.
 func (m *Members) Preferred(key string) (replica string, settled bool) {
+	return m.PreferredExcept(key, "")
+}
+
+// PreferredExcept is Preferred as if replica except had left: the next
+// owner of a session whose preferred replica just gave it up or lost it.
+func (m *Members) PreferredExcept(key, except string) (replica string, settled bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var best uint64
 	for r, configured := range m.live {
-		if !configured[key] {
+		if !configured[key] || r == except {
 			continue
 		}
 		if s := rendezvousScore(key, r); replica == "" || s > best || (s == best && r < replica) {

@@ -27,16 +27,24 @@ func fixture(t *testing.T) (*Cluster, jetstream.JetStream, jetstream.KeyValue) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// A cluster just formed on a loaded machine may take a while to place
+	// R3 assets: each create is retried while no leader answers in time.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: stream, Subjects: []string{"orders.>"}, Replicas: 3,
-		Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute, MaxBytes: 32 << 20,
+	if err := answered(ctx, func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name: stream, Subjects: []string{"orders.>"}, Replicas: 3,
+			Storage: jetstream.FileStorage, Duplicates: 2 * time.Minute, MaxBytes: 32 << 20,
+		})
+		return err
 	}); err != nil {
 		t.Fatalf("create stream: %v", err)
 	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Replicas: 3, MaxBytes: 8 << 20})
-	if err != nil {
+	var kv jetstream.KeyValue
+	if err := answered(ctx, func(ctx context.Context) (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, Replicas: 3, MaxBytes: 8 << 20})
+		return err
+	}); err != nil {
 		t.Fatalf("create KV bucket: %v", err)
 	}
 	for _, s := range []string{stream, "KV_" + bucket} {
