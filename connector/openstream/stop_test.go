@@ -51,8 +51,18 @@ func TestStopCommands(t *testing.T) {
 	}
 	waitSim(t, s, "pose connection closed", func() bool { return s.Active() == 2 && monitorsActive(s) == 1 })
 	f.waitStatus("pose stopped", func(st map[string]any) bool { return isConn(st, "stopped", "monitor/pose") })
+	// Lines read before the stop may still be on their way through the low
+	// lane: wait for the stored count to settle, then check it stays.
 	n := f.dataCount("pose")
-	time.Sleep(50 * time.Millisecond)
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		m := f.dataCount("pose")
+		if m == n {
+			break
+		}
+		n = m
+	}
+	time.Sleep(200 * time.Millisecond)
 	if f.dataCount("pose") != n {
 		t.Errorf("pose data still flowing after STOP monitor")
 	}

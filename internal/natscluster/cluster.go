@@ -120,7 +120,6 @@ func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	opts = opts.withDefaults()
 	c := &Cluster{t: t, opts: opts, isolated: make([]bool, opts.Nodes)}
-	t.Cleanup(c.stop)
 
 	// The ports stay reserved (listened on) while the route proxies take
 	// their own ephemeral ports, so that no proxy lands on a node's port;
@@ -137,6 +136,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 			clusterPort: ports[2*i+1],
 		})
 	}
+	// Registered after the store directories: cleanups run last-in first-out,
+	// so the servers stop before their directories are removed.
+	t.Cleanup(c.stop)
 	c.links = make([][]*faultproxy.Proxy, opts.Nodes)
 	for a := range opts.Nodes {
 		c.links[a] = make([]*faultproxy.Proxy, opts.Nodes)
