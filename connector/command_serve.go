@@ -263,20 +263,15 @@ func (r *Runtime) serveKind(ctx context.Context, kind string) error {
 			switch {
 			case stopping:
 				// Its endpoints may be gone already: nobody else answers.
-				if m.Reply != "" {
-					reply, refusal := encodeReply(nil, shuttingDown())
-					_ = respondError(m, refusal, reply)
-				}
+				r.refuseRequest(kind, m, shuttingDown())
 			case !s.served.commands[command]:
 				r.refuseUnknownCommand(s.served, command, m)
-			case !ready && m.Reply != "":
+			case !ready:
 				// Starting: its endpoints may not be registered at the server
 				// yet, so this request may have reached only this
 				// subscription. Its source does not run yet, so nothing
 				// can have been forwarded upstream either way.
-				refusal := Refuse(CodeNotOwner, "%s.%s is starting on this replica; nothing was forwarded: retry in a moment", kind, name)
-				reply, _ := encodeReply(nil, refusal)
-				_ = respondError(m, refusal, reply)
+				r.refuseRequest(kind, m, Refuse(CodeNotOwner, "%s.%s is starting on this replica; nothing was forwarded: retry in a moment", kind, name))
 			}
 			return
 		}
@@ -356,10 +351,21 @@ func (r *Runtime) refuseWithoutOwner(kind, name string, m *nats.Msg) {
 		if stopping {
 			refusal = shuttingDown()
 		}
-		reply, _ := encodeReply(nil, refusal)
-		_ = respondError(m, refusal, reply)
+		r.refuseRequest(kind, m, refusal)
 		r.opts.Metrics.commands.WithLabelValues(kind, unknownLabel, unknownLabel, refusal.Code).Inc()
 	})
+}
+
+// refuseRequest answers a request (not a plain publish) with refusal; a
+// reply that cannot be sent is logged.
+func (r *Runtime) refuseRequest(kind string, m *nats.Msg, refusal *CommandError) {
+	if m.Reply == "" {
+		return
+	}
+	reply, _ := encodeReply(nil, refusal)
+	if err := respondError(m, refusal, reply); err != nil {
+		r.opts.Log.Warn().Err(err).Str("source", kind).Str("code", refusal.Code).Msg("could not send a command refusal")
+	}
 }
 
 // sessionState reports whether a session's stop has begun, and whether its

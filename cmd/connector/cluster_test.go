@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -125,27 +124,7 @@ func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 		}
 		return err
 	})
-	seen := map[string]bool{}
-	last := map[string]int64{}
-	for _, m := range exits {
-		id, err := exitIdentity(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if seen[id] {
-			t.Errorf("exit %s stored twice", id)
-		}
-		seen[id] = true
-		var e struct {
-			PositionID    json.Number `json:"position_id"`
-			TriggeredAtMs int64       `json:"triggered_at_ms"`
-		}
-		_ = json.Unmarshal(m.Data, &e)
-		if e.TriggeredAtMs < last[e.PositionID.String()] {
-			t.Errorf("position %s: exits out of order", e.PositionID)
-		}
-		last[e.PositionID.String()] = e.TriggeredAtMs
-	}
+	checkExitsOnceInOrder(t, exits)
 	if uint64(len(exits)) != sent {
 		t.Errorf("exits: %d sent, %d stored", sent, len(exits))
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/jetbridge/connector/connector"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -46,11 +47,12 @@ type replicaProcs struct {
 	pids []int // 0 while down
 }
 
-func replicaName(i int) string { return fmt.Sprintf("replica-%d", i+1) }
+// demoReplicaName is the CONNECTOR_REPLICA of the demo fleet's replica i.
+func demoReplicaName(i int) string { return fmt.Sprintf("replica-%d", i+1) }
 
 // run supervises replica i until ctx ends.
 func (p *replicaProcs) run(ctx context.Context, i int) {
-	name := replicaName(i)
+	name := demoReplicaName(i)
 	for ctx.Err() == nil {
 		cmd := exec.Command(p.exe, "run")
 		cmd.Env = append(slices.Clone(p.env), "CONNECTOR_REPLICA="+name, "CONNECTOR_HTTP_ADDR="+p.http[i])
@@ -83,7 +85,7 @@ func (p *replicaProcs) run(ctx context.Context, i int) {
 		p.setPID(i, 0)
 		_ = pw.Close()
 		copying.Wait()
-		if !sleepCtx(ctx, demoRestartAfter) {
+		if !connector.Sleep(ctx, demoRestartAfter) {
 			return
 		}
 	}
@@ -94,17 +96,6 @@ func exitText(err error) string {
 		return "exit status 0"
 	}
 	return err.Error()
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // copyLines writes a replica's output to p.out, each line prefixed.
@@ -139,6 +130,7 @@ type leaseBoard struct {
 func (b *leaseBoard) follow(ctx context.Context, nc *nats.Conn, log zerolog.Logger) {
 	js, err := jetstream.New(nc)
 	if err != nil {
+		log.Error().Err(err).Msg("demo: cannot follow the leases; the owners stay unknown")
 		return
 	}
 	for ctx.Err() == nil {
@@ -149,7 +141,7 @@ func (b *leaseBoard) follow(ctx context.Context, nc *nats.Conn, log zerolog.Logg
 		}
 		if err != nil {
 			log.Debug().Err(err).Msg("demo: the leases bucket is not there yet")
-			sleepCtx(ctx, time.Second)
+			connector.Sleep(ctx, time.Second)
 			continue
 		}
 		for e := range w.Updates() {
@@ -192,7 +184,7 @@ func (b *leaseBoard) render(p *replicaProcs) string {
 		if pid := p.pidOf(i); pid != 0 {
 			state = "pid " + strconv.Itoa(pid)
 		}
-		fmt.Fprintf(&sb, "  %-10s %s\n", replicaName(i), state)
+		fmt.Fprintf(&sb, "  %-10s %s\n", demoReplicaName(i), state)
 	}
 	return sb.String()
 }

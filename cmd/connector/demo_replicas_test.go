@@ -29,22 +29,7 @@ func TestDemoReplicasTakeOver(t *testing.T) {
 	t.Setenv(childModeEnv, "args")
 	t.Setenv(childArgsEnv, `["run"]`)
 
-	var out syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- runDemo(ctx, []string{"-replicas", "2", "-totals-every", "200ms"}, &out) }()
-	defer func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("demo returned %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("demo did not stop within 30 s")
-		}
-	}()
+	out := startTestDemo(t, "-replicas", "2", "-totals-every", "200ms")
 
 	var nc *nats.Conn
 	waitUntil(t, 20*time.Second, "the demo's NATS server", func() (err error) {

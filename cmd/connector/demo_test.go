@@ -37,22 +37,37 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// startTestDemo runs `connector demo args...` in the background until the
+// test ends (it must then stop within 30 s, without an error) and returns
+// what it writes to stdout.
+func startTestDemo(t *testing.T, args ...string) *syncBuffer {
+	t.Helper()
+	out := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runDemo(ctx, args, out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("demo returned %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("demo did not stop within 30 s")
+		}
+	})
+	return out
+}
+
 // The demo's printed `nats req` commands must work as pasted (sent here with
-// nats.go, since the nats CLI is not installed in CI), and its curl URLs answer 200.
+// nats.go; TestPrintedNATSCommandsRunWithTheRealCLI runs them with the nats
+// CLI), and its curl URLs answer 200.
 func TestDemoPrintedCommandsWork(t *testing.T) {
 	natsAddr := freePort(t)
 	t.Setenv("CONNECTOR_NATS_LISTEN", natsAddr)
 	t.Setenv("CONNECTOR_HTTP_ADDR", freePort(t))
-	var out syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- runDemo(ctx, []string{"-no-table"}, &out) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("demo returned %v", err)
-		}
-	}()
+	out := startTestDemo(t, "-no-table")
 
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(out.String(), "nats -s") {
@@ -112,7 +127,7 @@ func TestDemoPrintedCommandsWork(t *testing.T) {
 	file := filepath.Join(t.TempDir(), replay[3])
 	connectortest.Eventually(t, 20*time.Second, "exit signals replayed", func() bool {
 		args := append(strings.Fields(strings.ReplaceAll(replay[2], "'", "")), "--output", file, "--progress", "off")
-		if err := runReplay(ctx, args, io.Discard, io.Discard); err != nil {
+		if err := runReplay(t.Context(), args, io.Discard, io.Discard); err != nil {
 			t.Fatalf("%s: %v", replay[0], err)
 		}
 		data, err := os.ReadFile(file)

@@ -61,6 +61,66 @@ func (p *peakSampler) finish() (lasersell, robot int) {
 	return int(p.lasersell.Load()), int(p.robot.Load())
 }
 
+// checkExitsOnceInOrder fails the test for an exit signal stored twice (by
+// its natural identity) or, per position, stored after a later one.
+func checkExitsOnceInOrder(t *testing.T, exits []storedMsg) {
+	t.Helper()
+	if n := checkExitsOnce(t, exits); n > 0 {
+		t.Errorf("%d exit signals stored after a later one of the same position", n)
+	}
+}
+
+// checkExitsOnce fails the test for an exit signal stored twice (by its
+// natural identity) and returns how many were stored after a later one of
+// the same position.
+func checkExitsOnce(t *testing.T, exits []storedMsg) (reordered int) {
+	t.Helper()
+	seen := map[string]bool{}
+	last := map[string]int64{}
+	for _, m := range exits {
+		id, err := exitIdentity(m.Data)
+		if err != nil {
+			t.Fatalf("exit seq %d: %v", m.Seq, err)
+		}
+		if seen[id] {
+			t.Errorf("exit signal %s stored twice", id)
+		}
+		seen[id] = true
+		var e struct {
+			PositionID    json.Number `json:"position_id"`
+			TriggeredAtMs int64       `json:"triggered_at_ms"`
+		}
+		if err := json.Unmarshal(m.Data, &e); err != nil {
+			t.Fatalf("exit seq %d: %v", m.Seq, err)
+		}
+		if pos := e.PositionID.String(); e.TriggeredAtMs < last[pos] {
+			reordered++
+		} else {
+			last[pos] = e.TriggeredAtMs
+		}
+	}
+	return reordered
+}
+
+// newUpstreamConfigure waits until the LaserSell simulator has a session
+// opened after the first conns and ready (a non-nil ready error is a reason
+// to keep waiting), and returns that session's configure frame: the moment
+// the new owner is at work upstream.
+func newUpstreamConfigure(t *testing.T, ls *lssim.Server, conns int, within time.Duration, what string, ready func() error) lssim.ClientFrame {
+	t.Helper()
+	waitUntil(t, within, what, func() error {
+		if ls.Connections() == conns {
+			return fmt.Errorf("no new LaserSell session")
+		}
+		return ready()
+	})
+	cf, err := ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cf
+}
+
 // fleetStatus is the part of /status a fleet test reads.
 type fleetStatus struct {
 	Replica  string `json:"replica"`
@@ -191,16 +251,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 		t.Fatalf("a after SIGTERM: %v", err)
 	}
 	exited := time.Since(term)
-	waitUntil(t, 10*time.Second, "b taking over after a's SIGTERM", func() error {
-		if ls.Connections() == conns {
-			return fmt.Errorf("no new LaserSell session")
-		}
-		return established()
-	})
-	cf, err := ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cf := newUpstreamConfigure(t, ls, conns, 10*time.Second, "b taking over after a's SIGTERM", established)
 	graceful := cf.At.Sub(term)
 	waitUntil(t, 5*time.Second, "b owning both sessions", owns(httpB, 2))
 	ping("after the graceful handover")
@@ -212,16 +263,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 	a2 := startConnectorProc(t, "a2", env("a", httpA))
 	joined := a2.started
 	waitUntil(t, 20*time.Second, "the sessions moving back to the preferred a", owns(httpA, 2))
-	waitUntil(t, 10*time.Second, "a's upstream sessions established", func() error {
-		if ls.Connections() == conns {
-			return fmt.Errorf("no new LaserSell session")
-		}
-		return established()
-	})
-	cf, err = ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cf = newUpstreamConfigure(t, ls, conns, 10*time.Second, "a's upstream sessions established", established)
 	rebalanced := cf.At.Sub(joined)
 	waitUntil(t, 5*time.Second, "b owning nothing", owns(httpB, 0))
 	if st, err := readFleetStatus(httpB); err != nil {
@@ -238,16 +280,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 	conns = ls.Connections()
 	kill := time.Now()
 	a2.kill()
-	waitUntil(t, ttl+10*time.Second, "b taking over after a's SIGKILL", func() error {
-		if ls.Connections() == conns {
-			return fmt.Errorf("no new LaserSell session")
-		}
-		return established()
-	})
-	cf, err = ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
-	if err != nil {
-		t.Fatal(err)
-	}
+	cf = newUpstreamConfigure(t, ls, conns, ttl+10*time.Second, "b taking over after a's SIGKILL", established)
 	crashed := cf.At.Sub(kill)
 	if crashed > ttl+time.Second {
 		t.Errorf("takeover after SIGKILL took %v, want within the TTL %v + 1 s", crashed, ttl)
@@ -275,16 +308,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 		t.Errorf("the robot saw %d connections at once; one owner opens %d", peakRobot, steadyRobot)
 	}
 	exits := readStream(t, js, subjects.StreamLaserSellExit)
-	seen := map[string]int{}
-	for _, m := range exits {
-		id, err := exitIdentity(m.Data)
-		if err != nil {
-			t.Fatalf("exit seq %d: %v", m.Seq, err)
-		}
-		if seen[id]++; seen[id] > 1 {
-			t.Errorf("exit signal %s stored twice", id)
-		}
-	}
+	checkExitsOnceInOrder(t, exits)
 	sent := ls.Stats().ExitSignalsSent
 	t.Logf("MEASURED fleet of 2 processes, lease TTL %v: SIGTERM to the new owner's configure at the upstream %v (the old owner exited after %v); "+
 		"the preferred replica's restart to its configure after the handback %v (settle TTL/3); SIGKILL to the new owner's configure %v; "+
@@ -515,21 +539,15 @@ func TestFleetOwnerCutFromNATSFencesBeforeTakeover(t *testing.T) {
 		t.Errorf("the upstream saw %d sessions at once", peakLS)
 	}
 	exits := readStream(t, js, subjects.StreamLaserSellExit)
-	seen := map[string]bool{}
-	for _, m := range exits {
-		id, err := exitIdentity(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if seen[id] {
-			t.Errorf("exit %s stored twice", id)
-		}
-		seen[id] = true
-	}
+	// Not asserted in order: what the cut-off owner had read before fencing
+	// waits in its lane and is published when NATS is back, after the new
+	// owner's later exits of the same positions (RELIABILITY.md).
+	reordered := checkExitsOnce(t, exits)
 	sent := ls.Stats().ExitSignalsSent
 	t.Logf("MEASURED owner cut from NATS (TTL %v): its upstream session closed %v after the cut (self-fencing), the standby's opened %v after it; "+
-		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0 (what the cut-off owner received before fencing waits in its lanes for NATS, up to CONNECTOR_DRAIN_TIMEOUT=2s)",
-		ttl, closedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond), peakLS, sent, len(exits))
+		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0, stored after a later exit of their position %d "+
+		"(what the cut-off owner received before fencing waits in its lanes for NATS, up to CONNECTOR_DRAIN_TIMEOUT=2s)",
+		ttl, closedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond), peakLS, sent, len(exits), reordered)
 }
 
 // commandTally classifies the answers to a stream of requests.
@@ -638,18 +656,13 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 			t.Fatalf("cycle %d: %s after SIGTERM: %v", cycles, from, err)
 		}
 		procs[from].checkNoRace()
-		waitUntil(t, 10*time.Second, "the other replica taking over", func() error {
-			if ls.Connections() == conns || ls.ActiveSessions() != 1 {
-				return errors.New("not yet")
+		cf := newUpstreamConfigure(t, ls, conns, 10*time.Second, "the other replica taking over", func() error {
+			if n := ls.ActiveSessions(); n != 1 {
+				return fmt.Errorf("%d upstream sessions", n)
 			}
 			return nil
 		})
-		// SIGTERM to the new owner's configure at the upstream.
-		cf, err := ls.WaitFor(t.Context(), func(f lssim.ClientFrame) bool { return f.Conn > conns && f.Type == "configure" })
-		if err != nil {
-			t.Fatal(err)
-		}
-		takeovers = append(takeovers, cf.At.Sub(term))
+		takeovers = append(takeovers, cf.At.Sub(term)) // SIGTERM to the new owner's configure at the upstream
 		handovers++
 		conns = ls.Connections()
 		procs[from] = startConnectorProc(t, fmt.Sprintf("%s%d", from, cycles), env(from))
@@ -678,26 +691,7 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 	}
 
 	exits := readStream(t, js, subjects.StreamLaserSellExit)
-	seen := map[string]bool{}
-	lastTrig := map[string]int64{}
-	for _, m := range exits {
-		var e struct {
-			PositionID    json.Number `json:"position_id"`
-			TriggeredAtMs int64       `json:"triggered_at_ms"`
-		}
-		id, err := exitIdentity(m.Data)
-		if err != nil || json.Unmarshal(m.Data, &e) != nil {
-			t.Fatalf("exit seq %d: %v", m.Seq, err)
-		}
-		if seen[id] {
-			t.Errorf("exit %s stored twice", id)
-		}
-		seen[id] = true
-		if e.TriggeredAtMs < lastTrig[e.PositionID.String()] {
-			t.Errorf("position %s: exit of %d stored after one of %d", e.PositionID, e.TriggeredAtMs, lastTrig[e.PositionID.String()])
-		}
-		lastTrig[e.PositionID.String()] = e.TriggeredAtMs
-	}
+	checkExitsOnceInOrder(t, exits)
 	sent := ls.Stats().ExitSignalsSent
 	if uint64(len(exits)) != sent {
 		t.Errorf("exits: %d sent, %d stored", sent, len(exits))

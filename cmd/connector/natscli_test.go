@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,16 +93,7 @@ func TestPrintedNATSCommandsRunWithTheRealCLI(t *testing.T) {
 	url := "nats://" + natsAddr
 	t.Setenv("CONNECTOR_NATS_LISTEN", natsAddr)
 	t.Setenv("CONNECTOR_HTTP_ADDR", freePort(t))
-	var out syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- runDemo(ctx, []string{"-no-table"}, &out) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("demo returned %v", err)
-		}
-	}()
+	out := startTestDemo(t, "-no-table")
 	waitUntil(t, 30*time.Second, "the demo's commands printed", func() error {
 		if !strings.Contains(out.String(), "nats -s") {
 			return fmt.Errorf("not yet")
@@ -166,9 +158,9 @@ func TestPrintedNATSCommandsRunWithTheRealCLI(t *testing.T) {
 		if !strings.Contains(c.line, " -s ") {
 			args = append([]string{"-s", url}, args...)
 		}
-		sub := slicesIndex(args, "sub") >= 0
-		replay := slicesIndex(args, "--since") >= 0 || slicesIndex(args, "--start-sequence") >= 0
-		if sub && replay && slicesIndex(args, "--count") < 0 {
+		sub := slices.Contains(args, "sub")
+		replay := slices.Contains(args, "--since") || slices.Contains(args, "--start-sequence")
+		if sub && replay && !slices.Contains(args, "--count") {
 			args = append(args, "--count", "1")
 		}
 		limit := 30 * time.Second
@@ -190,15 +182,6 @@ func TestPrintedNATSCommandsRunWithTheRealCLI(t *testing.T) {
 		}
 	}
 	t.Logf("%d nats commands ran with %s", len(commands), cli)
-}
-
-func slicesIndex(words []string, w string) int {
-	for i, x := range words {
-		if x == w {
-			return i
-		}
-	}
-	return -1
 }
 
 func tail(b []byte, n int) string {

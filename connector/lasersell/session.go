@@ -172,6 +172,10 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 	wg.Go(func() { s.writeLoop(cctx, c) })
 	wg.Go(func() { s.reconcileLoop(cctx, c) })
 	readDone := make(chan struct{})
+	// Frames read while draining at a graceful stop are still published: the
+	// reader's context ends when the socket is closed, not with ctx (an exit
+	// signal waiting for room in a full lane is not dropped because ctx ended).
+	readCtx, cancelRead := context.WithCancel(context.WithoutCancel(ctx))
 	wg.Go(func() {
 		// The only way to interrupt a blocked read is to close the socket.
 		<-cctx.Done()
@@ -196,16 +200,11 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 			}
 		}
 		_ = ws.Close()
+		cancelRead() // the reader may wait for room in a lane: it ends now
 	})
 
 	s.attach(c)
-	// Frames read while draining at a graceful stop are still published:
-	// the reader's context outlives ctx by closeDrain (an exit signal
-	// waiting for room in a full lane is not dropped because ctx ended).
-	readCtx, cancelRead := context.WithCancel(context.WithoutCancel(ctx))
-	stopDrainTimer := context.AfterFunc(ctx, func() { time.AfterFunc(closeDrain, cancelRead) })
 	readErr := s.readLoop(readCtx, c)
-	stopDrainTimer()
 	cancelRead()
 	close(readDone)
 	// Read the cause before tearing down: closing the socket makes a write in
