@@ -179,7 +179,7 @@ func TestOutageEmbeddedServerRestart(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			o := checkStreams(t, env.JS, env.Registry, f)
+			o := checkStreams(t, env.JS, env.Registry, f, unconfirmedPerFailure(env.Runtime))
 			checkAccounts(t, env.Registry, f)
 			// Whether the high lane retried depends on when the server went
 			// away: a publish sent during the outage waits in nats.go's
@@ -301,7 +301,7 @@ func TestOutageServerProcessKilled(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	o := checkStreams(t, js, reg, f)
+	o := checkStreams(t, js, reg, f, unconfirmedPerFailure(rt))
 	checkAccounts(t, reg, f)
 	if recovery >= ackTimeout/3 {
 		t.Errorf("publishing resumed %s after the restart: it waited for an ack lost with the connection (ack timeout %s)", recovery, ackTimeout)

@@ -78,11 +78,57 @@ func StreamConfig(spec subjects.StreamSpec, r Retention) jetstream.StreamConfig 
 	}
 }
 
+// fastBatchAPILevel is the JetStream API level of fast batch publishing
+// (nats-server 2.14). Servers before it refuse a stream configuration that
+// mentions it at all.
+const fastBatchAPILevel = 4
+
+// allowsFastBatch reports whether the server's JetStream API knows fast
+// batch publishing.
+func allowsFastBatch(ctx context.Context, js jetstream.JetStream) (bool, error) {
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return false, fmt.Errorf("JetStream account info: %w", err)
+	}
+	return info.API.Level >= fastBatchAPILevel, nil
+}
+
+// lowLaneBatchable reports whether every low-lane stream of kinds, as the
+// server holds it, accepts fast batches; if not, it says why. A server that
+// does not know the feature (before 2.14) drops the field it does not know
+// from the stored configuration.
+func lowLaneBatchable(ctx context.Context, js jetstream.JetStream, kinds []subjects.Kind) (bool, string) {
+	n := 0
+	for _, k := range kinds {
+		for _, spec := range k.Streams {
+			if spec.Lane != LaneLow {
+				continue
+			}
+			st, err := js.Stream(ctx, spec.Name)
+			if err != nil {
+				return false, fmt.Sprintf("stream %s: %v", spec.Name, err)
+			}
+			if !st.CachedInfo().Config.AllowBatchPublish {
+				return false, fmt.Sprintf("stream %s does not allow batch publishing (nats-server 2.14 or newer is needed)", spec.Name)
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return false, "no low-lane stream"
+	}
+	return true, ""
+}
+
 // Provision creates or updates every stream and KV bucket. It is idempotent: run
 // at every start, it converges existing streams on the configured retention.
 func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.StreamSpec,
 	retention func(subjects.StreamSpec) Retention, buckets []subjects.BucketSpec, replicas int,
 ) (map[string]jetstream.KeyValue, error) {
+	batchable, err := allowsFastBatch(ctx, js)
+	if err != nil {
+		return nil, err
+	}
 	for _, spec := range streams {
 		if spec.Shared {
 			merged, err := withServerSubjects(ctx, js, spec)
@@ -92,6 +138,10 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 			spec = merged
 		}
 		cfg := StreamConfig(spec, retention(spec))
+		// Telemetry may be published in fast batches (publish_batch.go)
+		// where the server knows them; elsewhere the connector publishes it
+		// one message at a time (lowLaneBatchable).
+		cfg.AllowBatchPublish = batchable && spec.Lane == LaneLow
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return nil, placementError(fmt.Errorf("create or update stream %s: %w", spec.Name, err), spec.Name, "", cfg.Replicas)
 		}

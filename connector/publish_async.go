@@ -253,6 +253,12 @@ func (a *asyncSender) lost(msg *nats.Msg, fl flight, err error, log zerolog.Logg
 	}
 }
 
+// idle implements lowSender: acks settle each message by themselves.
+func (a *asyncSender) idle(context.Context) time.Duration { return 0 }
+
+// release implements lowSender: a forgotten lane's acks are still charged to it.
+func (a *asyncSender) release(context.Context, *pumpLane) {}
+
 // finish waits for the outstanding acks and the retries they cause.
 func (a *asyncSender) finish(ctx context.Context) {
 	select {

@@ -34,6 +34,8 @@ import (
 //     acknowledged.
 type lowPump struct {
 	conn       *nats.Conn
+	fastBatch  bool // publish in fast batches (publish_batch.go), else one message at a time
+	mode       *modeReport
 	window     int
 	ackTimeout time.Duration
 	linger     time.Duration
@@ -63,9 +65,27 @@ type leave struct {
 	done   chan struct{}
 }
 
-func newLowPump(conn *nats.Conn, window int, ackTimeout, linger time.Duration, log zerolog.Logger) *lowPump {
+// lowSender is how the pump hands events to JetStream: one message at a time
+// with PublishMsgAsync (asyncSender) or in fast batches (batchSender).
+type lowSender interface {
+	waitBacklog(ctx context.Context)
+	awaitTurn(ctx context.Context)
+	send(ctx context.Context, msg *nats.Msg, lane *pumpLane, received time.Time)
+	// idle is called when the pump found nothing to send; it returns how
+	// long until it wants to be called again (0: only after new events).
+	idle(ctx context.Context) time.Duration
+	// release settles what lane, which the pump forgets, has in flight.
+	release(ctx context.Context, lane *pumpLane)
+	finish(ctx context.Context)
+}
+
+func newLowPump(conn *nats.Conn, fastBatch bool, window int, ackTimeout, linger time.Duration, log zerolog.Logger) *lowPump {
+	mode := &modeReport{mode: LowLanePerMessage}
+	if fastBatch {
+		mode.mode = LowLaneFastBatch
+	}
 	return &lowPump{
-		conn: conn, window: window, ackTimeout: ackTimeout, linger: linger, log: log,
+		conn: conn, fastBatch: fastBatch, mode: mode, window: window, ackTimeout: ackTimeout, linger: linger, log: log,
 		wake: make(chan struct{}, 1), byPrefix: map[string]*pumpLane{}, leaving: map[*pumpLane]leave{},
 	}
 }
@@ -167,7 +187,13 @@ func (p *lowPump) close() {
 // (the hard stop after the drain deadline).
 func (p *lowPump) run(ctx context.Context) error {
 	defer p.stop()
-	sender, err := startAsyncSender(ctx, p.conn, nil, p.window, p.ackTimeout, false, p.log)
+	var sender lowSender
+	var err error
+	if p.fastBatch {
+		sender, err = startBatchSender(ctx, p.conn, p.window, p.ackTimeout, p.mode, p.log)
+	} else {
+		sender, err = startAsyncSender(ctx, p.conn, nil, p.window, p.ackTimeout, false, p.log)
+	}
 	if err != nil {
 		return err
 	}
@@ -202,12 +228,16 @@ func (p *lowPump) run(ctx context.Context) error {
 			}
 		}
 		if len(drained) > 0 {
+			for _, l := range drained {
+				sender.release(ctx, l)
+			}
 			p.forget(drained)
 		}
 		if len(lanes) > 0 {
 			next = (next + 1) % len(lanes)
 		}
 		if polled > 0 {
+			sender.idle(ctx) // commit the batches of lanes that went quiet while others did not
 			if p.linger > 0 && polled < batchSize/4 {
 				time.Sleep(p.linger) // let a trickle gather into one write
 			}
@@ -216,16 +246,28 @@ func (p *lowPump) run(ctx context.Context) error {
 		if closed {
 			break // nothing was left in any lane
 		}
-		select {
-		case <-p.wake:
-		case <-ctx.Done():
-		}
+		p.sleep(ctx, sender.idle(ctx))
 	}
 	for _, l := range p.lanesNow() {
 		abandon(l.queue, l.metrics, l.log) // only after the hard stop is anything left
 	}
 	sender.finish(ctx)
 	return nil
+}
+
+// sleep waits for new events, or until the sender's idle work is due.
+func (p *lowPump) sleep(ctx context.Context, due time.Duration) {
+	var timer <-chan time.Time
+	if due > 0 {
+		t := time.NewTimer(due)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-p.wake:
+	case <-timer:
+	case <-ctx.Done():
+	}
 }
 
 func (p *lowPump) lanesNow() []*pumpLane {

@@ -72,6 +72,11 @@ type Options struct {
 	// a session without an owner (default 100 ms): a new owner starting its
 	// session answers first.
 	OwnerGrace time.Duration
+	// LowLanePerMessage publishes the low lanes one message at a time
+	// (PublishMsgAsync) even when the server and every low-lane stream allow
+	// fast batches (nats-server 2.14+, AllowBatchPublish, which provisioning
+	// sets): the measured fallback, and the way back should batches misbehave.
+	LowLanePerMessage bool
 	// SingleLane sends low-lane events through the high lane (one FIFO, never
 	// dropped). It exists to measure what the lanes buy; do not use it in production.
 	SingleLane bool
@@ -191,7 +196,19 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if opts.SingleLane {
 		r.highWindow = opts.Window
 	}
-	r.pump = newLowPump(opts.LowConn, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
+	fastBatch, why := false, "per-message publishing was configured"
+	if !opts.LowLanePerMessage {
+		fastBatch, why = lowLaneBatchable(ctx, highJS, opts.Kinds)
+	}
+	if fastBatch {
+		opts.Log.Info().Msg("low lanes publish in fast batches (one flow ack per many events)")
+	} else {
+		opts.Log.Info().Str("why", why).Msg("low lanes publish one message at a time")
+	}
+	r.pump = newLowPump(opts.LowConn, fastBatch, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
+	if !fastBatch {
+		r.pump.mode.set(LowLanePerMessage, why)
+	}
 	go func() {
 		defer close(r.pumpDone)
 		if err := r.pump.run(pubCtx); err != nil {
@@ -212,6 +229,10 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	return r, nil
 }
+
+// LowLanePublishing says how the low lanes publish (LowLaneFastBatch or
+// LowLanePerMessage) and, for the latter, why.
+func (r *Runtime) LowLanePublishing() (mode, why string) { return r.pump.mode.get() }
 
 // JetStream returns the runtime's JetStream context (high-lane connection).
 func (r *Runtime) JetStream() jetstream.JetStream { return r.highJS }

@@ -56,6 +56,13 @@ func startHTTP(addr string, deps httpDeps, log zerolog.Logger) (stop func(), err
 	}, nil
 }
 
+// lowLaneView is /status's low_lane: the publishing mode and, when it is not
+// fast_batch, why.
+type lowLaneView struct {
+	Publishing string `json:"publishing"`
+	Why        string `json:"why,omitempty"`
+}
+
 func newHTTPHandler(deps httpDeps) http.Handler {
 	if deps.streamsTTL == 0 {
 		deps.streamsTTL = 2 * time.Second
@@ -66,12 +73,16 @@ func newHTTPHandler(deps httpDeps) http.Handler {
 		if deps.fleet != nil {
 			leases = deps.fleet.Leases()
 		}
+		mode, why := deps.rt.LowLanePublishing()
 		writeJSON(w, http.StatusOK, struct {
-			Replica  string                      `json:"replica,omitempty"`
+			Replica string `json:"replica,omitempty"`
+			// LowLane says how telemetry is published: fast_batch or
+			// per_message (and why not in batches).
+			LowLane  lowLaneView                 `json:"low_lane"`
 			Sessions []connector.SessionSnapshot `json:"sessions"`
 			// Leases are every configured session's owner, this replica's or another's.
 			Leases []connector.LeaseView `json:"leases,omitempty"`
-		}{deps.replica, deps.rt.Sessions(), leases})
+		}{deps.replica, lowLaneView{mode, why}, deps.rt.Sessions(), leases})
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(deps.reg, promhttp.HandlerOpts{Registry: deps.reg}))

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/jetbridge/connector/connector"
 	"github.com/jetbridge/connector/connector/connectortest"
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	"github.com/jetbridge/connector/subjects"
@@ -20,6 +21,7 @@ import (
 
 // statusBody is the /status document.
 type statusBody struct {
+	LowLane  struct{ Publishing, Why string } `json:"low_lane"`
 	Sessions []struct {
 		Source, Session string
 		Connected       bool
@@ -153,6 +155,9 @@ func TestOperatorSurface(t *testing.T) {
 		}
 		return len(st.Sessions) == 2 && st.Sessions[0].Lanes["high"].Published > 0 && st.Sessions[1].Lanes["low"].Published > 10
 	})
+	if st.LowLane.Publishing != connector.LowLaneFastBatch {
+		t.Fatalf("/status low_lane %+v, want fast batches on the embedded server", st.LowLane)
+	}
 	lsSess, arm := st.Sessions[0], st.Sessions[1]
 	if lsSess.Source != "lasersell" || lsSess.Session != "ops" || !lsSess.Connected || lsSess.State != "connected" ||
 		lsSess.UpstreamSession == "" || lsSess.Limits == nil || lsSess.LastEvent == nil || lsSess.Malformed == nil {

@@ -74,7 +74,7 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	rt, err := provision(ctx, connector.Options{
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
-		CommandTimeout: cfg.CommandTimeout, Version: version, SingleLane: cfg.SingleLane,
+		CommandTimeout: cfg.CommandTimeout, Version: version, SingleLane: cfg.SingleLane, LowLanePerMessage: !cfg.FastBatch,
 		CommandMaxBytes: cfg.CommandMaxBytes, CommandRate: cfg.CommandRate, CommandBurst: cfg.CommandBurst,
 		QuietUnknownSessions: cfg.QuietUnknownSessions,
 		// Every replica has the same configuration: a configured session this

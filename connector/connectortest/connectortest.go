@@ -49,6 +49,7 @@ type Options struct {
 	CommandRate          float64
 	CommandBurst         int
 	QuietUnknownSessions bool
+	LowLanePerMessage    bool
 }
 
 // Start starts an embedded server on a free loopback port and a runtime on it.
@@ -82,8 +83,8 @@ func Start(t testing.TB, opts Options) *Env {
 		AckTimeout: opts.AckTimeout, DrainTimeout: opts.DrainTimeout,
 		CommandTimeout: opts.CommandTimeout, CommandMaxBytes: opts.CommandMaxBytes,
 		CommandRate: opts.CommandRate, CommandBurst: opts.CommandBurst,
-		QuietUnknownSessions: opts.QuietUnknownSessions,
-		Metrics:              connector.NewMetrics(env.Registry), Log: env.Log,
+		QuietUnknownSessions: opts.QuietUnknownSessions, LowLanePerMessage: opts.LowLanePerMessage,
+		Metrics: connector.NewMetrics(env.Registry), Log: env.Log,
 	})
 	if err != nil {
 		t.Fatalf("runtime: %v", err)

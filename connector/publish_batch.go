@@ -1,0 +1,353 @@
+package connector
+
+// Fast batch publishing of the low lanes (nats-server 2.14+, streams with
+// AllowBatchPublish): each session's low lane is one long-lived batch into
+// its kind's low-lane stream. Messages carry no per-message ack: the server
+// acknowledges every flow-th stored message (flow control), and the batch
+// ends with one commit acknowledgement. That removes most of the per-message
+// work of both the server and the connector (one ack parse and callback per
+// message with PublishMsgAsync).
+//
+// Loss stays visible as with per-message publishing: Connector-Seq gaps for
+// consumers, connector_lane_dropped_total for operators. Batches run in
+// gap-fail mode, so the server stores nothing after a gap or a refused
+// message and the stored events are always a prefix of the batch:
+//   - A refused message (stream full, too large): the server commits what
+//     came before it and names it; those count as published, the refused
+//     one and every one sent after it as dropped. Exact.
+//   - A batch that ends otherwise (the connection dropped, a flow ack never
+//     came within the ack timeout): every event sent after the last flow
+//     ack counts as dropped. Some of them may have been stored (as with a
+//     lost per-message ack, but up to one flow window, half
+//     CONNECTOR_PUBLISH_WINDOW, per failed batch): the counter is then an
+//     upper bound, the Connector-Seq gaps stay exact.
+//
+// Either way the next event starts a new batch after the same
+// pause-and-probe as per-message publishing.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+	"github.com/synadia-io/orbit.go/jetstreamext"
+)
+
+// Low-lane publishing modes, as /status and the start-up log show them.
+const (
+	LowLaneFastBatch  = "fast_batch"
+	LowLanePerMessage = "per_message"
+)
+
+// batchIdle is how long a lane's batch stays open without a new event
+// before it is committed: it settles the metrics of the last events (their
+// flow ack may not come otherwise) well before the server's own batch
+// timeout (10 s in nats-server 2.14+) would abandon it.
+const batchIdle = 100 * time.Millisecond
+
+// batchSender publishes each lane's events as one fast batch. It is used by
+// the pump's goroutine only (FastPublisher is not safe for concurrent use);
+// only the control-channel errors arrive on another goroutine (laneBatch.mu).
+// When a stream refuses batches after the start-up check found it willing
+// (an operator turned AllowBatchPublish off), it falls back to per-message
+// publishing for good.
+type batchSender struct {
+	conn       *nats.Conn
+	js         jetstream.JetStream
+	gate       *sendGate
+	flow       jetstreamext.FastPublishFlowControl
+	batches    map[*pumpLane]*laneBatch
+	fallback   *asyncSender
+	perMessage bool // fallen back to fallback for good
+	mode       *modeReport
+	log        zerolog.Logger
+	refusedLog zerolog.Logger
+}
+
+// laneBatch is one lane's open batch and the receive times of the events
+// sent in it and not settled yet, in batch order.
+type laneBatch struct {
+	fp       jetstreamext.FastPublisher
+	received []time.Time // batch sequences settled+1, settled+2, ...
+	settled  uint64      // every batch sequence up to this one is accounted for
+	lastAdd  time.Time
+
+	mu        sync.Mutex
+	serverErr error  // the last error the server reported on the control channel
+	refusedAt uint64 // the batch sequence the server refused (0: none): it stored those before
+}
+
+// modeReport is the low lane's publishing mode, read by /status.
+type modeReport struct {
+	mu   sync.Mutex
+	mode string
+	why  string
+}
+
+func (r *modeReport) set(mode, why string) {
+	r.mu.Lock()
+	r.mode, r.why = mode, why
+	r.mu.Unlock()
+}
+
+func (r *modeReport) get() (mode, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mode, r.why
+}
+
+// startBatchSender prepares fast batch publishing with window messages
+// unacknowledged at most per lane (two flow acks of window/2), and the
+// per-message sender it falls back to.
+func startBatchSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, mode *modeReport, log zerolog.Logger) (*batchSender, error) {
+	js, err := jetstream.New(conn)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream context: %w", err)
+	}
+	fallback, err := startAsyncSender(ctx, conn, nil, window, ackTimeout, false, log)
+	if err != nil {
+		return nil, err
+	}
+	flow := uint16(min(max(window/2, 1), 1<<15))
+	return &batchSender{
+		conn: conn, js: js, gate: newSendGate(), fallback: fallback, mode: mode, log: log,
+		flow:       jetstreamext.FastPublishFlowControl{Flow: flow, MaxOutstandingAcks: 2, AckTimeout: ackTimeout},
+		batches:    map[*pumpLane]*laneBatch{},
+		refusedLog: log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
+	}, nil
+}
+
+func (s *batchSender) waitBacklog(ctx context.Context) { s.fallback.waitBacklog(ctx) }
+
+// awaitTurn returns once the connection is up and the gate lets a batch
+// start or go on (after a failure: once its backoff is over; the next event
+// starts a new batch, whose first message waits for the server's answer,
+// the probe).
+func (s *batchSender) awaitTurn(ctx context.Context) {
+	if s.perMessage {
+		s.fallback.awaitTurn(ctx)
+		return
+	}
+	for ctx.Err() == nil {
+		if s.conn.IsConnected() {
+			until, open := s.gate.state()
+			if !open || !time.Now().Before(until) {
+				return
+			}
+		}
+		select {
+		case <-time.After(gateWait):
+		case <-ctx.Done():
+		}
+	}
+}
+
+// send adds msg, an event of lane read upstream at received, to the lane's
+// batch, starting one when none is open.
+func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, received time.Time) {
+	if s.perMessage {
+		s.fallback.send(ctx, msg, lane, received)
+		return
+	}
+	m := &lane.metrics
+	s.awaitTurn(ctx)
+	if ctx.Err() != nil {
+		m.failed.Inc() // the hard stop came while waiting: send nothing
+		return
+	}
+	b := s.batches[lane]
+	if b == nil {
+		b = &laneBatch{}
+		fp, err := jetstreamext.NewFastPublisher(s.js, s.flow, jetstreamext.WithFastPublisherErrorHandler(b.noteServerError))
+		if err != nil { // only an invalid option fails here
+			m.failed.Inc()
+			s.log.Error().Err(err).Msg("cannot start a fast batch")
+			return
+		}
+		b.fp = fp
+		s.batches[lane] = b
+	}
+	m.inflight.Inc()
+	b.received = append(b.received, received)
+	ack, err := b.fp.AddMsg(msg)
+	b.lastAdd = time.Now()
+	if err != nil {
+		if len(b.received) == 1 && b.settled == 0 && batchesRefused(err) {
+			// The stream refused to start the batch, so nothing of it was
+			// stored: publish this event the other way, not lose it.
+			delete(s.batches, lane)
+			m.inflight.Dec()
+			s.fallBack(ctx, err)
+			s.fallback.send(ctx, msg, lane, received)
+			return
+		}
+		s.end(ctx, lane, b, err)
+		return
+	}
+	s.settle(lane, b, ack.AckSequence)
+	if lost, reopened := s.gate.succeed(); reopened {
+		s.log.Info().Int("failed", lost).Msg("publishing resumed: JetStream acknowledges again")
+	}
+}
+
+// settle accounts for the events of b up to batch sequence upTo, which the
+// server has stored.
+func (s *batchSender) settle(lane *pumpLane, b *laneBatch, upTo uint64) {
+	if upTo <= b.settled {
+		return
+	}
+	n := int(min(upTo-b.settled, uint64(len(b.received))))
+	m := &lane.metrics
+	now := time.Now()
+	for _, r := range b.received[:n] {
+		m.latency.Observe(now.Sub(r).Seconds())
+	}
+	m.published.Add(float64(n))
+	m.inflight.Sub(float64(n))
+	b.settled += uint64(n)
+	b.received = b.received[n:]
+	if len(b.received) == 0 {
+		b.received = b.received[:0:0] // let the backing array go
+	}
+}
+
+// end closes lane's batch after err: what was not settled is dropped (or
+// failed, at the hard stop), and a JetStream failure pauses publishing.
+func (s *batchSender) end(ctx context.Context, lane *pumpLane, b *laneBatch, err error) {
+	delete(s.batches, lane)
+	refusedAt, cause := b.takeServerError()
+	if cause != nil && errors.Is(err, jetstreamext.ErrBatchClosed) {
+		err = cause // the server said why it ended the batch
+	}
+	if refusedAt > 0 {
+		s.settle(lane, b, refusedAt-1) // stored before the refusal; nothing after it is
+	}
+	m := &lane.metrics
+	n := float64(len(b.received))
+	m.inflight.Sub(n)
+	if ctx.Err() != nil {
+		m.failed.Add(n)
+		return
+	}
+	if batchesRefused(err) {
+		m.dropped.Add(n)
+		s.fallBack(ctx, err)
+		return
+	}
+	reason := publishErrorReason(err)
+	m.errors.WithLabelValues(reason).Inc()
+	m.dropped.Add(n)
+	if !permanentReason(reason) && s.gate.fail() {
+		s.log.Warn().Err(err).Str("reason", reason).Float64("events", n).
+			Msg("fast batch failed; its unacknowledged events count as dropped; publishing pauses and probes until JetStream acknowledges again")
+	} else {
+		s.refusedLog.Error().Err(err).Str("reason", reason).Float64("events", n).Msg("fast batch ended by a refusal; its unacknowledged events count as dropped")
+	}
+	if !b.fp.IsClosed() {
+		// A publish that failed on the client leaves the batch open with its
+		// control subscription: end it (the server sees a gap and drops it).
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, _ = b.fp.Close(cctx)
+		cancel()
+	}
+}
+
+// batchesRefused reports the stream's refusal of fast batches.
+func batchesRefused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstreamext.JSErrCodeFastBatchNotEnabled
+}
+
+// fallBack switches to per-message publishing for good, after a stream
+// refused fast batches, and commits the other lanes' batches.
+func (s *batchSender) fallBack(ctx context.Context, err error) {
+	s.perMessage = true
+	s.mode.set(LowLanePerMessage, "a low-lane stream refused fast batches (AllowBatchPublish was turned off)")
+	s.log.Error().Err(err).Msg("a low-lane stream refuses fast batch publishing; publishing one message at a time from now on")
+	s.closeAll(ctx)
+}
+
+// idle commits the batches without an event for batchIdle; it returns how
+// long until the next open batch is due (0: none is open).
+func (s *batchSender) idle(ctx context.Context) time.Duration {
+	var next time.Duration
+	now := time.Now()
+	for lane, b := range s.batches {
+		if wait := batchIdle - now.Sub(b.lastAdd); wait > 0 {
+			if next == 0 || wait < next {
+				next = wait
+			}
+			continue
+		}
+		s.commit(ctx, lane, b)
+	}
+	return next
+}
+
+// commit ends lane's batch on purpose and settles it with the commit ack.
+func (s *batchSender) commit(ctx context.Context, lane *pumpLane, b *laneBatch) {
+	ack, err := b.fp.Close(ctx)
+	if err != nil {
+		s.end(ctx, lane, b, fmt.Errorf("commit fast batch: %w", err))
+		return
+	}
+	delete(s.batches, lane)
+	s.settle(lane, b, ack.BatchSize)
+	if n := float64(len(b.received)); n > 0 { // the commit stored fewer than were sent
+		m := &lane.metrics
+		m.inflight.Sub(n)
+		m.dropped.Add(n)
+		m.errors.WithLabelValues(reasonOther).Inc()
+		s.log.Warn().Uint64("stored", ack.BatchSize).Float64("missing", n).Msg("fast batch committed short; the missing events count as dropped")
+	}
+}
+
+// release commits the batch of a lane the pump forgets.
+func (s *batchSender) release(ctx context.Context, lane *pumpLane) {
+	if b := s.batches[lane]; b != nil {
+		s.commit(ctx, lane, b)
+	}
+}
+
+func (s *batchSender) closeAll(ctx context.Context) {
+	for lane, b := range s.batches {
+		s.commit(ctx, lane, b)
+	}
+}
+
+// finish commits every open batch and waits for the fallback's acks.
+func (s *batchSender) finish(ctx context.Context) {
+	s.closeAll(ctx)
+	s.fallback.finish(ctx)
+}
+
+// noteServerError keeps what the server reported on the control channel.
+// FastPublisher calls it with its own lock held: it must not block.
+func (b *laneBatch) noteServerError(err error) {
+	var seq uint64
+	// A refused message ends a gap-fail batch: the server commits what came
+	// before it, and says which one in the error (the FastPublisher's text,
+	// pinned with its version; TestPublishStreamFullRetriesUntilRoom checks it).
+	if _, scanErr := fmt.Sscanf(err.Error(), "error processing batch at sequence %d:", &seq); scanErr != nil {
+		seq = 0
+	}
+	b.mu.Lock()
+	b.serverErr = err
+	if seq > 0 && b.refusedAt == 0 {
+		b.refusedAt = seq
+	}
+	b.mu.Unlock()
+}
+
+func (b *laneBatch) takeServerError() (refusedAt uint64, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	refusedAt, err = b.refusedAt, b.serverErr
+	b.serverErr, b.refusedAt = nil, 0
+	return refusedAt, err
+}
