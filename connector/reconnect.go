@@ -9,12 +9,21 @@ package connector
 // protocol alone (and documents it with the source). The values are part of
 // the external contract (dashboards, alerts, README): never change one.
 const (
-	// ReasonDial: the connection could not be opened (DNS, TCP, TLS), or the
-	// upstream refused it for another reason than credentials.
+	// ReasonDial: the connection could not be opened (DNS, TCP, or the network
+	// failed during the TLS handshake), or the upstream refused it for another
+	// reason than credentials.
 	ReasonDial = "dial"
 	// ReasonAuth: the upstream refused the credentials (an API key). Such a
 	// refusal does not fix itself in seconds: sources retry it more slowly.
 	ReasonAuth = "auth"
+	// ReasonTLS: the TLS handshake with the upstream failed for a reason a
+	// retry in seconds does not fix: its certificate is not trusted (unknown
+	// authority), names another host, has expired or is not yet valid; the
+	// server does not speak TLS; or one side refused the handshake (a TLS
+	// alert: no common version or cipher suite). Nothing was sent upstream
+	// (no credentials): sources retry it as slowly as ReasonAuth. A handshake
+	// that merely stalls is ReasonHandshakeTimeout.
+	ReasonTLS = "tls"
 	// ReasonHandshakeTimeout: connected, but the upstream did not complete
 	// its handshake in time.
 	ReasonHandshakeTimeout = "handshake_timeout"

@@ -38,7 +38,9 @@ type Config struct {
 	APIKey     Secret `split_words:"true" desc:"API key sent as the x-api-key header (or use LASERSELL_API_KEY_FILE)"`
 	APIKeyFile string `split_words:"true" desc:"file holding the API key (Docker/Kubernetes secrets); a trailing newline is ignored"`
 	URL        string `split_words:"true" default:"wss://stream.lasersell.io/v1/ws" desc:"WebSocket endpoint of the Exit Intelligence Stream (ws:// or wss://)"`
-	Session    string `split_words:"true" default:"default" desc:"session name, the second subject token: letters, digits, '-' and '_'"`
+	// CAFile adds a private CA to the system roots (see tls.go).
+	CAFile  string `split_words:"true" desc:"PEM file of CA certificates trusted for wss:// in addition to the system roots (a private CA, or a TLS-inspecting proxy's)"`
+	Session string `split_words:"true" default:"default" desc:"session name, the second subject token: letters, digits, '-' and '_'"`
 	// SessionNames declares several sessions (see sessions.go).
 	SessionNames []string `split_words:"true" desc:"several sessions, comma-separated names; each reads LASERSELL_<NAME>_<VARIABLE> (e.g. LASERSELL_ALPHA_API_KEY_FILE), else LASERSELL_<VARIABLE>; replaces LASERSELL_SESSION"`
 
@@ -59,7 +61,7 @@ type Config struct {
 	WriteTimeout time.Duration `split_words:"true" default:"10s" desc:"bound on writing one frame upstream"`
 	DialTimeout  time.Duration `split_words:"true" default:"10s" desc:"bound on the TCP, TLS and WebSocket handshake, and on the wait for hello_ok after the configure is sent"`
 	BackoffBase  time.Duration `split_words:"true" default:"100ms" desc:"first reconnect delay; doubles per failed attempt"`
-	BackoffMax   time.Duration `split_words:"true" default:"2s" desc:"largest reconnect delay (after an authentication refusal, HTTP 401/403: 15 times this)"`
+	BackoffMax   time.Duration `split_words:"true" default:"2s" desc:"largest reconnect delay (after an authentication refusal, HTTP 401/403, or a TLS certificate failure: 15 times this)"`
 	HealthyAfter time.Duration `split_words:"true" default:"5s" desc:"an established session (hello_ok received, configure written) resets the reconnect backoff once the server sends it anything but an error, or once it lived this long; sessions that end before that (hello_ok then an immediate close) keep doubling it"`
 	PingTimeout  time.Duration `split_words:"true" default:"5s" desc:"how long the ping command waits for the pong"`
 	// ReconcileAfter is the settle window of position reconciliation: see Source.reconcile.
@@ -138,6 +140,16 @@ func (c Config) Validate() error {
 
 	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
 		bad("LASERSELL_URL=%q must be a ws:// or wss:// URL with a host", redactURL(c.URL))
+	}
+	if c.CAFile != "" {
+		if u, err := url.Parse(c.URL); err == nil && u.Scheme == "ws" {
+			// A CA file says the operator expects TLS: a ws:// URL would
+			// send the API key in clear text without a word.
+			bad("LASERSELL_CA_FILE is set but LASERSELL_URL=%q is ws:// (no TLS): use wss:// or unset LASERSELL_CA_FILE", redactURL(c.URL))
+		}
+		if _, err := readCAFile(c.CAFile); err != nil {
+			bad("LASERSELL_CA_FILE: %v", err)
+		}
 	}
 	if !validSession(c.Session) {
 		bad("LASERSELL_SESSION=%q must be 1-64 letters, digits, '-' or '_' (it is a subject token and a KV key)", c.Session)

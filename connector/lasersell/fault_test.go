@@ -49,7 +49,8 @@ func (b *syncBuffer) String() string {
 }
 
 // faultRig is a source connected to a simulator through a fault proxy, on a
-// runtime whose logs (every level) are also captured in logs.
+// runtime whose logs (every level) are also captured in logs. A rig of
+// startLoggedRig has neither simulator nor proxy.
 type faultRig struct {
 	*rig
 	sim   *sim.Server
@@ -76,11 +77,27 @@ func startFaultRig(t *testing.T, simCfg sim.Config, mut func(*Config)) *faultRig
 	if mut != nil {
 		mut(&cfg)
 	}
+	r := startLoggedRig(t, cfg)
+	r.sim, r.proxy = s, p
+	return r
+}
 
+// startLoggedRig runs the source of cfg on a runtime whose logs (every level)
+// are captured; it has no simulator nor proxy of its own.
+func startLoggedRig(t *testing.T, cfg Config) *faultRig {
+	t.Helper()
 	env := connectortest.Start(t, connectortest.Options{CommandTimeout: 5 * time.Second})
 	// A runtime of our own, to capture every log line the source writes.
 	logs := &syncBuffer{}
 	out := io.MultiWriter(zerolog.ConsoleWriter{Out: logs, NoColor: true}, zerolog.ConsoleWriter{Out: tWriter{t}, NoColor: true})
+	replaceRuntime(t, env, zerolog.New(out).Level(zerolog.TraceLevel).With().Timestamp().Logger())
+	return &faultRig{rig: startRig(t, env, cfg), logs: logs}
+}
+
+// replaceRuntime gives env a LaserSell-only runtime of its own that logs to
+// log, with a fresh metrics registry.
+func replaceRuntime(t testing.TB, env *connectortest.Env, log zerolog.Logger) {
+	t.Helper()
 	env.Registry = prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -88,14 +105,12 @@ func startFaultRig(t *testing.T, simCfg sim.Config, mut func(*Config)) *faultRig
 		HighConn: env.Connect(), LowConn: env.Connect(), CommandTimeout: 5 * time.Second,
 		Kinds:   []subjects.Kind{subjects.LaserSell()},
 		Metrics: connector.NewMetrics(env.Registry),
-		Log:     zerolog.New(out).Level(zerolog.TraceLevel).With().Timestamp().Logger(),
+		Log:     log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	env.Runtime = rt
-	r := startRig(t, env, cfg)
-	return &faultRig{rig: r, sim: s, proxy: p, logs: logs}
 }
 
 type tWriter struct{ t testing.TB }
@@ -393,8 +408,8 @@ func TestFaultAuthRejectedSlowsDown(t *testing.T) {
 		}
 	}
 	last := backoffs[len(backoffs)-1]
-	if last <= r.src.cfg.BackoffMax.Milliseconds() || last > authBackoffFactor*r.src.cfg.BackoffMax.Milliseconds() {
-		t.Fatalf("auth backoff reached %d ms, want above %s and at most %d x", last, r.src.cfg.BackoffMax, authBackoffFactor)
+	if last <= r.src.cfg.BackoffMax.Milliseconds() || last > slowBackoffFactor*r.src.cfg.BackoffMax.Milliseconds() {
+		t.Fatalf("auth backoff reached %d ms, want above %s and at most %d x", last, r.src.cfg.BackoffMax, slowBackoffFactor)
 	}
 	if r.reconnects(connector.ReasonAuth) < 4 {
 		t.Fatalf("reconnects{reason=auth} = %v", r.reconnects(connector.ReasonAuth))

@@ -65,7 +65,9 @@ func simulator(fs *flag.FlagSet) connector.SimulatorRun {
 	cfg := sim.DemoConfig()
 	cfg.RegisterFlags(fs)
 	return connector.SimulatorRun{
-		Validate: cfg.Validate,
+		// A closure, not the method value cfg.Validate: that would copy cfg
+		// now, before the flags are parsed into it.
+		Validate: func() error { return cfg.Validate() },
 		Start: func(log zerolog.Logger) (string, func(), error) {
 			srv := sim.New(cfg, log)
 			url, err := srv.Start(cfg.Addr)

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -93,22 +92,20 @@ func (c *conn) failure() sessionEnd {
 	return c.cause
 }
 
-// tcpConnectedKey carries, in the dial's context, a flag the dialer sets once
-// the TCP connection is up: a dial that times out after it timed out in the
-// HTTP upgrade (a peer that accepts TCP and never answers), not in connect.
-type tcpConnectedKey struct{}
-
 // closeDrain bounds, at a graceful stop, the wait for the server's Close
 // while the frames it sent before reading ours are still read and published.
 const closeDrain = time.Second
 
-// netDial is the dialer's TCP dial; it marks the flag of tcpConnectedKey.
+// netDial is the dialer's TCP dial; it marks the dial's progress (see
+// withDialProgress): a dial that times out after this timed out in the TLS
+// handshake or the HTTP upgrade (a peer that accepts TCP and never answers),
+// not in connect.
 func netDial(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, addr)
 	if err == nil {
-		if flag, ok := ctx.Value(tcpConnectedKey{}).(*atomic.Bool); ok {
-			flag.Store(true)
+		if p, ok := ctx.Value(dialProgressKey{}).(*dialProgress); ok {
+			p.tcpUp.Store(true)
 		}
 	}
 	return nc, err
@@ -123,8 +120,8 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 		// against the API key's sessions and might write).
 		return false, sessionEnd{code: connector.ReasonFenced, text: err.Error()}
 	}
-	var tcpUp atomic.Bool
-	dctx, cancelDial := context.WithTimeout(context.WithValue(ctx, tcpConnectedKey{}, &tcpUp), s.cfg.DialTimeout)
+	pctx, progress := withDialProgress(ctx)
+	dctx, cancelDial := context.WithTimeout(pctx, s.cfg.DialTimeout)
 	ws, resp, err := s.dialer.DialContext(dctx, s.cfg.URL, s.header)
 	cancelDial()
 	if resp != nil && resp.Body != nil {
@@ -134,7 +131,7 @@ func (s *Source) session(ctx context.Context) (healthy bool, end sessionEnd) {
 		if ctx.Err() != nil {
 			return false, sessionEnd{code: connector.ReasonStopped, text: "connector shutting down"}
 		}
-		return false, dialFailure(err, resp, tcpUp.Load(), s.cfg.DialTimeout)
+		return false, dialFailure(err, resp, progress, s.cfg.DialTimeout)
 	}
 	if err := s.host.Fence(); err != nil {
 		// Paused during the dial: the lease may be another replica's now.
@@ -527,9 +524,10 @@ func validOrNull(raw json.RawMessage) []byte {
 }
 
 // dialFailure describes a failed dial without ever quoting request headers.
-// tcpUp says whether the TCP connection was established: a timeout after it
-// is a peer that never answered the upgrade.
-func dialFailure(err error, resp *http.Response, tcpUp bool, timeout time.Duration) sessionEnd {
+// progress says how far it got: a failure in the TLS handshake is told by
+// tlsFailure; a timeout after the TCP connection (and TLS, for wss://) was
+// established is a peer that never answered the upgrade.
+func dialFailure(err error, resp *http.Response, progress *dialProgress, timeout time.Duration) sessionEnd {
 	if resp != nil {
 		msg := "upgrade refused: HTTP " + strconv.Itoa(resp.StatusCode)
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
@@ -537,8 +535,11 @@ func dialFailure(err error, resp *http.Response, tcpUp bool, timeout time.Durati
 		}
 		return sessionEnd{code: connector.ReasonDial, text: msg}
 	}
+	if progress.inTLS() {
+		return tlsFailure(err, timeout)
+	}
 	var ne net.Error
-	if tcpUp && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+	if progress.tcpUp.Load() && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
 		return sessionEnd{code: connector.ReasonHandshakeTimeout, text: fmt.Sprintf("handshake timeout: no WebSocket upgrade answer within %s", timeout)}
 	}
 	return sessionEnd{code: connector.ReasonDial, text: "dial failed: " + err.Error()}

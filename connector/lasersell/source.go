@@ -117,6 +117,10 @@ func New(cfg Config, host *connector.Host) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsCfg, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
 	hdr := http.Header{}
 	hdr.Set("x-api-key", key)
 	log := host.Log()
@@ -130,6 +134,7 @@ func New(cfg Config, host *connector.Host) (*Source, error) {
 			NetDialContext:   netDial,
 			Proxy:            http.ProxyFromEnvironment,
 			HandshakeTimeout: cfg.DialTimeout,
+			TLSClientConfig:  tlsCfg,
 			ReadBufferSize:   32 << 10,
 			WriteBufferSize:  4 << 10,
 		},
@@ -168,9 +173,11 @@ func (s *Source) Run(ctx context.Context) error {
 	wg.Go(func() { s.persistLoop(ctx) })
 
 	bo := connector.Backoff{Base: s.cfg.BackoffBase, Max: s.cfg.BackoffMax}
-	// A refused API key does not fix itself in seconds: its retries back off
-	// further, so a bad key never hammers the server (or gets it banned).
-	authBo := connector.Backoff{Base: s.cfg.BackoffBase, Max: authBackoffFactor * s.cfg.BackoffMax}
+	// A refused API key or certificate does not fix itself in seconds: their
+	// retries back off further, so a bad key never hammers the server (or
+	// gets it banned), and a bad certificate (an expired one, a proxy not yet
+	// trusted) never turns into a hot loop of handshakes.
+	slowBo := connector.Backoff{Base: s.cfg.BackoffBase, Max: slowBackoffFactor * s.cfg.BackoffMax}
 	failures := 0
 	for {
 		s.host.Report(connector.Status{State: connector.StateConnecting, Attempt: failures,
@@ -189,10 +196,10 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		failures++
 		var wait time.Duration
-		if end.code == connector.ReasonAuth {
-			wait = authBo.Next()
+		if end.code == connector.ReasonAuth || end.code == connector.ReasonTLS {
+			wait = slowBo.Next()
 		} else {
-			authBo.Reset()
+			slowBo.Reset()
 			wait = bo.Next()
 		}
 		s.host.Metrics().Reconnects.WithLabelValues(end.code).Inc()
@@ -324,9 +331,14 @@ func (s *Source) wakeDeadlines() {
 // Neither ever holds the API key. LaserSell needs no code of its own; here
 // the codes mean:
 //
-//	dial               TCP/TLS connect failed, or the upgrade was refused (not 401/403)
+//	dial               TCP connect failed, the network failed during the TLS
+//	                   handshake, or the upgrade was refused (not 401/403)
 //	auth               HTTP 401/403 on the upgrade: the API key was refused
-//	handshake_timeout  TCP up, but no upgrade answer or no hello_ok in time
+//	tls                the server's certificate was refused (unknown authority,
+//	                   another host name, expired), the server does not speak
+//	                   TLS, or a TLS alert; retried slowly like auth (tls.go)
+//	handshake_timeout  TCP up, but no TLS handshake, no upgrade answer or no
+//	                   hello_ok in time (LASERSELL_DIAL_TIMEOUT)
 //	read_timeout       nothing received (not even a pong) for LASERSELL_READ_TIMEOUT
 //	closed_by_peer     close frame, EOF or reset from the server
 //	protocol           oversized frame or WebSocket protocol violation
@@ -337,6 +349,6 @@ type sessionEnd struct {
 	text string
 }
 
-// authBackoffFactor multiplies LASERSELL_BACKOFF_MAX for the retries after
-// an authentication refusal (2 s -> 30 s with the defaults).
-const authBackoffFactor = 15
+// slowBackoffFactor multiplies LASERSELL_BACKOFF_MAX for the retries after
+// an authentication refusal or a TLS failure (2 s -> 30 s with the defaults).
+const slowBackoffFactor = 15

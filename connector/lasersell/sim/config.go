@@ -170,6 +170,11 @@ type Config struct {
 	// handshake. Server.SetWithholdHello changes it for new connections.
 	WithholdHello bool
 
+	// TLSCert and TLSKey are PEM files of a certificate and its key: given
+	// both, the server speaks wss:// (TLS 1.2 or newer); given neither, ws://.
+	TLSCert string
+	TLSKey  string
+
 	// StampSendTime adds "sim_sent_ns" (Unix nanoseconds at the socket write) to every
 	// exit_signal_with_tx, for latency benchmarks. Not part of the real protocol.
 	StampSendTime bool
@@ -288,6 +293,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %v must be >= 0", name, durations[name]))
 		}
 	}
+	if err := c.validateTLS(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.UnknownType != "" && !validTypeToken(c.UnknownType) {
 		errs = append(errs, fmt.Errorf("unknown-type: %q is not a plain identifier", c.UnknownType))
 	}
@@ -309,6 +317,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Addr, "addr", c.Addr, "listen address (host:port; 0.0.0.0:PORT to accept other hosts)")
 	fs.StringVar(&c.Path, "path", c.Path, "WebSocket endpoint path")
 	fs.StringVar(&c.APIKey, "api-key", c.APIKey, "required x-api-key header value (empty: any key accepted)")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate (chain) to serve wss:// with TLS 1.2+; needs -tls-key")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of -tls-cert")
 	if c.HelloOrder == "" {
 		c.HelloOrder = HelloServerFirst
 	}

@@ -59,7 +59,8 @@ type pnlPos struct {
 type conn struct {
 	s          *Server
 	ws         *websocket.Conn
-	nc         net.Conn
+	nc         net.Conn // what the writer writes to (TLS for wss://)
+	tcp        net.Conn // the TCP connection under nc: closing it is an abrupt drop
 	key        string
 	num        int
 	sessionID  uint64
@@ -118,7 +119,7 @@ type conn struct {
 
 func newConn(s *Server, ws *websocket.Conn, key string, num int, session uint64) *conn {
 	c := &conn{
-		s: s, ws: ws, nc: ws.NetConn(), key: key, num: num, sessionID: session,
+		s: s, ws: ws, nc: ws.NetConn(), tcp: rawConn(ws.NetConn()), key: key, num: num, sessionID: session,
 		helloFirst: s.cfg.HelloOrder.serverFirst(num),
 		mute:       s.withholdHello.Load(),
 		notify:     make(chan struct{}, 1),
@@ -223,7 +224,7 @@ func (c *conn) drop(reason string) {
 	}
 	c.s.drops.Add(1)
 	c.log.Info().Str("reason", reason).Msg("dropping connection abruptly")
-	c.nc.Close()
+	c.tcp.Close()
 	c.quitOnce.Do(func() { close(c.quit) })
 }
 

@@ -79,9 +79,15 @@ type client struct {
 
 func dial(t testing.TB, s *Server) *client {
 	t.Helper()
+	return dialWith(t, s, websocket.DefaultDialer)
+}
+
+// dialWith is dial with a dialer of the test's (a wss:// client's TLS settings).
+func dialWith(t testing.TB, s *Server, d *websocket.Dialer) *client {
+	t.Helper()
 	h := http.Header{}
 	h.Set("x-api-key", testKey)
-	ws, resp, err := websocket.DefaultDialer.Dial(s.URL(), h)
+	ws, resp, err := d.Dial(s.URL(), h)
 	if err != nil {
 		t.Fatalf("dial: %v (resp %v)", err, resp)
 	}

@@ -69,6 +69,7 @@ type Stats struct {
 	ExitSignalsSent uint64 // exit_signal_with_tx frames written
 	Drops           uint64 // abrupt drops
 	Stalls          uint64 // stalls started
+	TLSHellos       uint64 // TLS ClientHellos received (wss://), refused handshakes included
 	ClientFrames    uint64 // frames received from clients
 }
 
@@ -150,6 +151,7 @@ type Server struct {
 	exitsSent  atomic.Uint64
 	drops      atomic.Uint64
 	stalls     atomic.Uint64
+	tlsHellos  atomic.Uint64
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -193,7 +195,8 @@ func New(cfg Config, logger zerolog.Logger) *Server {
 func (s *Server) Config() Config { return s.cfg }
 
 // Start listens on addr (Config.Addr when empty) and serves in the background.
-// It returns the WebSocket URL, for example "ws://127.0.0.1:8082/v1/ws".
+// It returns the WebSocket URL, for example "ws://127.0.0.1:8082/v1/ws"
+// (wss:// with Config.TLSCert).
 func (s *Server) Start(addr string) (string, error) {
 	if err := s.cfg.Validate(); err != nil {
 		return "", err
@@ -205,7 +208,7 @@ func (s *Server) Start(addr string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sim: listen %s: %w", addr, err)
 	}
-	srv, err := s.prepare(ln)
+	srv, served, err := s.prepare(ln)
 	if err != nil {
 		ln.Close()
 		return "", err
@@ -213,7 +216,7 @@ func (s *Server) Start(addr string) (string, error) {
 	s.wg.Add(1) // prepare succeeded, so the server is not closed: Add is safe
 	go func() {
 		defer s.wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(served); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error().Err(err).Msg("serve")
 		}
 	}()
@@ -226,7 +229,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.cfg.Validate(); err != nil {
 		return err
 	}
-	srv, err := s.prepare(ln)
+	srv, served, err := s.prepare(ln)
 	if err != nil {
 		return err
 	}
@@ -239,7 +242,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		case <-s.done:
 		}
 	}()
-	err = srv.Serve(ln)
+	err = srv.Serve(served)
 	s.Close()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -247,14 +250,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-func (s *Server) prepare(ln net.Listener) (*http.Server, error) {
+// prepare registers ln and returns the HTTP server and the listener it
+// serves: ln itself, or ln wrapped in TLS (Config.TLSCert).
+func (s *Server) prepare(ln net.Listener) (*http.Server, net.Listener, error) {
+	served, err := s.cfg.tlsListener(ln, &s.tlsHellos)
+	if err != nil {
+		return nil, nil, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	if s.ln != nil {
-		return nil, ErrAlreadyServing
+		return nil, nil, ErrAlreadyServing
 	}
 	s.ln = ln
 	s.httpSrv = &http.Server{
@@ -263,10 +272,11 @@ func (s *Server) prepare(ln net.Listener) (*http.Server, error) {
 		ErrorLog:          log.New(s.log.With().Str("source", "net/http").Logger(), "", 0),
 	}
 	s.log.Info().Str("url", s.urlLocked()).Str("hello_order", string(s.cfg.HelloOrder)).Msg("listening")
-	return s.httpSrv, nil
+	return s.httpSrv, served, nil
 }
 
-// URL returns the WebSocket URL once listening (unspecified hosts become 127.0.0.1), else "".
+// URL returns the WebSocket URL once listening (unspecified hosts become
+// 127.0.0.1; wss:// when serving TLS), else "".
 func (s *Server) URL() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -284,7 +294,11 @@ func (s *Server) urlLocked() string {
 	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
 		host = "127.0.0.1"
 	}
-	return "ws://" + net.JoinHostPort(host, port) + s.cfg.Path
+	scheme := "ws://"
+	if s.cfg.TLSCert != "" {
+		scheme = "wss://"
+	}
+	return scheme + net.JoinHostPort(host, port) + s.cfg.Path
 }
 
 // Handler returns the HTTP handler: the WebSocket endpoint at Config.Path and a
@@ -313,7 +327,7 @@ func (s *Server) Close() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for c := range s.conns {
-			c.nc.Close()
+			c.tcp.Close()
 		}
 	})
 	s.wg.Wait()
@@ -904,6 +918,7 @@ func (s *Server) Stats() Stats {
 	st.ExitSignalsSent = s.exitsSent.Load()
 	st.Drops = s.drops.Load()
 	st.Stalls = s.stalls.Load()
+	st.TLSHellos = s.tlsHellos.Load()
 	return st
 }
 
