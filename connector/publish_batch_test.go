@@ -232,7 +232,7 @@ func TestOlderServerPublishesPerMessage(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- rt.Run(runCtx, connector.Session{Kind: subjects.KindLaserSell, Name: "old", Lanes: connector.LaneSizes{Low: 4096},
-			Open: func(h *connector.Host) (connector.Source, error) { host = h; return quiet{}, nil }})
+			Open: func(h *connector.Host) (connector.Source, error) { host = h; return idleSource{}, nil }})
 	}()
 	<-rt.Serving()
 	emitLow(t, host, 0, 1000)
@@ -249,13 +249,6 @@ func TestOlderServerPublishesPerMessage(t *testing.T) {
 		t.Fatalf("run: %v", err)
 	}
 }
-
-// quiet is a source that emits nothing by itself and serves no command.
-type quiet struct{}
-
-func (quiet) Commands() []string                                     { return nil }
-func (quiet) Run(ctx context.Context) error                          { <-ctx.Done(); return nil }
-func (quiet) Handle(context.Context, connector.Command) (any, error) { return nil, nil }
 
 // freePort returns a loopback TCP port nobody listens on right now.
 func freePort(t *testing.T) int {

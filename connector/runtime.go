@@ -30,7 +30,8 @@ type Options struct {
 	Retention func(subjects.StreamSpec) Retention
 	// KVReplicas is the replica count of the KV buckets.
 	KVReplicas int
-	// Window is the number of unacknowledged low-lane publishes (default 512).
+	// Window is the number of unacknowledged low-lane publishes (default 4096,
+	// from BenchmarkLowLanePublishing: BENCHMARKS.md).
 	Window int
 	// LowLinger is how long a small low-lane batch waits for more events before
 	// it is published (default 1 ms; negative disables). It trades that much
@@ -143,7 +144,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		opts.LowConn = opts.HighConn
 	}
 	if opts.Window <= 0 {
-		opts.Window = 512
+		opts.Window = 4096
 	}
 	if opts.LowLinger == 0 {
 		opts.LowLinger = time.Millisecond
