@@ -395,6 +395,7 @@ func (r *Runtime) newHost(spec Session) *Host {
 	high := &publisher{
 		queue: h.high, window: r.highWindow, metrics: h.highM, conn: r.opts.HighConn,
 		ackTimeout: r.opts.AckTimeout, build: h.message, log: log.With().Str("lane", "high").Logger(),
+		yield: r.priority,
 	}
 	go func() {
 		defer close(h.highDone)

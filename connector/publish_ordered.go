@@ -29,10 +29,12 @@ func (p *publisher) runOrdered(ctx context.Context, js jetstream.JetStream, link
 			received := buf[i].Received
 			msg := p.build(buf[i])
 			buf[i] = queued{}
+			p.yield.enter() // the low lanes step aside until it is stored
 			err := publishSync(ctx, js, link, msg, received, p.ackTimeout, p.metrics)
 			if err != nil {
 				retryPublish(ctx, js, p.conn, link, msg, received, err, p.ackTimeout, p.metrics, p.log)
 			}
+			p.yield.leave()
 		}
 		if !ok {
 			abandon(p.queue, p.metrics, p.log) // only after the hard stop is anything left

@@ -27,6 +27,7 @@ type publisher struct {
 	window     int
 	ackTimeout time.Duration
 	build      func(queued) *nats.Msg
+	yield      *priorityYield // marks each publish in flight for the low lanes (priority.go)
 	metrics    laneMetrics
 	log        zerolog.Logger
 }

@@ -34,6 +34,7 @@ import (
 //     acknowledged.
 type lowPump struct {
 	conn       *nats.Conn
+	yield      yielder // waits while a high-lane publish is in flight (priority.go)
 	fastBatch  bool // publish in fast batches (publish_batch.go), else one message at a time
 	mode       *modeReport
 	window     int
@@ -220,6 +221,7 @@ func (p *lowPump) run(ctx context.Context) error {
 				received := buf[i].Received
 				msg := l.build(buf[i])
 				buf[i] = queued{}
+				p.yield.wait(ctx)
 				sender.send(ctx, msg, l, received)
 			}
 			polled += len(buf)

@@ -91,11 +91,14 @@ type Options struct {
 // acks and retries, dedup ids, command services, KV state and metrics. It
 // starts and stops sessions one by one (Start, Stop) while the others run.
 type Runtime struct {
-	opts    Options
-	highJS  jetstream.JetStream // administration and KV
-	pump    *lowPump            // publishes every session's low lane
-	buckets map[string]jetstream.KeyValue
-	runID   string
+	opts   Options
+	highJS jetstream.JetStream // administration and KV
+	pump   *lowPump            // publishes every session's low lane
+	// priority is shared by the high-lane publishers and the pump, which
+	// steps aside while an exit is on its way (priority.go).
+	priority *priorityYield
+	buckets  map[string]jetstream.KeyValue
+	runID    string
 	// incarnations numbers the hosts this runtime built: a session started
 	// again gets new synthetic Nats-Msg-Ids (its Connector-Seq starts over),
 	// so JetStream never takes its events for the previous run's.
@@ -207,6 +210,8 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		opts.Log.Info().Str("why", why).Msg("low lanes publish one message at a time")
 	}
 	r.pump = newLowPump(opts.LowConn, fastBatch, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
+	r.priority = newPriorityYield()
+	r.pump.yield = yielder{y: r.priority}
 	if !fastBatch {
 		r.pump.mode.set(LowLanePerMessage, why)
 	}
