@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/jetbridge/connector/subjects"
 )
@@ -44,6 +47,61 @@ type AuditRecord struct {
 	// Origin names what made a source issue the command itself (for example
 	// a deadline); empty for the commands received on a command subject.
 	Origin string `json:"origin,omitempty"`
+	// Requester is who sent the command, when the NATS server said so (see
+	// Requester); absent otherwise.
+	Requester *Requester `json:"requester,omitempty"`
+}
+
+// RequestInfoHeader is the header in which nats-server (2.2+) describes the
+// client that sent a request into an account through a service import. It
+// is set (and any copy the client sent replaced) by the server only on that
+// path: with share: true on the import it names the user, otherwise just the
+// account; a request from inside the connector's own account carries
+// whatever its sender wrote, so only the import path makes it evidence.
+const RequestInfoHeader = "Nats-Request-Info"
+
+// Requester is the part of Nats-Request-Info an audit record keeps: the
+// server's fields that say who asked (never the JWT, nonce or timing).
+type Requester struct {
+	// Account is the requester's account (its name, or public key in
+	// operator mode).
+	Account string `json:"account"`
+	// User is the authenticated user: the name for user/password, the
+	// public key for NKey and JWT users, "[REDACTED]" for a token.
+	User string `json:"user,omitempty"`
+	// Name is the client's connection name (chosen by the client).
+	Name string `json:"name,omitempty"`
+	// Host is the client's IP address, as the server saw it.
+	Host string `json:"host,omitempty"`
+}
+
+// requesterMaxField bounds each recorded field: Name is the client's choice.
+const requesterMaxField = 256
+
+// RequesterOf reads the requester from a request's headers; nil when the
+// server added none (a request from within the account) or it is not the
+// server's JSON.
+func RequesterOf(h nats.Header) *Requester {
+	raw := h.Get(RequestInfoHeader)
+	if raw == "" {
+		return nil
+	}
+	var info struct {
+		Account string `json:"acc"`
+		User    string `json:"user"`
+		Name    string `json:"name"`
+		Host    string `json:"host"`
+	}
+	if err := json.Unmarshal([]byte(raw), &info); err != nil || info.Account == "" {
+		return nil
+	}
+	clip := func(s string) string { // json.Unmarshal already made it valid UTF-8
+		if len(s) > requesterMaxField {
+			s = strings.ToValidUTF8(s[:requesterMaxField], "")
+		}
+		return s
+	}
+	return &Requester{Account: clip(info.Account), User: clip(info.User), Name: clip(info.Name), Host: clip(info.Host)}
 }
 
 // Reply is the reply document of a command's outcome, exactly as the runtime

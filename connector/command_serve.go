@@ -173,6 +173,7 @@ func (r *Runtime) commandHandler(s *servedSession, name string) micro.HandlerFun
 		}
 		ev.Str("command", name).Dur("took_ms", time.Since(received)).Msg("command handled")
 		rec := r.auditRecordOf(cmd, received, reply)
+		rec.Requester = RequesterOf(nats.Header(req.Headers()))
 		// Reply before auditing: the audit record waits for room in the
 		// session's high lane, and a requester must not time out (and maybe
 		// retry a CONTROL that already moved the robot) because JetStream is slow.
@@ -325,6 +326,7 @@ func (r *Runtime) refuseUnknownSession(ctx context.Context, kind, name, command 
 	// Audited per kind within the flood-refusal budget (a flood of random
 	// session names is summed up); the reply never waits for it.
 	rec := r.auditRecordOf(Command{Name: command, Body: m.Data, WantsReply: m.Reply != ""}, received, reply)
+	rec.Requester = RequesterOf(m.Header)
 	auditor.record(ctx, name, refusal.Code, rec, received)
 }
 
@@ -409,6 +411,7 @@ func (r *Runtime) refuseUnknownCommand(s *servedSession, command string, m *nats
 	r.opts.Metrics.commands.WithLabelValues(h.kind, h.name, unknownLabel, refusal.Code).Inc()
 	r.opts.Metrics.commandLatency.WithLabelValues(h.kind, h.name, unknownLabel).Observe(time.Since(received).Seconds())
 	rec := r.auditRecordOf(Command{Name: command, Body: m.Data, WantsReply: m.Reply != ""}, received, reply)
+	rec.Requester = RequesterOf(m.Header)
 	if refusal.Code == CodeRateLimited {
 		s.auditor.record(ctx, h.name, refusal.Code, rec, received)
 		return

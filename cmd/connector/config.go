@@ -242,7 +242,10 @@ func (c Config) validate() error {
 			return badConfig("%s=%q cannot be read: %v", name, path, errors.Unwrap(err))
 		}
 	}
-	return nil
+	if c.NATSConfig.URL == "" && (c.NATSConfig.CA != "" || c.NATSConfig.Cert != "") {
+		return badConfig("NATS_CA/NATS_CERT are set but NATS_URL is empty: the embedded server does not use TLS; set NATS_URL to the TLS server (tls://host:4222)")
+	}
+	return checkNATSTLS(c.NATSConfig)
 }
 
 // validNATSURLs checks the syntax of NATS_URL (nats.go adds nats:// to a bare

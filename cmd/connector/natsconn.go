@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,8 +39,27 @@ func startNATS(cfg Config, log zerolog.Logger) (url string, embedded *embednats.
 // connectNATS opens a client connection that reconnects forever and logs its
 // state changes. Credentials come from the nats CLI's variables; none of them is
 // ever logged.
+//
+// TLS verification failures (a server certificate NATS_CA does not verify, a
+// client certificate missing or refused) do not fix themselves: when no
+// server could be used in the first round over NATS_URL and the last one
+// tried failed that way, connectNATS fails with a configuration error
+// naming the variable (exit status 2), where a server that is down is
+// retried. Such a failure later, on a reconnect (say, the
+// server's certificate was replaced by a bad one), is retried and logged
+// (once per 10 s) with the same explanation, as the server can be fixed.
 func connectNATS(url string, nc NATSConfig, name string, log zerolog.Logger) (*nats.Conn, error) {
 	log = log.With().Str("nats_connection", name).Logger()
+	if err := checkNATSTLS(nc); err != nil {
+		return nil, err
+	}
+	// The first round's failure goes to start-up's check below; later ones
+	// are logged when TLS caused them (nats.go retries every other quietly,
+	// and waitConnected reports a server that stays away).
+	firstFailure := make(chan error, 1)
+	var starting atomic.Bool
+	starting.Store(true)
+	tlsLog := log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second})
 	opts := []nats.Option{
 		nats.Name("connector " + name),
 		nats.MaxReconnects(-1),
@@ -49,6 +69,18 @@ func connectNATS(url string, nc NATSConfig, name string, log zerolog.Logger) (*n
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn().Err(err).Msg("disconnected from NATS; reconnecting")
+			}
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if starting.Load() {
+				select {
+				case firstFailure <- err:
+					return
+				default:
+				}
+			}
+			if cause := tlsFailure(err, nc); cause != nil {
+				tlsLog.Error().Err(cause).Msg("cannot connect to NATS over TLS; retrying")
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
@@ -78,15 +110,24 @@ func connectNATS(url string, nc NATSConfig, name string, log zerolog.Logger) (*n
 	if nc.Token != "" {
 		opts = append(opts, nats.Token(nc.Token))
 	}
-	if nc.CA != "" {
-		opts = append(opts, nats.RootCAs(nc.CA))
-	}
-	if nc.Cert != "" {
-		opts = append(opts, nats.ClientCert(nc.Cert, nc.Key))
-	}
+	opts = append(opts, natsTLSOptions(nc)...)
 	conn, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer starting.Store(false)
+	if conn.IsConnected() {
+		return conn, nil
+	}
+	// nats.go tried every server once before returning and hands the last
+	// failure to the callback at once.
+	select {
+	case err := <-firstFailure:
+		if cause := tlsFailure(err, nc); cause != nil {
+			conn.Close()
+			return nil, cause
+		}
+	case <-time.After(2 * time.Second):
 	}
 	return conn, nil
 }

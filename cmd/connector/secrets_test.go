@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -80,6 +81,22 @@ func startNATSServer(t *testing.T, opts *server.Options) *server.Server {
 	}
 	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
 	return ns
+}
+
+// connectJS connects the test itself to url (reconnecting forever, every
+// 50 ms) and returns the connection and its JetStream, closed at cleanup.
+func connectJS(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
 }
 
 // operatorNATS starts a server in decentralized (JWT) mode with one
@@ -358,15 +375,7 @@ func (s *secretScan) commands(t *testing.T, nc *nats.Conn) {
 // every surface for secrets.
 func runHealthy(t *testing.T, rig *secretsRig, natsURL string, clientOpts []nats.Option, credEnv map[string]string, secrets []string) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL, clientOpts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := connectJS(t, natsURL, clientOpts...)
 	scan := &secretScan{}
 	scan.tap(t, nc)
 	httpAddr := freeLoopbackAddr(t)
@@ -415,12 +424,37 @@ func randomSecret(t *testing.T, what string) string {
 	return what + "-S3CR3T-" + pub[1:25]
 }
 
+// keySecrets are the forms a private key file (NATS_KEY) would take in a
+// leak: its PEM body (first), each line of it, and its DER bytes (the scan
+// adds the base64 forms).
+func keySecrets(t *testing.T, path string) []string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || !strings.Contains(block.Type, "PRIVATE KEY") {
+		t.Fatalf("%s holds no PEM private key", path)
+	}
+	var body strings.Builder
+	var lines []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "-----") {
+			body.WriteString(line)
+			lines = append(lines, line)
+		}
+	}
+	return append([]string{body.String(), string(block.Bytes)}, lines...)
+}
+
 // TestSecretsNeverExposed runs the real connector process at LOG_LEVEL=trace
 // with JSON logs, with every kind of credential and with failures provoked
 // around them, and asserts that no secret (nor its base64) appears in its
 // stdout/stderr, any NATS message it sent or received, any stream or KV
 // bucket (history included), any command reply (valid and invalid commands)
-// or its HTTP endpoints.
+// or its HTTP endpoints. Secrets include the private key file of mutual TLS
+// (NATS_KEY): its PEM body, any line of it, its DER bytes.
 func TestSecretsNeverExposed(t *testing.T) {
 	t.Run("password_and_api_key", func(t *testing.T) {
 		key := randomSecret(t, "apikey")
@@ -455,6 +489,32 @@ func TestSecretsNeverExposed(t *testing.T) {
 			append(parts, key))
 	})
 
+	t.Run("mutual_tls_key_file", func(t *testing.T) {
+		key := randomSecret(t, "apikey")
+		rig := newSecretsRig(t, key)
+		set := newPKI(t)
+		ns := startTLSNATS(t, set, set.Server, "127.0.0.1:0", "")
+		env := tlsEnv(set)
+		env["LASERSELL_API_KEY"] = key
+		runHealthy(t, rig, tlsURL(ns), []nats.Option{nats.RootCAs(set.CA.CertFile), nats.ClientCert(set.Client.CertFile, set.Client.KeyFile)},
+			env, append(keySecrets(t, set.Client.KeyFile), key))
+	})
+
+	t.Run("key_file_of_another_certificate", func(t *testing.T) {
+		set := newPKI(t)
+		ns := startTLSNATS(t, set, set.Server, "127.0.0.1:0", "")
+		env := tlsEnv(set)
+		env["NATS_KEY"] = set.Server.KeyFile // the server's key: does not match NATS_CERT
+		env["NATS_URL"], env["LOG_LEVEL"], env["OPENSTREAM_ROBOTS"] = tlsURL(ns), "trace", "arm=127.0.0.1:9"
+		stdout, stderr, status := runCLI(t, env, "run")
+		if status != 2 {
+			t.Fatalf("exit status %d, want 2 (bad configuration): %s", status, stderr)
+		}
+		scan := &secretScan{}
+		scan.add("connector stdout+stderr", []byte(stdout+stderr))
+		scan.check(t, append(keySecrets(t, set.Server.KeyFile), keySecrets(t, set.Client.KeyFile)...))
+	})
+
 	t.Run("password_in_url_nats_down_at_start", func(t *testing.T) {
 		key := randomSecret(t, "apikey")
 		rig := newSecretsRig(t, key)
@@ -479,16 +539,7 @@ func TestSecretsNeverExposed(t *testing.T) {
 		stopFake()
 		store := t.TempDir()
 		ns := startAuthNATS(t, addr, store, auth)
-		nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo(auth.user, auth.password),
-			nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc, js := connectJS(t, ns.ClientURL(), nats.UserInfo(auth.user, auth.password))
 		scan.tap(t, nc)
 		scan.commands(t, nc)
 		waitUntil(t, 20*time.Second, "exit signals stored after NATS came up", func() error {
