@@ -24,6 +24,8 @@ func TestMain(m *testing.M) {
 		err = roleNATS()
 	case "raw":
 		err = roleRaw()
+	case "glue":
+		err = roleGlue()
 	case "sim":
 		err = roleSim(os.Args[1:])
 	case roleOSSim:

@@ -555,11 +555,22 @@ func (s *system) printOSScale(steps []osScale) {
 	x := steps[0]
 	fmt.Fprintf(&w, "\npayload %.0f B + %.0f B of headers per data event (connector). Latency starts at the simulator's \"ts\" (Unix ms, truncated): every figure from it is an upper bound, at most 1 ms above the true value; the split at Connector-Received and at a core NATS subscription is in ns.\n", x.PayloadB, x.HeaderB)
 	fmt.Fprintf(&w, "largest N passing (no drops, p99 < %s, sim sent >= 95%% of nominal): %d (target >= 50: %s)\n", osLatTarget, best, passFail(best >= 50))
+	var out resultLines
+	out.add("openstream_largest_n", float64(best))
 	for _, x := range steps {
 		if x.N == 50 {
 			fmt.Fprintf(&w, "N=50: connector %.2f CPU-s/M, raw %.2f CPU-s/M, ratio %.2f (target <= 1.5: %s)\n", x.CPUPerM, x.Raw.CPUPerM, x.cpuRatio(), passFail(x.cpuRatio() <= 1.5))
 		}
+		n := "openstream_n" + strconv.Itoa(x.N) + "_"
+		out.add(n+"stored_per_s", x.Stored)
+		out.add(n+"drops", x.DroppedWin)
+		out.add(n+"p99_ms", x.P99/1e3)
+		out.add(n+"connector_cpu_s_per_m", x.CPUPerM)
+		out.add(n+"raw_cpu_s_per_m", x.Raw.CPUPerM)
+		out.add(n+"connector_vs_raw_cpu", x.cpuRatio())
 	}
+	w.WriteString("\n")
+	out.writeTo(&w)
 	fmt.Print(w.String())
 	_ = os.WriteFile(filepath.Join(s.dir, "openstream-scale.md"), []byte(w.String()), 0o644)
 }

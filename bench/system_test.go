@@ -26,7 +26,10 @@ const (
 	benchWallet   = "BenchWa11et1111111111111111111111111111111"
 	benchAPIKey   = "bench-key"
 	autoPositions = 10
-	publishWindow = 512 // the connector's default CONNECTOR_PUBLISH_WINDOW; the raw publisher uses the same bound
+	// publishWindow bounds the raw publisher of the first target: the
+	// connector's CONNECTOR_PUBLISH_WINDOW default until 05e98b8 (now 4096),
+	// kept so that target's figures compare with the earlier runs.
+	publishWindow = 512
 
 	probeWindow = 3 * time.Second
 
@@ -79,16 +82,19 @@ func BenchmarkSystem(b *testing.B) {
 	}
 	defer s.printSummary()
 
-	var lanes *run
+	var lanes, glue *run
 	// Raw and connector windows alternate, each connector window offered the
 	// rate the raw publisher stored just before: background load on the
-	// machine then hits both sides of each ratio alike.
+	// machine then hits both sides of each ratio alike. The same rounds
+	// measure the hand-written glue of issue 12 (versus_test.go).
 	step("throughput/raw-vs-connector", func(b *testing.B) {
 		r := res.cached("rounds", func() map[string]float64 {
 			lanes = s.startRun("lanes", false)
-			return s.throughputRounds(lanes)
+			glue = s.startGlue("glue") // after the connector, which creates the streams
+			return s.throughputRounds(lanes, glue)
 		})
-		report(b, r, "raw-msgs/s", "conn-msgs/s", "ratio", "raw-cpu-s/M", "conn-cpu-s/M", "hdr-ratio", "other-cores")
+		report(b, r, "raw-msgs/s", "conn-msgs/s", "ratio", "raw-cpu-s/M", "conn-cpu-s/M", "hdr-ratio", "other-cores",
+			"conn-vs-raw4096", "conn-vs-glue", "glue-vs-raw4096")
 	})
 	// Twice the raw rate: more than the connector can publish.
 	step("throughput/connector-overload", func(b *testing.B) {
@@ -115,7 +121,7 @@ func BenchmarkSystem(b *testing.B) {
 	// Receipts are pooled per case.
 	step("latency/run", func(b *testing.B) {
 		res.cached("latency", func() map[string]float64 {
-			s.latencyRounds(map[string]*run{"lanes": lanes, "single-lane": single})
+			s.latencyRounds(map[string]*run{"lanes": lanes, "single-lane": single, "glue": glue})
 			return nil
 		})
 	})
@@ -125,11 +131,28 @@ func BenchmarkSystem(b *testing.B) {
 			report(b, r, "p50-µs", "p99-µs", "max-µs", "exits", "lost", "reordered", "dups", "drops", "pnl-stored/s", "other-cores")
 		})
 	}
-	for _, rn := range []*run{lanes, single} {
+	for _, rn := range []*run{single, glue} {
 		if rn != nil {
 			rn.stop()
 		}
 	}
+	// Issue 12: the connector at 80 % of its own maximum for BENCH_SUSTAIN,
+	// then the publish window and low lane as knobs (connectors of their
+	// own), against raw-4096.
+	step("sustain", func(b *testing.B) {
+		r := res.cached("sustain", func() map[string]float64 {
+			res.sustain = s.sustain(lanes, "default", 0.8*res.versusMedians()["conn-max-msgs/s"])
+			return res.sustain.metrics()
+		})
+		report(b, r, "offered/s", "msgs/s", "drops", "cpu-s/M")
+	})
+	if lanes != nil {
+		lanes.stop()
+	}
+	step("throughput/knobs", func(b *testing.B) {
+		r := res.cached("knobs", s.knobRounds)
+		report(b, r, "w512-l1024-vs-raw4096", "w4096-l1024-vs-raw4096", "w4096-l250ms-vs-raw4096")
+	})
 }
 
 // results are kept across the sub-benchmarks: later phases use earlier figures.
@@ -142,6 +165,10 @@ type results struct {
 	sustained float64
 	latency   map[string]map[string]float64
 	notes     []string
+	// Issue 12 (versus_test.go).
+	sustain, knobSustain sustainResult
+	knobs                []knobRound
+	knobLane             int
 }
 
 // cached runs f once per BenchmarkSystem run: the testing package calls a
@@ -282,25 +309,17 @@ func freePort(b *testing.B) string {
 
 // startRun starts a simulator and the connector binary on it, and waits until
 // the session's snapshot is stored.
-func (s *system) startRun(session string, singleLane bool) *run {
+// extraEnv (NAME=value) comes last, so it wins over BENCH_CONNECTOR_ENV.
+func (s *system) startRun(session string, singleLane bool, extraEnv ...string) *run {
 	rn := &run{session: session}
-	var sr struct{ URL, Control string }
-	rn.sim = startRole(s.b, s.top.Cleanup, s.dir, "sim-"+session, "sim", nil, []string{
-		"-api-key", benchAPIKey, "-auto-positions", strconv.Itoa(autoPositions), "-stamp-send-time",
-		"-write-timeout", "120s", "-pnl-rate", "0", "-seed", "7",
-		// The simulator's writer reads a new PnL rate only when something
-		// wakes it; with the rate at 0 nothing does. WebSocket pings every
-		// 100 ms (answered by the connector's WebSocket library) wake it.
-		"-ping-every", "100ms",
-	}, &sr)
-	rn.simControl = sr.Control
+	simURL := s.startSim(rn)
 	httpAddr := freePort(s.b)
 	rn.metricsURL = "http://" + httpAddr + "/metrics"
 	cmd := exec.Command(s.bin, "run")
 	cmd.Env = append(os.Environ(),
 		"NATS_URL="+s.natsURL,
 		"CONNECTOR_SOURCES=lasersell",
-		"LASERSELL_URL="+sr.URL,
+		"LASERSELL_URL="+simURL,
 		"LASERSELL_API_KEY="+benchAPIKey,
 		"LASERSELL_SESSION="+session,
 		"LASERSELL_WALLETS="+benchWallet,
@@ -314,6 +333,7 @@ func (s *system) startRun(session string, singleLane bool) *run {
 	// Extra variables for experiments, for example
 	// BENCH_CONNECTOR_ENV="CONNECTOR_PUBLISH_WINDOW=2048 GOGC=400".
 	cmd.Env = append(cmd.Env, strings.Fields(os.Getenv("BENCH_CONNECTOR_ENV"))...)
+	cmd.Env = append(cmd.Env, extraEnv...)
 	rn.conn = startChild(s.b, s.top.Cleanup, s.dir, "connector-"+session, cmd)
 	rn.conn.role = "connector"
 	// hello_ok, then a balance_update and a position_opened per position.
@@ -338,6 +358,21 @@ func (s *system) startRun(session string, singleLane bool) *run {
 	}
 	time.Sleep(300 * time.Millisecond)
 	return rn
+}
+
+// startSim starts rn's simulator and returns its WebSocket URL.
+func (s *system) startSim(rn *run) string {
+	var sr struct{ URL, Control string }
+	rn.sim = startRole(s.b, s.top.Cleanup, s.dir, "sim-"+rn.session, "sim", nil, []string{
+		"-api-key", benchAPIKey, "-auto-positions", strconv.Itoa(autoPositions), "-stamp-send-time",
+		"-write-timeout", "120s", "-pnl-rate", "0", "-seed", "7",
+		// The simulator's writer reads a new PnL rate only when something
+		// wakes it; with the rate at 0 nothing does. WebSocket pings every
+		// 100 ms (answered by the client's WebSocket library) wake it.
+		"-ping-every", "100ms",
+	}, &sr)
+	rn.simControl = sr.Control
+	return sr.URL
 }
 
 func (rn *run) stop() {
@@ -422,6 +457,7 @@ type delta struct {
 	secs                       float64
 	stored, storedBytes        float64
 	published, events, dropped float64
+	failed                     float64            // the glue's failed publishes
 	cpu                        map[string]float64 // seconds
 	other                      float64            // CPU seconds of processes outside the rig
 	busy                       float64            // CPU seconds of the whole machine
@@ -439,6 +475,9 @@ func diff(a, b sample) delta {
 		d.published = b.prom.sum("connector_published_total", low) - a.prom.sum("connector_published_total", low)
 		d.events = b.prom.sum("connector_events_total", low) - a.prom.sum("connector_events_total", low)
 		d.dropped = b.prom.sum("connector_lane_dropped_total") - a.prom.sum("connector_lane_dropped_total")
+		// The glue's counters (glue_test.go): it reads every frame it is sent.
+		d.events += b.prom.sum("glue_pnl_total") - a.prom.sum("glue_pnl_total")
+		d.failed = b.prom.sum("glue_failed_total") - a.prom.sum("glue_failed_total")
 	}
 	rig := (b.self - a.self).Seconds()
 	for k, v := range b.cpu {
@@ -468,8 +507,11 @@ func (t tput) metrics() map[string]float64 {
 }
 
 // round is a raw window, a raw window with the connector's headers, and the
-// connector window that followed them.
-type round struct{ raw, rawHeaders, conn tput }
+// connector window that followed them; then issue 12's windows (versus).
+type round struct {
+	raw, rawHeaders, conn tput
+	versus                versusRound
+}
 
 func (r round) ratio() float64 { return r.conn.Stored / r.raw.Stored }
 
@@ -480,15 +522,15 @@ const (
 	tputWindow = 3 * time.Second
 )
 
-func (s *system) throughputRounds(rn *run) map[string]float64 {
+func (s *system) throughputRounds(rn, glue *run) map[string]float64 {
 	var rounds []round
-	for range tputRounds {
-		raw := s.rawWindow(false)
+	for i := range tputRounds {
+		raw := s.rawWindow(publishWindow, false)
 		// Not part of the ratio: the raw publisher with the connector's
 		// headers, to tell the cost of the message contract from the rest.
-		hdr := s.rawWindow(true)
-		conn := s.connWindow(rn, "matched-"+strconv.Itoa(len(rounds)+1), raw.Stored)
-		rounds = append(rounds, round{raw: raw, rawHeaders: hdr, conn: conn})
+		hdr := s.rawWindow(publishWindow, true)
+		conn := s.connWindow(rn, "matched-"+strconv.Itoa(i+1), raw.Stored)
+		rounds = append(rounds, round{raw: raw, rawHeaders: hdr, conn: conn, versus: s.versusWindows(rn, glue, i)})
 	}
 	med := func(f func(round) float64) float64 {
 		xs := make([]float64, len(rounds))
@@ -500,7 +542,7 @@ func (s *system) throughputRounds(rn *run) map[string]float64 {
 	}
 	s.results.rounds = rounds
 	s.results.rawMedian = med(func(r round) float64 { return r.raw.Stored })
-	return map[string]float64{
+	m := map[string]float64{
 		"raw-msgs/s":   s.results.rawMedian,
 		"conn-msgs/s":  med(func(r round) float64 { return r.conn.Stored }),
 		"ratio":        med(round.ratio),
@@ -511,13 +553,17 @@ func (s *system) throughputRounds(rn *run) map[string]float64 {
 		"hdr-msgs/s":   med(func(r round) float64 { return r.rawHeaders.Stored }),
 		"hdr-cpu-s/M":  med(func(r round) float64 { return r.rawHeaders.CPUPerM }),
 	}
+	for k, v := range s.results.versusMedians() {
+		m[k] = v
+	}
+	return m
 }
 
 // rawWindow measures plain JetStream async publishing into a file-backed
 // stream on the same server, in its own process.
-func (s *system) rawWindow(headers bool) tput {
+func (s *system) rawWindow(window int, headers bool) tput {
 	s.purge(rawStream.Name)
-	env := []string{"BENCH_NATS_URL=" + s.natsURL, "BENCH_WINDOW=" + strconv.Itoa(publishWindow)}
+	env := []string{"BENCH_NATS_URL=" + s.natsURL, "BENCH_WINDOW=" + strconv.Itoa(window)}
 	if headers {
 		env = append(env, "BENCH_HEADERS=1")
 	}
@@ -549,7 +595,7 @@ func (s *system) rawWindow(headers bool) tput {
 }
 
 // connWindow has the simulator offer pnl_update frames at offered per second
-// and measures what reaches LASERSELL_PNL.
+// and measures what reaches LASERSELL_PNL (the connector, or the glue).
 func (s *system) connWindow(rn *run, label string, offered float64) tput {
 	s.purge("LASERSELL_PNL")
 	rn.setPnL(s.b, offered)
@@ -563,14 +609,16 @@ func (s *system) connWindow(rn *run, label string, offered float64) tput {
 	data, hdr := s.lastPayload("LASERSELL_PNL")
 	// Let the low lane empty before the next window.
 	time.Sleep(500 * time.Millisecond)
+	who := rn.conn.role
 	return tput{
 		Offered:       offered,
 		Received:      d.events / d.secs,
 		Dropped:       d.dropped / d.secs,
+		Errors:        d.failed,
 		Stored:        d.stored / d.secs,
-		CPUPerM:       d.cpu["connector"] / d.stored * 1e6,
+		CPUPerM:       d.cpu[who] / d.stored * 1e6,
 		NATSCPUPerM:   d.cpu["nats"] / d.stored * 1e6,
-		Cores:         d.cpu["connector"] / d.secs,
+		Cores:         d.cpu[who] / d.secs,
 		NATSCores:     d.cpu["nats"] / d.secs,
 		SimCores:      d.cpu["sim"] / d.secs,
 		OtherCores:    d.other / d.secs,
@@ -605,7 +653,7 @@ func (s *system) probeSustained(rn *run) map[string]float64 {
 	// Capacity: the best stored rate of the throughput windows.
 	capacity := s.results.overload.Stored
 	for _, r := range s.results.rounds {
-		capacity = max(capacity, r.conn.Stored)
+		capacity = max(capacity, r.conn.Stored, r.versus.connMax.Stored)
 	}
 	rate := 0.8 * capacity
 	tries := 0
@@ -666,7 +714,9 @@ var (
 		mult float64
 	}{{"idle", 0}, {"flood", 1}, {"overload", 2}, {"half-flood", 0.5}}
 	latencyKeys = []string{"lanes/idle", "lanes/flood", "lanes/overload", "lanes/half-flood",
-		"single-lane/idle", "single-lane/flood", "single-lane/overload"}
+		"single-lane/idle", "single-lane/flood", "single-lane/overload",
+		"glue/idle", "glue/flood", "glue/overload"}
+	latencyModes = []string{"lanes", "single-lane", "glue"}
 )
 
 // latAgg pools the windows of one latency case.
@@ -675,6 +725,7 @@ type latAgg struct {
 	lat, trig, toConn, toCore, toJS     []float64
 	sent, recv, lost, reordered, dups   int
 	drops, stored, secs, cpu, busy, oth float64
+	failed                              float64
 	windows                             int
 }
 
@@ -689,7 +740,7 @@ func (a *latAgg) metrics() map[string]float64 {
 		"pub-p50-µs": pct(a.toCore, 50), "pub-p99-µs": pct(a.toCore, 99),
 		"js-p50-µs": pct(a.toJS, 50), "js-p99-µs": pct(a.toJS, 99),
 		"exits": float64(a.recv), "sent": float64(a.sent), "lost": float64(a.lost),
-		"reordered": float64(a.reordered), "dups": float64(a.dups), "drops": a.drops,
+		"reordered": float64(a.reordered), "dups": float64(a.dups), "drops": a.drops, "failed": a.failed,
 		"pnl-rate": a.pnlRate, "pnl-stored/s": a.stored / a.secs,
 		"cpu-cores": a.cpu / a.secs, "busy-cores": a.busy / a.secs, "other-cores": a.oth / a.secs,
 		"windows": float64(a.windows),
@@ -704,7 +755,10 @@ func (a *latAgg) metrics() map[string]float64 {
 func (s *system) latencyRounds(runs map[string]*run) {
 	aggs := map[string]*latAgg{}
 	for range latRounds {
-		for _, mode := range []string{"lanes", "single-lane"} {
+		for _, mode := range latencyModes {
+			if runs[mode] == nil {
+				continue
+			}
 			for _, c := range latencyCases {
 				key := mode + "/" + c.name
 				if !slices.Contains(latencyKeys, key) {
@@ -856,9 +910,10 @@ func (s *system) latencyWindow(rn *run, key string, agg *latAgg) {
 		}
 	}
 	agg.drops += d.dropped
+	agg.failed += d.failed
 	agg.stored += d.stored
 	agg.secs += d.secs
-	agg.cpu += d.cpu["connector"]
+	agg.cpu += d.cpu[rn.conn.role]
 	agg.busy += d.busy
 	agg.oth += d.other
 	agg.windows++
@@ -916,7 +971,10 @@ func (s *system) printSummary() {
 	if f := r.latency["lanes/flood"]; f != nil && f["cpu-s/M"] > 0 {
 		fmt.Fprintf(&w, "connector CPU at that rate (lanes/flood window): %.2f CPU-s per M stored, %.2f cores\n", f["cpu-s/M"], f["cpu-cores"])
 	}
-	for _, mode := range []string{"lanes", "single-lane"} {
+	for _, mode := range latencyModes {
+		if r.latency[mode+"/idle"] == nil {
+			continue
+		}
 		fmt.Fprintf(&w, "\n## Exit-signal latency, %s (an exit every %s; %d windows of %s per case, interleaved with the other cases)\n\n", mode, exitEvery, latRounds, latWindow)
 		fmt.Fprintf(&w, "| case | PnL offered/s | PnL stored/s | low-lane drops | exits sent / received | lost | reordered | dups | p50 µs | p99 µs | max µs | p99 from triggered_at_ms | machine busy, cores (other load) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, c := range []string{"idle", "flood", "overload", "half-flood"} {
@@ -928,9 +986,11 @@ func (s *system) printSummary() {
 				c, x["pnl-rate"], x["pnl-stored/s"], x["drops"], x["sent"], x["exits"], x["lost"], x["reordered"], x["dups"],
 				x["p50-µs"], x["p99-µs"], x["max-µs"], x["p99-trig-ms"], x["busy-cores"], x["other-cores"])
 		}
-		fmt.Fprintf(&w, "\nwhere the time goes (p50 / p99, µs): sim write -> connector read stamp | -> core NATS delivery | -> JetStream consumer\n\n")
+		if mode != "glue" { // the glue stamps nothing: no split
+			fmt.Fprintf(&w, "\nwhere the time goes (p50 / p99, µs): sim write -> connector read stamp | -> core NATS delivery | -> JetStream consumer\n\n")
+		}
 		for _, c := range []string{"idle", "flood", "overload", "half-flood"} {
-			if x := r.latency[mode+"/"+c]; x != nil {
+			if x := r.latency[mode+"/"+c]; x != nil && mode != "glue" {
 				fmt.Fprintf(&w, "- %s: %.0f / %.0f | %.0f / %.0f | %.0f / %.0f\n", c, x["read-p50-µs"], x["read-p99-µs"],
 					x["pub-p50-µs"], x["pub-p99-µs"], x["js-p50-µs"], x["js-p99-µs"])
 			}
@@ -945,19 +1005,26 @@ func (s *system) printSummary() {
 				}
 			}
 			fmt.Fprintf(&w, "no exit signal lost, reordered or duplicated: %s; ", passFail(bad == 0))
-			if mode == "lanes" {
+			switch mode {
+			case "lanes":
 				fmt.Fprintf(&w, "flood without low-lane drops: %s; overload drops: %s\n", passFail(flood["drops"] == 0), passFail(over["drops"] > 0))
-			} else {
+			case "glue":
+				fmt.Fprintf(&w, "failed publishes (the glue never drops): %.0f\n", idle["failed"]+flood["failed"]+over["failed"])
+			default:
 				fmt.Fprintf(&w, "drops (one FIFO never drops): %.0f\n", flood["drops"]+over["drops"])
 			}
 		}
 	}
+	lines := s.printVersus(&w)
 	if len(r.notes) > 0 {
 		fmt.Fprintf(&w, "\nnotes:\n")
 		for _, n := range r.notes {
 			fmt.Fprintf(&w, "- %s\n", n)
 		}
 	}
+	// One machine-readable line per figure, last, so a script can grep them.
+	w.WriteString("\n")
+	lines.writeTo(&w)
 	fmt.Print(w.String())
 	_ = os.WriteFile(filepath.Join(s.dir, "summary.md"), []byte(w.String()), 0o644)
 }
