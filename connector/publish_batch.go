@@ -221,8 +221,10 @@ func (s *batchSender) settle(lane *pumpLane, b *laneBatch, upTo uint64) {
 func (s *batchSender) end(ctx context.Context, lane *pumpLane, b *laneBatch, err error) {
 	delete(s.batches, lane)
 	refusedAt, cause := b.takeServerError()
-	if cause != nil && errors.Is(err, jetstreamext.ErrBatchClosed) {
-		err = cause // the server said why it ended the batch
+	if cause != nil && (errors.Is(err, jetstreamext.ErrBatchClosed) || batchesRefused(cause)) {
+		// The server said why it ended the batch. (A refusal while Add
+		// waited for a flow ack surfaces as that wait's timeout.)
+		err = cause
 	}
 	if refusedAt > 0 {
 		s.settle(lane, b, refusedAt-1) // stored before the refusal; nothing after it is

@@ -35,7 +35,7 @@ import (
 type lowPump struct {
 	conn       *nats.Conn
 	yield      yielder // waits while a high-lane publish is in flight (priority.go)
-	fastBatch  bool // publish in fast batches (publish_batch.go), else one message at a time
+	fastBatch  bool    // publish in fast batches (publish_batch.go), else one message at a time
 	mode       *modeReport
 	window     int
 	ackTimeout time.Duration
