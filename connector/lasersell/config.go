@@ -57,7 +57,7 @@ type Config struct {
 	LowLane  int `split_words:"true" default:"32768" desc:"low-lane capacity (pnl_update), about 300 ms of the connector's sustained maximum; when full the oldest update is dropped"`
 
 	PingInterval time.Duration `split_words:"true" default:"30s" desc:"interval of the application-level ping (RTT measurement, keep-alive)"`
-	ReadTimeout  time.Duration `split_words:"true" default:"60s" desc:"a connection that receives nothing (not even a pong) for this long is dead"`
+	ReadTimeout  time.Duration `split_words:"true" default:"60s" desc:"a connection that receives nothing (not even a pong) for this long is dead (detected within 9/8 of it)"`
 	WriteTimeout time.Duration `split_words:"true" default:"10s" desc:"bound on writing one frame upstream"`
 	DialTimeout  time.Duration `split_words:"true" default:"10s" desc:"bound on the TCP, TLS and WebSocket handshake, and on the wait for hello_ok after the configure is sent"`
 	BackoffBase  time.Duration `split_words:"true" default:"100ms" desc:"first reconnect delay; doubles per failed attempt"`
