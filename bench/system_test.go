@@ -107,10 +107,15 @@ func BenchmarkSystem(b *testing.B) {
 	})
 	// The single-lane connector starts before the probe, so the probe sees the
 	// same processes as the latency windows.
-	var single *run
+	var single, lanesB *run
 	step("probe-sustained-rate", func(b *testing.B) {
 		r := res.cached("probe", func() map[string]float64 {
 			single = s.startRun("single", true)
+			if binB := os.Getenv("BENCH_CONNECTOR_BIN_B"); binB != "" {
+				// A/B: another build of the connector in the same
+				// interleaved latency windows, at the same rates.
+				lanesB = s.startRunOf(binB, "lanesb", false)
+			}
 			return s.probeSustained(lanes)
 		})
 		report(b, r, "rate/s", "tries")
@@ -121,7 +126,7 @@ func BenchmarkSystem(b *testing.B) {
 	// Receipts are pooled per case.
 	step("latency/run", func(b *testing.B) {
 		res.cached("latency", func() map[string]float64 {
-			s.latencyRounds(map[string]*run{"lanes": lanes, "single-lane": single, "glue": glue})
+			s.latencyRounds(map[string]*run{"lanes": lanes, "single-lane": single, "glue": glue, "lanes-b": lanesB})
 			return nil
 		})
 	})
@@ -131,7 +136,7 @@ func BenchmarkSystem(b *testing.B) {
 			report(b, r, "p50-µs", "p99-µs", "max-µs", "exits", "lost", "reordered", "dups", "drops", "pnl-stored/s", "other-cores")
 		})
 	}
-	for _, rn := range []*run{single, glue} {
+	for _, rn := range []*run{single, glue, lanesB} {
 		if rn != nil {
 			rn.stop()
 		}
@@ -311,11 +316,17 @@ func freePort(b *testing.B) string {
 // the session's snapshot is stored.
 // extraEnv (NAME=value) comes last, so it wins over BENCH_CONNECTOR_ENV.
 func (s *system) startRun(session string, singleLane bool, extraEnv ...string) *run {
+	return s.startRunOf(s.bin, session, singleLane, extraEnv...)
+}
+
+// startRunOf is startRun with another connector binary (the A/B mode
+// lanes-b, BENCH_CONNECTOR_BIN_B).
+func (s *system) startRunOf(bin, session string, singleLane bool, extraEnv ...string) *run {
 	rn := &run{session: session}
 	simURL := s.startSim(rn)
 	httpAddr := freePort(s.b)
 	rn.metricsURL = "http://" + httpAddr + "/metrics"
-	cmd := exec.Command(s.bin, "run")
+	cmd := exec.Command(bin, "run")
 	cmd.Env = append(os.Environ(),
 		"NATS_URL="+s.natsURL,
 		"CONNECTOR_SOURCES=lasersell",
@@ -715,8 +726,10 @@ var (
 	}{{"idle", 0}, {"flood", 1}, {"overload", 2}, {"half-flood", 0.5}}
 	latencyKeys = []string{"lanes/idle", "lanes/flood", "lanes/overload", "lanes/half-flood",
 		"single-lane/idle", "single-lane/flood", "single-lane/overload",
-		"glue/idle", "glue/flood", "glue/overload"}
-	latencyModes = []string{"lanes", "single-lane", "glue"}
+		"glue/idle", "glue/flood", "glue/overload",
+		"lanes-b/idle", "lanes-b/flood", "lanes-b/overload", "lanes-b/half-flood"}
+	// lanes-b runs only with BENCH_CONNECTOR_BIN_B (an A/B of two builds).
+	latencyModes = []string{"lanes", "single-lane", "glue", "lanes-b"}
 )
 
 // latAgg pools the windows of one latency case.
@@ -1006,7 +1019,7 @@ func (s *system) printSummary() {
 			}
 			fmt.Fprintf(&w, "no exit signal lost, reordered or duplicated: %s; ", passFail(bad == 0))
 			switch mode {
-			case "lanes":
+			case "lanes", "lanes-b":
 				fmt.Fprintf(&w, "flood without low-lane drops: %s; overload drops: %s\n", passFail(flood["drops"] == 0), passFail(over["drops"] > 0))
 			case "glue":
 				fmt.Fprintf(&w, "failed publishes (the glue never drops): %.0f\n", idle["failed"]+flood["failed"]+over["failed"])

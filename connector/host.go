@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -129,6 +130,12 @@ func (h *Host) Emit(ctx context.Context, ev Event) error {
 	}
 	h.highM.events.Inc()
 	h.accepted(&ev)
+	// The put woke the high-lane publisher onto this goroutine's processor,
+	// where it would wait until the emitter blocks or is preempted (up to a
+	// 10 ms time slice): an upstream reader with frames buffered never
+	// blocks, and under a telemetry flood every core is busy. Yield, so the
+	// exit is on its way now (BENCHMARKS.md, issue 12).
+	runtime.Gosched()
 	return nil
 }
 
