@@ -410,7 +410,7 @@ func (r *Runtime) newHost(spec Session) *Host {
 			high.log.Error().Err(err).Msg("high-lane publisher could not start; its events are not published")
 		}
 	}()
-	r.pump.add(h.subjectPrefix, &pumpLane{queue: h.low, build: h.message, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()})
+	r.pump.add(h.subjectPrefix, &pumpLane{stream: r.lowStream(kind), queue: h.low, build: h.message, metrics: h.lowM, log: log.With().Str("lane", "low").Logger()})
 	go func() {
 		defer close(h.statusDone)
 		h.writeStatus(pubCtx)

@@ -1,8 +1,13 @@
 package connector
 
 // Fast batch publishing of the low lanes (nats-server 2.14+, streams with
-// AllowBatchPublish): each session's low lane is one long-lived batch into
-// its kind's low-lane stream. Messages carry no per-message ack: the server
+// AllowBatchPublish): each low-lane stream gets one long-lived batch, which
+// the sessions publishing into it share (the pump sends one event at a time,
+// so each session's order is kept). One batch per stream rather than per
+// session: the server acknowledges every 500 / (open batches) messages at
+// most, and the publisher may not run more than two flow acks ahead, so 50
+// robots with a batch each stalled the one pump goroutine on 50 round trips
+// per pass (data p99 884 ms at N = 50, BENCHMARKS.md). Messages carry no per-message ack: the server
 // acknowledges every flow-th stored message (flow control), and the batch
 // ends with one commit acknowledgement. That removes most of the per-message
 // work of both the server and the connector (one ack parse and callback per
@@ -50,18 +55,18 @@ const (
 // timeout (10 s in nats-server 2.14+) would abandon it.
 const batchIdle = 100 * time.Millisecond
 
-// batchSender publishes each lane's events as one fast batch. It is used by
-// the pump's goroutine only (FastPublisher is not safe for concurrent use);
-// only the control-channel errors arrive on another goroutine (laneBatch.mu).
-// When a stream refuses batches after the start-up check found it willing
-// (an operator turned AllowBatchPublish off), it falls back to per-message
-// publishing for good.
+// batchSender publishes the low lanes' events in fast batches, one per
+// stream. It is used by the pump's goroutine only (FastPublisher is not safe
+// for concurrent use); only the control-channel errors arrive on another
+// goroutine (streamBatch.mu). When a stream refuses batches after the
+// start-up check found it willing (an operator turned AllowBatchPublish off),
+// it falls back to per-message publishing for good.
 type batchSender struct {
 	conn       *nats.Conn
 	js         jetstream.JetStream
 	gate       *sendGate
 	flow       jetstreamext.FastPublishFlowControl
-	batches    map[*pumpLane]*laneBatch
+	batches    map[string]*streamBatch // by stream
 	fallback   *asyncSender
 	perMessage bool // fallen back to fallback for good
 	mode       *modeReport
@@ -69,13 +74,13 @@ type batchSender struct {
 	refusedLog zerolog.Logger
 }
 
-// laneBatch is one lane's open batch and the receive times of the events
-// sent in it and not settled yet, in batch order.
-type laneBatch struct {
-	fp       jetstreamext.FastPublisher
-	received []time.Time // batch sequences settled+1, settled+2, ...
-	settled  uint64      // every batch sequence up to this one is accounted for
-	lastAdd  time.Time
+// streamBatch is one stream's open batch and the events sent in it and not
+// settled yet, in batch order.
+type streamBatch struct {
+	fp      jetstreamext.FastPublisher
+	pending []flight // batch sequences settled+1, settled+2, ...
+	settled uint64   // every batch sequence up to this one is accounted for
+	lastAdd time.Time
 
 	mu        sync.Mutex
 	serverErr error  // the last error the server reported on the control channel
@@ -117,7 +122,7 @@ func startBatchSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 	return &batchSender{
 		conn: conn, js: js, gate: newSendGate(), fallback: fallback, mode: mode, log: log,
 		flow:       jetstreamext.FastPublishFlowControl{Flow: flow, MaxOutstandingAcks: 2, AckTimeout: ackTimeout},
-		batches:    map[*pumpLane]*laneBatch{},
+		batches:    map[string]*streamBatch{},
 		refusedLog: log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 	}, nil
 }
@@ -147,10 +152,10 @@ func (s *batchSender) awaitTurn(ctx context.Context) {
 	}
 }
 
-// send adds msg, an event of lane read upstream at received, to the lane's
-// batch, starting one when none is open.
+// send adds msg, an event of lane read upstream at received, to the batch
+// of the lane's stream, starting one when none is open.
 func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, received time.Time) {
-	if s.perMessage {
+	if s.perMessage || lane.stream == "" { // a kind that declares no low-lane stream: no batch to share
 		s.fallback.send(ctx, msg, lane, received)
 		return
 	}
@@ -160,9 +165,9 @@ func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, r
 		m.failed.Inc() // the hard stop came while waiting: send nothing
 		return
 	}
-	b := s.batches[lane]
+	b := s.batches[lane.stream]
 	if b == nil {
-		b = &laneBatch{}
+		b = &streamBatch{}
 		fp, err := jetstreamext.NewFastPublisher(s.js, s.flow, jetstreamext.WithFastPublisherErrorHandler(b.noteServerError))
 		if err != nil { // only an invalid option fails here
 			m.failed.Inc()
@@ -170,17 +175,17 @@ func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, r
 			return
 		}
 		b.fp = fp
-		s.batches[lane] = b
+		s.batches[lane.stream] = b
 	}
 	m.inflight.Inc()
-	b.received = append(b.received, received)
+	b.pending = append(b.pending, flight{lane: lane, received: received})
 	ack, err := b.fp.AddMsg(msg)
 	b.lastAdd = time.Now()
 	if err != nil {
-		if len(b.received) == 1 && b.settled == 0 && batchesRefused(err) {
+		if len(b.pending) == 1 && b.settled == 0 && batchesRefused(err) {
 			// The stream refused to start the batch, so nothing of it was
 			// stored: publish this event the other way, not lose it.
-			delete(s.batches, lane)
+			delete(s.batches, lane.stream)
 			m.inflight.Dec()
 			s.fallBack(ctx, err)
 			s.fallback.send(ctx, msg, lane, received)
@@ -189,37 +194,55 @@ func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, r
 		s.end(ctx, lane, b, err)
 		return
 	}
-	s.settle(lane, b, ack.AckSequence)
+	s.settle(b, ack.AckSequence)
 	if lost, reopened := s.gate.succeed(); reopened {
 		s.log.Info().Int("failed", lost).Msg("publishing resumed: JetStream acknowledges again")
 	}
 }
 
 // settle accounts for the events of b up to batch sequence upTo, which the
-// server has stored.
-func (s *batchSender) settle(lane *pumpLane, b *laneBatch, upTo uint64) {
+// server has stored, each to its lane.
+func (s *batchSender) settle(b *streamBatch, upTo uint64) {
 	if upTo <= b.settled {
 		return
 	}
-	n := int(min(upTo-b.settled, uint64(len(b.received))))
-	m := &lane.metrics
+	n := int(min(upTo-b.settled, uint64(len(b.pending))))
 	now := time.Now()
-	for _, r := range b.received[:n] {
-		m.latency.Observe(now.Sub(r).Seconds())
+	for _, f := range b.pending[:n] {
+		m := &f.lane.metrics
+		m.latency.Observe(now.Sub(f.received).Seconds())
+		m.published.Inc()
+		m.inflight.Dec()
 	}
-	m.published.Add(float64(n))
-	m.inflight.Sub(float64(n))
 	b.settled += uint64(n)
-	b.received = b.received[n:]
-	if len(b.received) == 0 {
-		b.received = b.received[:0:0] // let the backing array go
+	clear(b.pending[:n]) // drop the lane references
+	b.pending = b.pending[n:]
+	if len(b.pending) == 0 {
+		b.pending = b.pending[:0:0] // let the backing array go
 	}
 }
 
-// end closes lane's batch after err: what was not settled is dropped (or
-// failed, at the hard stop), and a JetStream failure pauses publishing.
-func (s *batchSender) end(ctx context.Context, lane *pumpLane, b *laneBatch, err error) {
-	delete(s.batches, lane)
+// unsettle charges every event of b not settled yet to its lane: failed at
+// the hard stop, else dropped.
+func (s *batchSender) unsettle(ctx context.Context, b *streamBatch) {
+	hard := ctx.Err() != nil
+	for _, f := range b.pending {
+		m := &f.lane.metrics
+		m.inflight.Dec()
+		if hard {
+			m.failed.Inc()
+		} else {
+			m.dropped.Inc()
+		}
+	}
+	b.pending = nil
+}
+
+// end closes the batch of lane's stream after err (from lane's send): what
+// was not settled is dropped (or failed, at the hard stop), and a JetStream
+// failure pauses publishing.
+func (s *batchSender) end(ctx context.Context, lane *pumpLane, b *streamBatch, err error) {
+	delete(s.batches, lane.stream)
 	refusedAt, cause := b.takeServerError()
 	if cause != nil && (errors.Is(err, jetstreamext.ErrBatchClosed) || batchesRefused(cause)) {
 		// The server said why it ended the batch. (A refusal while Add
@@ -227,28 +250,25 @@ func (s *batchSender) end(ctx context.Context, lane *pumpLane, b *laneBatch, err
 		err = cause
 	}
 	if refusedAt > 0 {
-		s.settle(lane, b, refusedAt-1) // stored before the refusal; nothing after it is
+		s.settle(b, refusedAt-1) // stored before the refusal; nothing after it is
 	}
-	m := &lane.metrics
-	n := float64(len(b.received))
-	m.inflight.Sub(n)
-	if ctx.Err() != nil {
-		m.failed.Add(n)
+	n := len(b.pending)
+	hard := ctx.Err() != nil
+	s.unsettle(ctx, b)
+	if hard {
 		return
 	}
 	if batchesRefused(err) {
-		m.dropped.Add(n)
 		s.fallBack(ctx, err)
 		return
 	}
 	reason := publishErrorReason(err)
-	m.errors.WithLabelValues(reason).Inc()
-	m.dropped.Add(n)
+	lane.metrics.errors.WithLabelValues(reason).Inc()
 	if !permanentReason(reason) && s.gate.fail() {
-		s.log.Warn().Err(err).Str("reason", reason).Float64("events", n).
+		s.log.Warn().Err(err).Str("reason", reason).Int("events", n).
 			Msg("fast batch failed; its unacknowledged events count as dropped; publishing pauses and probes until JetStream acknowledges again")
 	} else {
-		s.refusedLog.Error().Err(err).Str("reason", reason).Float64("events", n).Msg("fast batch ended by a refusal; its unacknowledged events count as dropped")
+		s.refusedLog.Error().Err(err).Str("reason", reason).Int("events", n).Msg("fast batch ended by a refusal; its unacknowledged events count as dropped")
 	}
 	if !b.fp.IsClosed() {
 		// A publish that failed on the client leaves the batch open with its
@@ -279,46 +299,44 @@ func (s *batchSender) fallBack(ctx context.Context, err error) {
 func (s *batchSender) idle(ctx context.Context) time.Duration {
 	var next time.Duration
 	now := time.Now()
-	for lane, b := range s.batches {
+	for stream, b := range s.batches {
 		if wait := batchIdle - now.Sub(b.lastAdd); wait > 0 {
 			if next == 0 || wait < next {
 				next = wait
 			}
 			continue
 		}
-		s.commit(ctx, lane, b)
+		s.commit(ctx, stream, b)
 	}
 	return next
 }
 
-// commit ends lane's batch on purpose and settles it with the commit ack.
-func (s *batchSender) commit(ctx context.Context, lane *pumpLane, b *laneBatch) {
+// commit ends a stream's batch on purpose and settles it with the commit ack.
+func (s *batchSender) commit(ctx context.Context, stream string, b *streamBatch) {
+	delete(s.batches, stream)
 	ack, err := b.fp.Close(ctx)
 	if err != nil {
-		s.end(ctx, lane, b, fmt.Errorf("commit fast batch: %w", err))
+		// Nobody's send failed: charge the reason to the oldest event's lane.
+		if len(b.pending) > 0 {
+			s.end(ctx, b.pending[0].lane, b, fmt.Errorf("commit fast batch: %w", err))
+		}
 		return
 	}
-	delete(s.batches, lane)
-	s.settle(lane, b, ack.BatchSize)
-	if n := float64(len(b.received)); n > 0 { // the commit stored fewer than were sent
-		m := &lane.metrics
-		m.inflight.Sub(n)
-		m.dropped.Add(n)
-		m.errors.WithLabelValues(reasonOther).Inc()
-		s.log.Warn().Uint64("stored", ack.BatchSize).Float64("missing", n).Msg("fast batch committed short; the missing events count as dropped")
+	s.settle(b, ack.BatchSize)
+	if n := len(b.pending); n > 0 { // the commit stored fewer than were sent
+		b.pending[0].lane.metrics.errors.WithLabelValues(reasonOther).Inc()
+		s.unsettle(ctx, b)
+		s.log.Warn().Uint64("stored", ack.BatchSize).Int("missing", n).Msg("fast batch committed short; the missing events count as dropped")
 	}
 }
 
-// release commits the batch of a lane the pump forgets.
-func (s *batchSender) release(ctx context.Context, lane *pumpLane) {
-	if b := s.batches[lane]; b != nil {
-		s.commit(ctx, lane, b)
-	}
-}
+// release implements lowSender: a forgotten lane's events in a shared batch
+// are settled with the batch, charged to the lane all the same.
+func (s *batchSender) release(context.Context, *pumpLane) {}
 
 func (s *batchSender) closeAll(ctx context.Context) {
-	for lane, b := range s.batches {
-		s.commit(ctx, lane, b)
+	for stream, b := range s.batches {
+		s.commit(ctx, stream, b)
 	}
 }
 
@@ -330,7 +348,7 @@ func (s *batchSender) finish(ctx context.Context) {
 
 // noteServerError keeps what the server reported on the control channel.
 // FastPublisher calls it with its own lock held: it must not block.
-func (b *laneBatch) noteServerError(err error) {
+func (b *streamBatch) noteServerError(err error) {
 	var seq uint64
 	// A refused message ends a gap-fail batch: the server commits what came
 	// before it, and says which one in the error (the FastPublisher's text,
@@ -346,7 +364,7 @@ func (b *laneBatch) noteServerError(err error) {
 	b.mu.Unlock()
 }
 
-func (b *laneBatch) takeServerError() (refusedAt uint64, err error) {
+func (b *streamBatch) takeServerError() (refusedAt uint64, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	refusedAt, err = b.refusedAt, b.serverErr

@@ -54,6 +54,9 @@ type lowPump struct {
 // pumpLane is one session's low lane as the pump sees it. The asynchronous
 // sender charges each message's outcome to its pumpLane (publish_async.go).
 type pumpLane struct {
+	// stream is the low-lane stream the lane's subjects go to: its fast
+	// batch is shared with the other lanes of that stream (publish_batch.go).
+	stream  string
 	queue   *lowQueue
 	build   func(queued) *nats.Msg
 	metrics laneMetrics

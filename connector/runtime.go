@@ -236,6 +236,22 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	return r, nil
 }
 
+// lowStream names the stream that captures kind's low-lane subjects ("" when
+// the kind declares none).
+func (r *Runtime) lowStream(kind string) string {
+	for _, k := range r.opts.Kinds {
+		if k.Name != kind {
+			continue
+		}
+		for _, spec := range k.Streams {
+			if spec.Lane == LaneLow {
+				return spec.Name
+			}
+		}
+	}
+	return ""
+}
+
 // LowLanePublishing says how the low lanes publish (LowLaneFastBatch or
 // LowLanePerMessage) and, for the latter, why.
 func (r *Runtime) LowLanePublishing() (mode, why string) { return r.pump.mode.get() }
