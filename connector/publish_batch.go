@@ -106,9 +106,9 @@ func (r *modeReport) get() (mode, why string) {
 	return r.mode, r.why
 }
 
-// startBatchSender prepares fast batch publishing with window messages
-// unacknowledged at most per lane (two flow acks of window/2), and the
-// per-message sender it falls back to.
+// startBatchSender prepares fast batch publishing with at most window
+// messages unacknowledged per stream (two flow acks of window/2; the server
+// may ask for acks more often), and the per-message sender it falls back to.
 func startBatchSender(ctx context.Context, conn *nats.Conn, window int, ackTimeout time.Duration, mode *modeReport, log zerolog.Logger) (*batchSender, error) {
 	js, err := jetstream.New(conn)
 	if err != nil {
