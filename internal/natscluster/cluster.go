@@ -14,6 +14,12 @@
 // open an implicit (gossiped) route that would bypass the proxies: every
 // route is one of the configured, proxied ones.
 //
+// Beyond single nodes: leader step-downs of a stream or bucket (StepDown),
+// the whole cluster killed and restarted on its stores (KillAll,
+// RestartAll), and which node a client is connected to (ConnectedNode for
+// a connection of the test, ClientNodes by connection name for another
+// process's).
+//
 // The raft election timeouts of nats-server are package constants that an
 // embedding program cannot change: after a leader dies, its followers elect a
 // new one after the server's own randomised election timeout (4 to 9 s in
@@ -91,8 +97,8 @@ const pollInterval = 25 * time.Millisecond
 
 // Cluster is a running cluster. Build it with Start; it is stopped at the
 // test's cleanup. Its methods are safe for concurrent use, but the ones that
-// fail the test (Start, Conn, Kill, Restart, Isolate, Heal) must be called
-// from the test's goroutine.
+// fail the test (Start, Conn, Kill, Restart, KillAll, RestartAll, Isolate,
+// Heal) must be called from the test's goroutine.
 type Cluster struct {
 	t     testing.TB
 	opts  Options
@@ -508,7 +514,9 @@ func (c *Cluster) KVLeader(ctx context.Context, bucket string) (int, error) {
 func (c *Cluster) WaitStreamLeader(ctx context.Context, stream string, not int) (int, error) {
 	leader := -1
 	err := waitCtx(ctx, c.opts.ReadyTimeout, fmt.Sprintf("a leader of stream %s other than node %d", stream, not), func(ctx context.Context) error {
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		// A stream without a leader does not answer: each attempt's
+		// timeout is the resolution of the time to a new leader.
+		rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		l, err := c.StreamLeader(rctx, stream)
 		if err != nil {
