@@ -27,6 +27,10 @@ type LaneSizes struct {
 	Low int
 }
 
+// DefaultPublishWindow is Options.Window's default, chosen by measurement
+// (BenchmarkLowLanePublishing and the system benchmark: BENCHMARKS.md).
+const DefaultPublishWindow = 4096
+
 // Lane sizes used for zero LaneSizes fields.
 const (
 	DefaultHighLane = 1024

@@ -291,10 +291,10 @@ const (
 // unconfirmedPerFailure is how many low-lane events one failed publish may
 // count as dropped although the server stored them: the publish itself, or,
 // with fast batches, the events sent after the batch's last flow ack (at
-// most the default window of 4096, two flow acks).
+// most the window, two flow acks; these tests run with the default).
 func unconfirmedPerFailure(rt *connector.Runtime) float64 {
 	if mode, _ := rt.LowLanePublishing(); mode == connector.LowLaneFastBatch {
-		return 4096
+		return connector.DefaultPublishWindow
 	}
 	return 1
 }

@@ -55,6 +55,22 @@ func lowAccounting(t *testing.T, env *connectortest.Env, session string, sent fl
 	return published, dropped, failed
 }
 
+// disallowBatches turns AllowBatchPublish off on the PnL stream, as an
+// operator might while the connector runs.
+func disallowBatches(t *testing.T, env *connectortest.Env) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := env.JS.Stream(ctx, subjects.StreamLaserSellPnL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowBatchPublish = false
+	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("turn batch publishing off: %v", err)
+	}
+}
+
 // storedInOrder reads the session's PnL subject and checks that the stored
 // events are increasing by their number (gaps allowed, no reordering or
 // duplicate); it returns how many there are.
@@ -131,16 +147,7 @@ func TestFastBatchFallsBackWhenTheStreamRefuses(t *testing.T) {
 	emitLow(t, host, 0, 1000)
 	lowAccounting(t, env, "fallback", 1000)
 
-	ctx := context.Background()
-	st, err := env.JS.Stream(ctx, subjects.StreamLaserSellPnL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := st.CachedInfo().Config
-	cfg.AllowBatchPublish = false
-	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatalf("turn batch publishing off: %v", err)
-	}
+	disallowBatches(t, env)
 	emitLow(t, host, 1000, 1000)
 	connectortest.Eventually(t, 10*time.Second, "fallback to per-message publishing", func() bool {
 		mode, _ := env.Runtime.LowLanePublishing()
@@ -173,16 +180,7 @@ func TestFastBatchRefusedAtTheStartResendsTheEvent(t *testing.T) {
 	host := env.Host(subjects.KindLaserSell, "restart", connector.LaneSizes{Low: 4096})
 	emitLow(t, host, 0, 10) // fewer than a flow window: only the idle commit settles them
 	lowAccounting(t, env, "restart", 10)
-	ctx := context.Background()
-	st, err := env.JS.Stream(ctx, subjects.StreamLaserSellPnL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := st.CachedInfo().Config
-	cfg.AllowBatchPublish = false
-	if _, err := env.JS.UpdateStream(ctx, cfg); err != nil {
-		t.Fatalf("turn batch publishing off: %v", err)
-	}
+	disallowBatches(t, env)
 	emitLow(t, host, 10, 10)
 	published, dropped, failed := lowAccounting(t, env, "restart", 20)
 	if published != 20 || dropped != 0 || failed != 0 {

@@ -83,13 +83,12 @@ type lowSender interface {
 	finish(ctx context.Context)
 }
 
-func newLowPump(conn *nats.Conn, fastBatch bool, window int, ackTimeout, linger time.Duration, log zerolog.Logger) *lowPump {
-	mode := &modeReport{mode: LowLanePerMessage}
-	if fastBatch {
-		mode.mode = LowLaneFastBatch
-	}
+// newLowPump makes the pump; mode says how it starts publishing (fast
+// batches, or one message at a time and why).
+func newLowPump(conn *nats.Conn, mode *modeReport, yield yielder, window int, ackTimeout, linger time.Duration, log zerolog.Logger) *lowPump {
 	return &lowPump{
-		conn: conn, fastBatch: fastBatch, mode: mode, window: window, ackTimeout: ackTimeout, linger: linger, log: log,
+		conn: conn, fastBatch: mode.mode == LowLaneFastBatch, mode: mode, yield: yield,
+		window: window, ackTimeout: ackTimeout, linger: linger, log: log,
 		wake: make(chan struct{}, 1), byPrefix: map[string]*pumpLane{}, leaving: map[*pumpLane]leave{},
 	}
 }

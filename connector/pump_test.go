@@ -38,7 +38,7 @@ type testLane struct {
 func TestPumpRemoveLaneWhileOthersPublish(t *testing.T) {
 	nc, js := startTestJS(t, "PUMP", "pump.>")
 	metrics := NewMetrics(prometheus.NewRegistry())
-	pump := newLowPump(nc, false, 64, 5*time.Second, time.Millisecond, zerolog.Nop())
+	pump := newLowPump(nc, &modeReport{mode: LowLanePerMessage}, yielder{}, 64, 5*time.Second, time.Millisecond, zerolog.Nop())
 	const capacity = 1 << 15 // large enough that nothing is dropped
 	lanes := make([]*testLane, 4)
 	for i := range lanes {

@@ -30,8 +30,8 @@ type Options struct {
 	Retention func(subjects.StreamSpec) Retention
 	// KVReplicas is the replica count of the KV buckets.
 	KVReplicas int
-	// Window is the number of unacknowledged low-lane publishes (default 4096,
-	// from BenchmarkLowLanePublishing: BENCHMARKS.md).
+	// Window is the number of unacknowledged low-lane publishes (default
+	// DefaultPublishWindow).
 	Window int
 	// LowLinger is how long a small low-lane batch waits for more events before
 	// it is published (default 1 ms; negative disables). It trades that much
@@ -147,7 +147,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 		opts.LowConn = opts.HighConn
 	}
 	if opts.Window <= 0 {
-		opts.Window = 4096
+		opts.Window = DefaultPublishWindow
 	}
 	if opts.LowLinger == 0 {
 		opts.LowLinger = time.Millisecond
@@ -204,17 +204,15 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if !opts.LowLanePerMessage {
 		fastBatch, why = lowLaneBatchable(ctx, highJS, opts.Kinds)
 	}
+	mode := &modeReport{mode: LowLaneFastBatch}
 	if fastBatch {
 		opts.Log.Info().Msg("low lanes publish in fast batches (one flow ack per many events)")
 	} else {
+		mode = &modeReport{mode: LowLanePerMessage, why: why}
 		opts.Log.Info().Str("why", why).Msg("low lanes publish one message at a time")
 	}
-	r.pump = newLowPump(opts.LowConn, fastBatch, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
 	r.priority = newPriorityYield()
-	r.pump.yield = yielder{y: r.priority}
-	if !fastBatch {
-		r.pump.mode.set(LowLanePerMessage, why)
-	}
+	r.pump = newLowPump(opts.LowConn, mode, yielder{y: r.priority}, opts.Window, opts.AckTimeout, max(opts.LowLinger, 0), opts.Log.With().Str("lane", "low").Logger())
 	go func() {
 		defer close(r.pumpDone)
 		if err := r.pump.run(pubCtx); err != nil {
