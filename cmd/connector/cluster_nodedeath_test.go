@@ -72,7 +72,7 @@ func TestClusterConnectedNodeDiesNothingHighLaneLost(t *testing.T) {
 	// CONNECTOR_DRAIN_TIMEOUT.
 	r.waitExitsAfter(t, lastSeq(r.js, subjects.StreamLaserSellExit), 20, 30*time.Second, "exits flowing after the node's restart")
 	after := r.waitLeases(t, 10*time.Second, sessions...)
-	r.waitCaughtUp(t, 30*time.Second, 0)
+	r.waitCaughtUp(t, catchUpWithin, 0)
 	if err := p.stop(40 * time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -91,7 +91,7 @@ func TestClusterWholeRestartKeepsDesiredStateAndLeases(t *testing.T) {
 	}
 	r.waitExitsAfter(t, lastSeq(r.js, subjects.StreamLaserSellExit), 20, 30*time.Second, "exits flowing after the whole restart")
 
-	r.waitCaughtUp(t, 30*time.Second, 0)
+	r.waitCaughtUp(t, catchUpWithin, 0)
 	for _, p := range []*connectorProc{a, b} {
 		if err := p.stop(40 * time.Second); err != nil {
 			t.Fatal(err)

@@ -81,7 +81,7 @@ func TestClusterStepDownsKeepHighLanesAndLeases(t *testing.T) {
 		}
 	}
 
-	r.waitCaughtUp(t, 30*time.Second, 0)
+	r.waitCaughtUp(t, catchUpWithin, 0)
 	if err := p.stop(40 * time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func TestClusterReplicaKilledWhileNodeDownIsTakenOver(t *testing.T) {
 	// of exits waiting in its socket) before it dies: what it has read or
 	// still holds in its socket dies with it, and the upstream does not
 	// send it again to the new owner.
-	r.waitCaughtUp(t, 30*time.Second, 0)
+	r.waitCaughtUp(t, catchUpWithin, 0)
 	conns := r.ls.Connections()
 	seq := lastSeq(r.js, subjects.StreamLaserSellExit)
 	killed := time.Now()
@@ -86,7 +86,7 @@ func TestClusterReplicaKilledWhileNodeDownIsTakenOver(t *testing.T) {
 	r.waitExitsAfter(t, lastSeq(r.js, subjects.StreamLaserSellExit), 20, 30*time.Second, "exits flowing after the node's restart")
 	// Up to a second of exits may have died with a (read or in its socket,
 	// not published).
-	r.waitCaughtUp(t, 30*time.Second, 50)
+	r.waitCaughtUp(t, catchUpWithin, 50)
 	if err := b.stop(40 * time.Second); err != nil {
 		t.Fatal(err)
 	}
