@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -40,7 +41,11 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 	if s.kv == nil {
 		return fmt.Errorf("kv bucket %q is not provisioned", s.bucket)
 	}
-	if _, err := s.kv.Put(ctx, s.prefix+key, value); err != nil {
+	err := retryWrite(ctx, func(actx context.Context) error {
+		_, err := s.kv.Put(actx, s.prefix+key, value)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("kv %s put %s: %w", s.bucket, s.prefix+key, err)
 	}
 	return nil
@@ -51,10 +56,53 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if s.kv == nil {
 		return fmt.Errorf("kv bucket %q is not provisioned", s.bucket)
 	}
-	if err := s.kv.Delete(ctx, s.prefix+key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	err := retryWrite(ctx, func(actx context.Context) error {
+		if err := s.kv.Delete(actx, s.prefix+key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("kv %s delete %s: %w", s.bucket, s.prefix+key, err)
 	}
 	return nil
+}
+
+// Bounds of one write attempt: a write that reaches a stream leader as it
+// steps down is dropped without an answer, so waiting the caller's whole
+// budget (a command's timeout) for that one answer would fail the command
+// although the new leader takes writes within a few hundred milliseconds.
+const (
+	writeAttemptFirst = time.Second
+	writeAttemptMax   = 4 * time.Second
+)
+
+// retryWrite runs a last-writer-wins write until it succeeds, fails for a
+// reason a retry cannot fix, or ctx ends. Each attempt is bounded (starting
+// at writeAttemptFirst and doubling, so a slow but working cluster still
+// gets there); unanswered, no-responder and disconnected attempts are
+// retried after a short wait. Writing the same value twice is harmless.
+func retryWrite(ctx context.Context, write func(context.Context) error) error {
+	bound, wait := writeAttemptFirst, retryFirstWait
+	for {
+		actx, cancel := context.WithTimeout(ctx, bound)
+		err := write(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		switch publishErrorReason(err) {
+		case reasonNoResponders, reasonTimeout, reasonDisconnected:
+		default:
+			return err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return err
+		}
+		bound, wait = min(2*bound, writeAttemptMax), min(2*wait, retryMaxWait)
+	}
 }
 
 // List returns every live key of this session (without the session prefix)
