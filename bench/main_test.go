@@ -22,6 +22,8 @@ func TestMain(m *testing.M) {
 	switch role {
 	case "nats":
 		err = roleNATS()
+	case "nats-node":
+		err = roleNATSNode()
 	case "raw":
 		err = roleRaw()
 	case "glue":

@@ -151,7 +151,7 @@ func (rig *osRig) stop() {
 // osSample measures stream, the NATS server, this process, the rig (if any)
 // and extra processes, like system.sample does for a LaserSell run.
 func (s *system) osSample(stream string, rig *osRig, extra ...*child) (sample, osSimStats) {
-	sa := sample{cpu: map[string]time.Duration{"nats": s.nats.cpu()}}
+	sa := sample{cpu: map[string]time.Duration{"nats": s.natsCPU()}}
 	procs := extra
 	var st osSimStats
 	if rig != nil {

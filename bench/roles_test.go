@@ -343,7 +343,13 @@ func rawPublisher(window int, spec subjects.StreamSpec) (*nats.Conn, jetstream.J
 	)
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err = js.CreateOrUpdateStream(ctx, connector.StreamConfig(spec, connector.DefaultRetention(spec)))
+		ret := connector.DefaultRetention(spec)
+		if r := os.Getenv("BENCH_REPLICAS"); r != "" {
+			ret.Replicas, err = strconv.Atoi(r)
+		}
+		if err == nil {
+			_, err = js.CreateOrUpdateStream(ctx, connector.StreamConfig(spec, ret))
+		}
 		cancel()
 	}
 	if err != nil {

@@ -43,15 +43,18 @@ const (
 // system is the running benchmark rig: a NATS server, and per connector run a
 // simulator and the connector binary.
 type system struct {
-	b       *testing.B // the running (sub-)benchmark: failures go there
-	top     *testing.B // BenchmarkSystem: owns every child process
-	dir     string
-	bin     string
-	nats    *child
-	natsURL string
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	results *results
+	b         *testing.B // the running (sub-)benchmark: failures go there
+	top       *testing.B // BenchmarkSystem: owns every child process
+	dir       string
+	bin       string
+	nats      *child   // the NATS server (BenchmarkSystem), or
+	natsNodes []*child // the cluster's nodes (BenchmarkClusterReplicas)
+	// rawReplicas is the raw publisher's stream replicas (0: the default, 1).
+	rawReplicas int
+	natsURL     string
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	results     *results
 }
 
 // run is one simulator + connector pair.
@@ -207,13 +210,23 @@ func (r *results) note(format string, args ...any) {
 }
 
 func setupSystem(b *testing.B) *system {
+	s := newSystem(b)
+	var nr struct{ URL string }
+	store := filepath.Join(s.dir, "nats-store")
+	b.Cleanup(func() { _ = os.RemoveAll(store) })
+	s.nats = startRole(b, b.Cleanup, s.dir, "nats-server", "nats", []string{"BENCH_STORE_DIR=" + store}, nil, &nr)
+	s.connect(nr.URL)
+	return s
+}
+
+// newSystem makes the benchmark's directory and the connector binary (built
+// from this checkout, or BENCH_CONNECTOR_BIN); NATS is the caller's.
+func newSystem(b *testing.B) *system {
 	dir, err := os.MkdirTemp("", "connector-bench-")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("logs in %s", dir)
-	store := filepath.Join(dir, "nats-store")
-	b.Cleanup(func() { _ = os.RemoveAll(store) })
 	s := &system{b: b, top: b, dir: dir, bin: filepath.Join(dir, "connector"),
 		results: &results{cache: map[string]map[string]float64{}, latency: map[string]map[string]float64{}}}
 
@@ -232,20 +245,35 @@ func setupSystem(b *testing.B) *system {
 			b.Fatalf("go build ./cmd/connector: %v\n%s", err, out)
 		}
 	}
+	return s
+}
 
-	var nr struct{ URL string }
-	s.nats = startRole(b, b.Cleanup, dir, "nats-server", "nats", []string{"BENCH_STORE_DIR=" + store}, nil, &nr)
-	s.natsURL = nr.URL
-	s.nc, err = nats.Connect(s.natsURL)
+// connect makes the benchmark's own connection to NATS at url (one URL or a
+// comma-separated list).
+func (s *system) connect(url string) {
+	var err error
+	s.natsURL = url
+	s.nc, err = nats.Connect(url)
 	if err != nil {
-		b.Fatal(err)
+		s.b.Fatal(err)
 	}
-	b.Cleanup(s.nc.Close)
+	s.top.Cleanup(s.nc.Close)
 	s.js, err = jetstream.New(s.nc)
 	if err != nil {
-		b.Fatal(err)
+		s.b.Fatal(err)
 	}
-	return s
+}
+
+// natsCPU is the CPU time of every NATS server process of the rig so far.
+func (s *system) natsCPU() time.Duration {
+	var d time.Duration
+	if s.nats != nil {
+		d += s.nats.cpu()
+	}
+	for _, n := range s.natsNodes {
+		d += n.cpu()
+	}
+	return d
 }
 
 // streamState returns the last sequence (messages stored so far, also after
@@ -424,7 +452,7 @@ type sample struct {
 
 // sample measures stream, the NATS server, this process, rn (if any) and extra.
 func (s *system) sample(stream string, rn *run, extra ...*child) sample {
-	sa := sample{cpu: map[string]time.Duration{"nats": s.nats.cpu()}}
+	sa := sample{cpu: map[string]time.Duration{"nats": s.natsCPU()}}
 	procs := extra
 	if rn != nil {
 		procs = append(procs, rn.conn, rn.sim)
@@ -574,7 +602,7 @@ func (s *system) throughputRounds(rn, glue *run) map[string]float64 {
 // stream on the same server, in its own process.
 func (s *system) rawWindow(window int, headers bool) tput {
 	s.purge(rawStream.Name)
-	env := []string{"BENCH_NATS_URL=" + s.natsURL, "BENCH_WINDOW=" + strconv.Itoa(window)}
+	env := []string{"BENCH_NATS_URL=" + s.natsURL, "BENCH_WINDOW=" + strconv.Itoa(window), "BENCH_REPLICAS=" + strconv.Itoa(max(s.rawReplicas, 1))}
 	if headers {
 		env = append(env, "BENCH_HEADERS=1")
 	}
