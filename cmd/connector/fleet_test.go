@@ -63,7 +63,7 @@ func (p *peakSampler) finish() (lasersell, robot int) {
 
 // checkExitsOnceInOrder fails the test for an exit signal stored twice (by
 // its natural identity) or, per position, stored after a later one.
-func checkExitsOnceInOrder(t *testing.T, exits []storedMsg) {
+func checkExitsOnceInOrder(t testing.TB, exits []storedMsg) {
 	t.Helper()
 	if n := checkExitsOnce(t, exits); n > 0 {
 		t.Errorf("%d exit signals stored after a later one of the same position", n)
@@ -73,7 +73,7 @@ func checkExitsOnceInOrder(t *testing.T, exits []storedMsg) {
 // checkExitsOnce fails the test for an exit signal stored twice (by its
 // natural identity) and returns how many were stored after a later one of
 // the same position.
-func checkExitsOnce(t *testing.T, exits []storedMsg) (reordered int) {
+func checkExitsOnce(t testing.TB, exits []storedMsg) (reordered int) {
 	t.Helper()
 	seen := map[string]bool{}
 	last := map[string]int64{}
@@ -106,7 +106,7 @@ func checkExitsOnce(t *testing.T, exits []storedMsg) (reordered int) {
 // opened after the first conns and ready (a non-nil ready error is a reason
 // to keep waiting), and returns that session's configure frame: the moment
 // the new owner is at work upstream.
-func newUpstreamConfigure(t *testing.T, ls *lssim.Server, conns int, within time.Duration, what string, ready func() error) lssim.ClientFrame {
+func newUpstreamConfigure(t testing.TB, ls *lssim.Server, conns int, within time.Duration, what string, ready func() error) lssim.ClientFrame {
 	t.Helper()
 	waitUntil(t, within, what, func() error {
 		if ls.Connections() == conns {

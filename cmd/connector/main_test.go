@@ -67,7 +67,7 @@ func freePort(t *testing.T) string {
 
 // startSims starts a LaserSell simulator with cfg and an Open Stream robot
 // with the defaults, both on free loopback ports, stopped at cleanup.
-func startSims(t *testing.T, cfg lssim.Config) (ls *lssim.Server, lsURL string, robot *ossim.Server, robotAddr string) {
+func startSims(t testing.TB, cfg lssim.Config) (ls *lssim.Server, lsURL string, robot *ossim.Server, robotAddr string) {
 	t.Helper()
 	ls = lssim.New(cfg, zerolog.Nop())
 	lsURL, err := ls.Start("127.0.0.1:0")
@@ -86,7 +86,7 @@ func startSims(t *testing.T, cfg lssim.Config) (ls *lssim.Server, lsURL string, 
 
 // startTestNATS starts an embedded JetStream server on a free port and a
 // client connection to it, stopped at cleanup.
-func startTestNATS(t *testing.T) (*embednats.Server, *nats.Conn, jetstream.JetStream) {
+func startTestNATS(t testing.TB) (*embednats.Server, *nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	srv, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: t.TempDir()})
 	if err != nil {
