@@ -516,7 +516,7 @@ func (f *Fleet) hold(ctx context.Context, lease *Lease, lost chan<- struct{}, lo
 			return nil
 		case <-t.C:
 		}
-		if !time.Now().Before(fence) {
+		if !lease.Valid(time.Now(), f.opts.Margin) { // the fence, on both clocks
 			log.Error().Time("valid_until", lease.ValidUntil()).Msg("lease not confirmed in time; stopping the session (self-fencing)")
 			close(lost)
 			return errors.New("lease not confirmed in time")

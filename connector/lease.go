@@ -32,7 +32,11 @@ import (
 // computed from when the last successful write was sent (not when its ack
 // came back): the server cannot have started the key's age earlier, so
 // before that deadline no other replica can hold the lease. An owner stops
-// writing upstream when the deadline passes without a renewal.
+// writing upstream when the deadline passes without a renewal. Go's
+// monotonic clock stops while the machine is suspended (a laptop's lid, a
+// VM paused by its host) while the server's clock runs on, so Valid also
+// checks the same deadline on the boot clock, which counts suspended time
+// (boottime.go).
 type Leases struct {
 	kv      jetstream.KeyValue
 	replica string
@@ -50,7 +54,7 @@ type Lease struct {
 
 	mu       sync.Mutex // revision and sent: renewed by the keeper, read by writers' fences
 	revision uint64     // of the last write by this owner
-	sent     time.Time  // when that write was sent (monotonic)
+	sent     sendStamp  // when that write was sent
 	ttl      time.Duration
 }
 
@@ -144,8 +148,8 @@ func ProvisionLeases(ctx context.Context, js jetstream.JetStream, ttl time.Durat
 // Acquire takes the lease of key if no replica holds it. A held lease is
 // refused with a *LeaseHeldError naming the holder.
 func (l *Leases) Acquire(ctx context.Context, key string) (*Lease, error) {
-	sent := time.Now()
-	now := sent.UTC().Format(time.RFC3339Nano)
+	sent := stampSend()
+	now := sent.mono.UTC().Format(time.RFC3339Nano)
 	// The epoch is the revision of this very write, unknown before it: the
 	// create carries 0, and the first renewal records the epoch.
 	rev, err := l.kv.Create(ctx, key, l.encode(leaseDoc{Replica: l.replica, Acquired: now}))
@@ -194,8 +198,8 @@ func (l *Leases) Adopt(ctx context.Context, key string) (*Lease, error) {
 	if json.Unmarshal(e.Value(), &doc) != nil || doc.Replica != l.replica {
 		return nil, l.holder(ctx, key)
 	}
-	sent := time.Now()
-	now := sent.UTC().Format(time.RFC3339Nano)
+	sent := stampSend()
+	now := sent.mono.UTC().Format(time.RFC3339Nano)
 	rev, err := l.kv.Update(ctx, key, l.encode(leaseDoc{Replica: l.replica, Acquired: now}), e.Revision())
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || isWrongLastSequence(err) {
 		// Changed since it was read (expired, released, taken): compete as usual.
@@ -229,13 +233,13 @@ func (l *Leases) Renew(ctx context.Context, lease *Lease) error {
 }
 
 func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error {
-	sent := time.Now()
-	doc := leaseDoc{Replica: l.replica, Epoch: lease.Epoch, Acquired: acquired, Renewed: sent.UTC().Format(time.RFC3339Nano)}
+	sent := stampSend()
+	doc := leaseDoc{Replica: l.replica, Epoch: lease.Epoch, Acquired: acquired, Renewed: sent.mono.UTC().Format(time.RFC3339Nano)}
 	rev, err := l.kv.Update(ctx, lease.Key, l.encode(doc), lease.lastRevision())
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || isWrongLastSequence(err) {
 		// Known lost: no longer valid at all (the fences close at once).
 		lease.mu.Lock()
-		lease.sent = time.Time{}
+		lease.sent = sendStamp{}
 		lease.mu.Unlock()
 		return fmt.Errorf("lease %s (epoch %d): %w", lease.Key, lease.Epoch, ErrLeaseLost)
 	}
@@ -261,7 +265,7 @@ func (lease *Lease) lastRevision() uint64 {
 func (l *Leases) Release(ctx context.Context, lease *Lease) error {
 	err := l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(lease.lastRevision()))
 	lease.mu.Lock()
-	lease.sent = time.Time{} // no longer valid, whatever the outcome
+	lease.sent = sendStamp{} // no longer valid, whatever the outcome
 	lease.mu.Unlock()
 	switch {
 	case err == nil:
@@ -279,16 +283,26 @@ func (l *Leases) Release(ctx context.Context, lease *Lease) error {
 func (lease *Lease) ValidUntil() time.Time {
 	lease.mu.Lock()
 	defer lease.mu.Unlock()
-	if lease.sent.IsZero() {
+	if lease.sent.mono.IsZero() {
 		return time.Time{}
 	}
-	return lease.sent.Add(lease.ttl)
+	return lease.sent.mono.Add(lease.ttl)
 }
 
 // Valid reports whether the lease is certainly still held at now, with a
-// safety margin for the time between the check and its use.
+// safety margin for the time between the check and its use: on the
+// monotonic clock, and on the boot clock where there is one.
 func (lease *Lease) Valid(now time.Time, margin time.Duration) bool {
-	return now.Add(margin).Before(lease.ValidUntil())
+	lease.mu.Lock()
+	sent := lease.sent
+	lease.mu.Unlock()
+	if sent.mono.IsZero() || !now.Add(margin).Before(sent.mono.Add(lease.ttl)) {
+		return false
+	}
+	if boot, ok := bootClock(); ok && sent.boot > 0 {
+		return boot+margin < sent.boot+lease.ttl
+	}
+	return true
 }
 
 func (l *Leases) encode(doc leaseDoc) []byte {
