@@ -70,7 +70,14 @@ func (r *Runtime) serveCommands(ctx context.Context, h *Host, src Source) (*serv
 	for _, name := range src.Commands() {
 		s.commands[name] = true
 		subject := subjects.Command(h.kind, h.name, name)
-		if err := svc.AddEndpoint(name, r.commandHandler(s, name), micro.WithEndpointSubject(subject)); err != nil {
+		// No queue group: while an owner is paused (SIGSTOP, a frozen VM) its
+		// subscriptions outlive its lease until the server notices the dead
+		// client (minutes), and in micro's default queue group half of the
+		// requests would go to it and time out although the new owner runs
+		// the session. Without one every holder of the endpoint gets each
+		// request: the owner answers, and a resumed former owner refuses at
+		// its fence (not_owner), forwarding nothing.
+		if err := svc.AddEndpoint(name, r.commandHandler(s, name), micro.WithEndpointSubject(subject), micro.WithEndpointQueueGroupDisabled()); err != nil {
 			_ = svc.Stop()
 			return nil, fmt.Errorf("command endpoint %s: %w", subject, err)
 		}
