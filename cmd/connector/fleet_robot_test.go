@@ -62,16 +62,7 @@ func TestFleetPausedRobotOwnerWritesNothingAfterResume(t *testing.T) {
 		return errors.New("no MONITOR streaming")
 	})
 	b := startConnectorProc(t, "b", env("b", httpB))
-	waitUntil(t, 20*time.Second, "b up as a standby", func() error {
-		st, err := readFleetStatus(httpB)
-		if err != nil {
-			return err
-		}
-		if len(st.Leases) != 1 || st.Leases[0].Replica != "a" {
-			return fmt.Errorf("leases %+v", st.Leases)
-		}
-		return nil
-	})
+	waitStandby(t, httpB, "a")
 
 	// CONTROL requests every 20 ms for the whole test, each remembered with
 	// when it was sent and how it ended.

@@ -139,6 +139,22 @@ type fleetStatus struct {
 	} `json:"leases"`
 }
 
+// waitStandby waits until the replica serving HTTP on addr lists one lease,
+// held by owner.
+func waitStandby(t testing.TB, addr, owner string) {
+	t.Helper()
+	waitUntil(t, 20*time.Second, "a standby seeing "+owner+" as the owner", func() error {
+		st, err := readFleetStatus(addr)
+		if err != nil {
+			return err
+		}
+		if len(st.Leases) != 1 || st.Leases[0].Replica != owner {
+			return fmt.Errorf("leases %+v", st.Leases)
+		}
+		return nil
+	})
+}
+
 func readFleetStatus(addr string) (fleetStatus, error) {
 	var st fleetStatus
 	body, err := httpBody("http://" + addr + "/status")
@@ -354,16 +370,7 @@ func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
 	}
 	firstEpoch := before.Sessions[0].Epoch
 	b := startConnectorProc(t, "b", env("b", httpB))
-	waitUntil(t, 20*time.Second, "b up as a standby", func() error {
-		st, err := readFleetStatus(httpB)
-		if err != nil {
-			return err
-		}
-		if len(st.Leases) != 1 || st.Leases[0].Replica != "a" {
-			return fmt.Errorf("leases %+v", st.Leases)
-		}
-		return nil
-	})
+	waitStandby(t, httpB, "a")
 
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
