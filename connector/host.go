@@ -55,6 +55,7 @@ type Host struct {
 
 	// Header values shared read-only by every message of this session.
 	sourceHdr, sessionHdr []string
+	epochHdr              []string // Connector-Epoch: set with owner, nil outside a fleet
 	// idPrefix makes synthetic Nats-Msg-Ids unique per process run and per
 	// start of the session.
 	idPrefix string
@@ -330,6 +331,9 @@ func (h *Host) message(it queued) *nats.Msg {
 		hdr[subjects.HeaderUpstreamSession] = []string{it.UpstreamSession}
 	}
 	hdr[subjects.HeaderSeq] = seq
+	if h.epochHdr != nil {
+		hdr[subjects.HeaderEpoch] = h.epochHdr
+	}
 	id := it.MsgID
 	if id == "" {
 		// A synthetic id keeps retries of identity-less high-lane events idempotent.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -75,6 +76,9 @@ func (r *Runtime) StartOwned(ctx context.Context, spec Session, owner Owner, fen
 	}
 	s.host = r.newHost(spec)
 	s.host.owner, s.host.fence = owner, fence
+	if owner.Epoch > 0 {
+		s.host.epochHdr = []string{strconv.FormatUint(owner.Epoch, 10)}
+	}
 	r.sessions[key] = s
 	r.mu.Unlock()
 

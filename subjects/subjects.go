@@ -41,6 +41,11 @@ const (
 	HeaderReceived        = "Connector-Received"
 	HeaderUpstreamSession = "Connector-Upstream-Session"
 	HeaderSeq             = "Connector-Seq"
+	// HeaderEpoch is the lease epoch under which the owner received the
+	// event, on high-lane messages of a session a fleet runs: it increases
+	// with every new owner, so a message stored after one of a higher epoch
+	// was held back by a former owner cut off from NATS.
+	HeaderEpoch = "Connector-Epoch"
 )
 
 // Headers `connector replay` adds to every re-published copy, naming the original.

@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,6 +102,30 @@ func checkExitsOnce(t testing.TB, exits []storedMsg) (reordered int) {
 		}
 	}
 	return reordered
+}
+
+// orderByEpoch returns msgs ordered by their Connector-Epoch (stream order
+// within one epoch), and how many were stored after a message of a higher
+// epoch (late: held back by a former owner). Every message must carry the
+// header.
+func orderByEpoch(t testing.TB, msgs []storedMsg) (late int, ordered []storedMsg) {
+	t.Helper()
+	epochs := make(map[uint64]uint64, len(msgs))
+	var highest uint64
+	for _, m := range msgs {
+		e, err := strconv.ParseUint(m.Header.Get(subjects.HeaderEpoch), 10, 64)
+		if err != nil || e == 0 {
+			t.Fatalf("%s seq %d: %s %q", m.Stream, m.Seq, subjects.HeaderEpoch, m.Header.Get(subjects.HeaderEpoch))
+		}
+		epochs[m.Seq] = e
+		if e < highest {
+			late++
+		}
+		highest = max(highest, e)
+	}
+	ordered = slices.Clone(msgs)
+	slices.SortStableFunc(ordered, func(a, b storedMsg) int { return cmp.Compare(epochs[a.Seq], epochs[b.Seq]) })
+	return late, ordered
 }
 
 // newUpstreamConfigure waits until the LaserSell simulator has a session
@@ -546,15 +572,25 @@ func TestFleetOwnerCutFromNATSFencesBeforeTakeover(t *testing.T) {
 		t.Errorf("the upstream saw %d sessions at once", peakLS)
 	}
 	exits := readStream(t, js, subjects.StreamLaserSellExit)
-	// Not asserted in order: what the cut-off owner had read before fencing
-	// waits in its lane and is published when NATS is back, after the new
-	// owner's later exits of the same positions (RELIABILITY.md).
+	// Stream order is not reception order here: what the cut-off owner had
+	// read before fencing waits in its lane and is published when NATS is
+	// back, after the new owner's later exits of the same positions. Those
+	// late exits carry the former owner's lower Connector-Epoch, so ordered
+	// by epoch (stream order within one) every position's exits are in order.
 	reordered := checkExitsOnce(t, exits)
+	late, byEpoch := orderByEpoch(t, exits)
+	if n := checkExitsOnce(t, byEpoch); n > 0 {
+		t.Errorf("%d exits out of order per position even ordered by Connector-Epoch", n)
+	}
+	if reordered > late {
+		t.Errorf("%d exits stored after a later one of their position, only %d of them late by their epoch", reordered, late)
+	}
 	sent := ls.Stats().ExitSignalsSent
 	t.Logf("MEASURED owner cut from NATS (TTL %v): its upstream session closed %v after the cut (self-fencing), the standby's opened %v after it; "+
-		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0, stored after a later exit of their position %d "+
+		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0, stored after a later exit of their position %d, "+
+		"stored after one of a higher Connector-Epoch %d, out of order once ordered by epoch 0 "+
 		"(what the cut-off owner received before fencing waits in its lanes for NATS, up to CONNECTOR_DRAIN_TIMEOUT=2s)",
-		ttl, closedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond), peakLS, sent, len(exits), reordered)
+		ttl, closedAfter.Round(time.Millisecond), takeover.Round(time.Millisecond), peakLS, sent, len(exits), reordered, late)
 }
 
 // commandTally classifies the answers to a stream of requests.
