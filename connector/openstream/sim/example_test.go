@@ -55,7 +55,8 @@ func Example_test() {
 	fmt.Print(line)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	s.WaitFor(ctx, func() bool { return s.Joints() == [6]float64{1, 2, 3, 4, 5, 6} })
+	// The point moves the arm before the command is recorded: wait for both.
+	s.WaitFor(ctx, func() bool { return s.Joints() == [6]float64{1, 2, 3, 4, 5, 6} && len(s.Received()) == 2 })
 	fmt.Println(s.Joints(), len(s.Received()))
 	// Output:
 	// {"type":"handshake_ack","ok":true,"version":"1.0.0"}
