@@ -5,7 +5,7 @@ package connector
 //
 //   - no_responders: nothing answered the publish. JetStream is starting (a
 //     restarting server) or no stream captures the subject. Transient: retried
-//     with backoff (50 ms doubling to 2 s). Before each retry the publisher asks
+//     with backoff (50 ms doubling to 500 ms). Before each retry the publisher asks
 //     JetStream which stream holds the subject; when JetStream answers that none
 //     does, the reason is stream_missing instead.
 //   - stream_missing: the stream was deleted. The connector does not recreate it

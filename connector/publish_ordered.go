@@ -66,10 +66,18 @@ func publishSync(ctx context.Context, js jetstream.JetStream, link *linkWatch, m
 	return nil
 }
 
-// The backoff between retries, and of the asynchronous senders' gate.
+// The backoff between retries, and of the asynchronous senders' gate. The
+// cap is short because a JetStream election answers "no responders" until
+// the moment it ends, and the next retry is when the lane resumes: with a
+// 2 s cap exits came up to 2 s after the new leader. A retry while
+// disconnected is not sent (waitConnected), so the cap costs nothing then.
 const (
 	retryFirstWait = 50 * time.Millisecond
-	retryMaxWait   = 2 * time.Second
+	retryMaxWait   = 500 * time.Millisecond
+	// Each failed attempt is counted, but after the first few only one
+	// attempt per retryLogEvery is logged.
+	retryLogFirst = 3
+	retryLogEvery = 10 * time.Second
 )
 
 // retryPublish republishes msg synchronously until it is stored, the error is
@@ -79,6 +87,7 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, 
 	err error, ackTimeout time.Duration, m laneMetrics, log zerolog.Logger,
 ) {
 	wait := retryFirstWait
+	var logged time.Time
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil {
 			// The hard stop, not JetStream, ended this attempt: no error reason.
@@ -100,15 +109,18 @@ func retryPublish(ctx context.Context, js jetstream.JetStream, conn *nats.Conn, 
 			return
 		}
 		m.retries.Inc()
-		ev := log.Warn()
-		switch reason {
-		case reasonStreamMissing:
-			ev = log.Error().Str("action", "provision the stream (restart the connector) to resume")
-		case reasonStreamFull:
-			ev = log.Error().Str("action", "raise the stream's limits or let messages age out to resume")
+		if attempt <= retryLogFirst || time.Since(logged) >= retryLogEvery {
+			logged = time.Now()
+			ev := log.Warn()
+			switch reason {
+			case reasonStreamMissing:
+				ev = log.Error().Str("action", "provision the stream (restart the connector) to resume")
+			case reasonStreamFull:
+				ev = log.Error().Str("action", "raise the stream's limits or let messages age out to resume")
+			}
+			ev.Err(err).Str("reason", reason).Str("subject", msg.Subject).Int("attempt", attempt).
+				Dur("wait_ms", wait).Msg("publish not acknowledged; retrying")
 		}
-		ev.Err(err).Str("reason", reason).Str("subject", msg.Subject).Int("attempt", attempt).
-			Dur("wait_ms", wait).Msg("publish not acknowledged; retrying")
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():

@@ -30,7 +30,7 @@ import (
 //     Those are the events in flight when a connection dies (at most Window),
 //     or, while JetStream refuses publishes (restarting, stream full or
 //     missing), one probe per backoff step: after a failure the pump pauses
-//     (50 ms doubling to 2 s) and sends one event at a time until one is
+//     (50 ms doubling to 500 ms) and sends one event at a time until one is
 //     acknowledged.
 type lowPump struct {
 	conn       *nats.Conn
