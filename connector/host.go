@@ -309,12 +309,16 @@ func (h *Host) State(bucket string) *Store {
 }
 
 // message turns a queued event into the NATS message stored in JetStream.
-// Low-lane telemetry carries only Connector-Received and Connector-Seq: its
-// subject already names source, session and type, and at 100k msgs/s every
-// header byte costs the connector and the server measurably (BENCHMARKS.md).
+// Low-lane telemetry carries only Connector-Received and Connector-Seq (or
+// Connector-Seq alone, LowLaneNoReceived): its subject already names source,
+// session and type, and at 100k msgs/s every header byte costs the
+// connector and the server measurably (BENCHMARKS.md).
 func (h *Host) message(it queued) *nats.Msg {
-	received := []string{it.Received.UTC().Format(time.RFC3339Nano)}
 	seq := []string{strconv.FormatUint(it.seq, 10)}
+	if it.Lane == LaneLow && h.rt.opts.LowLaneNoReceived {
+		return &nats.Msg{Subject: it.Subject, Data: it.Payload, Header: nats.Header{subjects.HeaderSeq: seq}}
+	}
+	received := []string{it.Received.UTC().Format(time.RFC3339Nano)}
 	if it.Lane == LaneLow {
 		return &nats.Msg{Subject: it.Subject, Data: it.Payload, Header: nats.Header{
 			subjects.HeaderReceived: received, subjects.HeaderSeq: seq,

@@ -34,15 +34,18 @@ func BenchmarkLowLanePublishing(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
+	// The third mode is the fast batch with Connector-Seq alone
+	// (CONNECTOR_LOW_LANE_RECEIVED=false): what the Connector-Received
+	// header costs.
 	modes := []struct {
-		name       string
-		perMessage bool
-	}{{"fast_batch", false}, {"per_message", true}}
+		name                   string
+		perMessage, noReceived bool
+	}{{"fast_batch", false, false}, {"per_message", true, false}, {"fast_batch_seq_only", false, true}}
 	rates := make([][]float64, len(modes))
 	cpus := make([][]float64, len(modes))
 	for r := 0; r < rounds; r++ {
 		for i, mode := range modes {
-			rate, cpu := lowLaneRound(b, mode.perMessage, b.N)
+			rate, cpu := lowLaneRound(b, connectortest.Options{LowLanePerMessage: mode.perMessage, LowLaneNoReceived: mode.noReceived}, b.N)
 			rates[i] = append(rates[i], rate)
 			cpus[i] = append(cpus[i], cpu)
 			fmt.Printf("round %d %s: %.0f stored/s, %.2f cpu-µs/event\n", r+1, mode.name, rate, cpu)
@@ -55,17 +58,19 @@ func BenchmarkLowLanePublishing(b *testing.B) {
 	}
 	fmt.Printf("RESULT lowlane_fast_batch_over_per_message_stored %.2f\n", med(rates[0])/med(rates[1]))
 	fmt.Printf("RESULT lowlane_fast_batch_over_per_message_cpu %.2f\n", med(cpus[0])/med(cpus[1]))
+	fmt.Printf("RESULT lowlane_seq_only_over_both_headers_stored %.2f\n", med(rates[2])/med(rates[0]))
+	fmt.Printf("RESULT lowlane_seq_only_over_both_headers_cpu %.2f\n", med(cpus[2])/med(cpus[0]))
 	b.ReportMetric(med(rates[0])/med(rates[1]), "x-stored/s")
 	b.ReportMetric(med(cpus[0])/med(cpus[1]), "x-cpu/event")
 }
 
 // lowLaneRound stores n events through a fresh server and runtime and
 // returns the stored rate and the process CPU per event in microseconds.
-func lowLaneRound(b *testing.B, perMessage bool, n int) (rate, cpuMicros float64) {
+func lowLaneRound(b *testing.B, opts connectortest.Options, n int) (rate, cpuMicros float64) {
 	payload := []byte(`{"type":"pnl_update","position_id":1234567,"wallet":"9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin","pnl_pct":12.3456,"price":0.000123}`)
-	window, _ := strconv.Atoi(os.Getenv("BENCH_WINDOW")) // 0: the default
-	env := connectortest.Start(b, connectortest.Options{LowLanePerMessage: perMessage, Window: window})
-	if got, why := env.Runtime.LowLanePublishing(); (got == connector.LowLanePerMessage) != perMessage {
+	opts.Window, _ = strconv.Atoi(os.Getenv("BENCH_WINDOW")) // 0: the default
+	env := connectortest.Start(b, opts)
+	if got, why := env.Runtime.LowLanePublishing(); (got == connector.LowLanePerMessage) != opts.LowLanePerMessage {
 		b.Fatalf("mode %s (%s)", got, why)
 	}
 	stop := env.Run()

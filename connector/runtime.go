@@ -78,6 +78,11 @@ type Options struct {
 	// fast batches (nats-server 2.14+, AllowBatchPublish, which provisioning
 	// sets): the measured fallback, and the way back should batches misbehave.
 	LowLanePerMessage bool
+	// LowLaneNoReceived leaves Connector-Received off low-lane telemetry,
+	// which then carries Connector-Seq alone: 37 bytes less per message for
+	// the client and the server to move and store. JetStream's own
+	// timestamp still says when each message was stored.
+	LowLaneNoReceived bool
 	// SingleLane sends low-lane events through the high lane (one FIFO, never
 	// dropped). It exists to measure what the lanes buy; do not use it in production.
 	SingleLane bool

@@ -119,6 +119,35 @@ func TestEventsLandVerbatimWithHeaders(t *testing.T) {
 	}
 }
 
+// CONNECTOR_LOW_LANE_RECEIVED=false: low-lane telemetry carries
+// Connector-Seq alone; the high lane keeps every header.
+func TestLowLaneWithoutReceivedKeepsSeq(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{LowLaneNoReceived: true})
+	src := newEcho(t, env, "s9", connector.LaneSizes{})
+	env.Run()
+	ctx := context.Background()
+	for range 2 {
+		_ = src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellPnL("s9", "7"), Lane: connector.LaneLow,
+			Payload: []byte(`{"type":"pnl_update"}`), Type: "pnl_update"})
+	}
+	_ = src.host.Emit(ctx, connector.Event{Subject: subjects.LaserSellExit("s9", "W1"), Lane: connector.LaneHigh,
+		Payload: []byte(`{}`), MsgID: "exit-9", Type: "exit_signal_with_tx"})
+	pnl := env.Fetch(subjects.StreamLaserSellPnL, "lasersell.s9.pnl.7", 2, 2*time.Second)
+	if len(pnl) != 2 {
+		t.Fatalf("%d pnl messages stored, want 2", len(pnl))
+	}
+	for i, m := range pnl {
+		h := m.Headers()
+		if len(h) != 1 || h.Get(subjects.HeaderSeq) != strconv.Itoa(i+1) {
+			t.Errorf("pnl message %d headers %v, want %s: %d alone", i+1, h, subjects.HeaderSeq, i+1)
+		}
+	}
+	exits := env.Fetch(subjects.StreamLaserSellExit, "lasersell.s9.exit.W1", 1, 2*time.Second)
+	if len(exits) != 1 || exits[0].Headers().Get(subjects.HeaderReceived) == "" {
+		t.Fatalf("the high lane lost Connector-Received: %d messages", len(exits))
+	}
+}
+
 func TestCommandsReplyAndAudit(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{})
 	src := newEcho(t, env, "s2", connector.LaneSizes{})

@@ -33,6 +33,7 @@ type Config struct {
 
 	PublishWindow        int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"4096" desc:"unacknowledged low-lane JetStream publishes: one window shared by the low lanes of all sessions when they publish one message at a time, per low-lane stream with fast batches (flow acks every half window at most); the high lane publishes one at a time"`
 	FastBatch            bool          `envconfig:"CONNECTOR_FAST_BATCH" default:"true" desc:"publish the low lanes in fast batches (one flow ack per many events) when the server allows them (nats-server 2.14+); false, or an older server, publishes one message at a time; /status shows which"`
+	LowLaneReceived      bool          `envconfig:"CONNECTOR_LOW_LANE_RECEIVED" default:"true" desc:"stamp low-lane telemetry (pnl, data) with Connector-Received; false leaves Connector-Seq alone (37 bytes less per message; JetStream's own timestamp says when it was stored)"`
 	AckTimeout           time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
 	DrainTimeout         time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
 	CommandTimeout       time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`

@@ -50,6 +50,7 @@ type Options struct {
 	CommandBurst         int
 	QuietUnknownSessions bool
 	LowLanePerMessage    bool
+	LowLaneNoReceived    bool
 }
 
 // Start starts an embedded server on a free loopback port and a runtime on it.
@@ -84,7 +85,8 @@ func Start(t testing.TB, opts Options) *Env {
 		CommandTimeout: opts.CommandTimeout, CommandMaxBytes: opts.CommandMaxBytes,
 		CommandRate: opts.CommandRate, CommandBurst: opts.CommandBurst,
 		QuietUnknownSessions: opts.QuietUnknownSessions, LowLanePerMessage: opts.LowLanePerMessage,
-		Metrics: connector.NewMetrics(env.Registry), Log: env.Log,
+		LowLaneNoReceived: opts.LowLaneNoReceived,
+		Metrics:           connector.NewMetrics(env.Registry), Log: env.Log,
 	})
 	if err != nil {
 		t.Fatalf("runtime: %v", err)
