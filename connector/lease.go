@@ -236,6 +236,17 @@ func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error
 	sent := stampSend()
 	doc := leaseDoc{Replica: l.replica, Epoch: lease.Epoch, Acquired: acquired, Renewed: sent.mono.UTC().Format(time.RFC3339Nano)}
 	rev, err := l.kv.Update(ctx, lease.Key, l.encode(doc), lease.lastRevision())
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
+		if own, ok := l.ownWrite(ctx, lease); ok {
+			// An earlier renewal was stored although its ack was lost (an
+			// election, a timeout): still ours. The validity stays counted
+			// from the last confirmed write; the next renewal extends it.
+			lease.mu.Lock()
+			lease.revision = own
+			lease.mu.Unlock()
+			return nil
+		}
+	}
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || isWrongLastSequence(err) {
 		// Known lost: no longer valid at all (the fences close at once).
 		lease.mu.Lock()
@@ -252,6 +263,22 @@ func (l *Leases) renew(ctx context.Context, lease *Lease, acquired string) error
 	return nil
 }
 
+// ownWrite returns the key's revision when a write of this owner moved it
+// without this owner learning so (its ack was lost): the value still names
+// this replica and this lease's epoch, at a later revision. A same-name
+// process that adopted the lease wrote another epoch.
+func (l *Leases) ownWrite(ctx context.Context, lease *Lease) (uint64, bool) {
+	e, err := l.kv.Get(ctx, lease.Key)
+	if err != nil {
+		return 0, false
+	}
+	var doc leaseDoc
+	if json.Unmarshal(e.Value(), &doc) != nil || doc.Replica != l.replica || doc.Epoch != lease.Epoch || e.Revision() <= lease.lastRevision() {
+		return 0, false
+	}
+	return e.Revision(), true
+}
+
 func (lease *Lease) lastRevision() uint64 {
 	lease.mu.Lock()
 	defer lease.mu.Unlock()
@@ -264,6 +291,11 @@ func (lease *Lease) lastRevision() uint64 {
 // after its TTL.
 func (l *Leases) Release(ctx context.Context, lease *Lease) error {
 	err := l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(lease.lastRevision()))
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
+		if own, ok := l.ownWrite(ctx, lease); ok {
+			err = l.kv.Delete(ctx, lease.Key, jetstream.LastRevision(own))
+		}
+	}
 	lease.mu.Lock()
 	lease.sent = sendStamp{} // no longer valid, whatever the outcome
 	lease.mu.Unlock()

@@ -222,3 +222,71 @@ func TestLeaseAdoptByTheSameName(t *testing.T) {
 		t.Fatalf("adopting a free key: %+v, %v", free, err)
 	}
 }
+
+// A renewal stored although its ack was lost (an election, a timeout) moves
+// the key's revision behind the owner's back. The owner's next renewal and
+// its release find the key still naming it with its epoch: still its lease,
+// not "lost". A key rewritten by another epoch (a same-name process that
+// adopted it) is lost.
+func TestLeaseSurvivesARenewalWhoseAckWasLost(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{})
+	kv := leaseBucket(t, env)
+	l := replicaLeases(t, env, "r1")
+	ctx := context.Background()
+	lease, err := l.Acquire(ctx, "lasersell.ackless")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The owner's own value stored again behind its back.
+	e, err := kv.Get(ctx, lease.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, lease.Key, e.Value(), e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Renew(ctx, lease); err != nil {
+		t.Fatalf("renew after an unacknowledged renewal of its own: %v", err)
+	}
+	if err := l.Renew(ctx, lease); err != nil {
+		t.Fatalf("the renewal after that: %v", err)
+	}
+	if !lease.Valid(time.Now(), 0) {
+		t.Fatal("the lease is not valid after its renewals")
+	}
+	if _, err := kv.Update(ctx, lease.Key, mustGet(t, kv, lease.Key).Value(), mustGet(t, kv, lease.Key).Revision()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx, lease); err != nil {
+		t.Fatalf("release after an unacknowledged renewal of its own: %v", err)
+	}
+	if _, err := kv.Get(ctx, lease.Key); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the key after the release: %v", err)
+	}
+
+	// Another epoch under the same name: lost.
+	lease, err = l.Acquire(ctx, "lasersell.ackless")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e = mustGet(t, kv, lease.Key)
+	other := strings.Replace(string(e.Value()), fmt.Sprintf(`"epoch":%d`, lease.Epoch), `"epoch":999999`, 1)
+	if other == string(e.Value()) {
+		t.Fatalf("lease value %s names no epoch %d", e.Value(), lease.Epoch)
+	}
+	if _, err := kv.Update(ctx, lease.Key, []byte(other), e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Renew(ctx, lease); !errors.Is(err, connector.ErrLeaseLost) {
+		t.Fatalf("renew after another epoch took the key: %v", err)
+	}
+}
+
+func mustGet(t *testing.T, kv jetstream.KeyValue, key string) jetstream.KeyValueEntry {
+	t.Helper()
+	e, err := kv.Get(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}

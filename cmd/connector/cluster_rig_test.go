@@ -178,20 +178,25 @@ func (r *clusterRig) waitExitsAfter(t testing.TB, seq, n uint64, within time.Dur
 
 // catchUpWithin bounds the wait for a connector to store every exit sent
 // after a NATS fault. It stays behind while its high lane retries through
-// an election, and catches up one round trip per exit while the simulator
-// keeps sending: under the whole suite on 2 cores that took more than 30 s
-// once (1971 of 2000 stored, none lost).
+// an election, and catches up one round trip per exit: under the whole
+// suite on 2 cores, with the simulator still sending an exit every 20 ms,
+// that took more than 30 s once (1971 of 2000 stored, none lost) and more
+// than 60 s under extra load (2880 of 3560), so waitCaughtUp pauses the
+// simulator's exits while it waits.
 const catchUpWithin = 60 * time.Second
 
 // waitCaughtUp waits until, at one moment, every exit the simulator has
 // sent, but lost (exits a killed process had read and not published), is
 // stored: the connector has worked off the backlog the faults left (the
 // high lane full, the upstream reader waiting, the socket holding the
-// rest) and keeps up. Exits still unread in the socket when a replica stops
-// or dies are gone with its connection, so the tests wait for this before
-// stopping or killing one. It returns how long that took.
+// rest). The simulator's scheduled exits pause meanwhile. Exits still
+// unread in the socket when a replica stops or dies are gone with its
+// connection, so the tests wait for this before stopping or killing one.
+// It returns how long that took.
 func (r *clusterRig) waitCaughtUp(t testing.TB, within time.Duration, lost uint64) time.Duration {
 	t.Helper()
+	r.ls.SetScheduledExits(false)
+	defer r.ls.SetScheduledExits(true)
 	start := time.Now()
 	waitUntil(t, within, fmt.Sprintf("every exit sent stored (but %d lost)", lost), func() error {
 		stored := lastSeq(r.js, subjects.StreamLaserSellExit)

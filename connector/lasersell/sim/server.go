@@ -118,6 +118,7 @@ type Server struct {
 	apiKey        atomic.Pointer[string]
 	refuseStatus  atomic.Int64
 	withholdHello atomic.Bool
+	exitsPaused   atomic.Bool // SetScheduledExits(false)
 	pnlRateBits   atomic.Uint64
 	posGen        atomic.Uint64 // bumped whenever the set of open positions changes
 
@@ -397,7 +398,9 @@ func (s *Server) background() {
 		case <-s.done:
 			return
 		case <-exitC:
-			s.scheduledExit()
+			if !s.exitsPaused.Load() {
+				s.scheduledExit()
+			}
 		case <-openC:
 			s.scheduledOpen()
 		}
@@ -823,6 +826,11 @@ func (s *Server) SetPnLRate(perSecond float64) {
 }
 
 func (s *Server) pnlRate() float64 { return math.Float64frombits(s.pnlRateBits.Load()) }
+
+// SetScheduledExits pauses (false) or resumes (true) the exits sent every
+// ExitEvery, for example so that a client can be seen to catch up on what it
+// received.
+func (s *Server) SetScheduledExits(on bool) { s.exitsPaused.Store(!on) }
 
 // SetAPIKey changes the required API key for new connections ("" accepts any).
 func (s *Server) SetAPIKey(key string) { s.apiKey.Store(&key) }
