@@ -51,10 +51,13 @@ type system struct {
 	natsNodes []*child // the cluster's nodes (BenchmarkClusterReplicas)
 	// rawReplicas is the raw publisher's stream replicas (0: the default, 1).
 	rawReplicas int
-	natsURL     string
-	nc          *nats.Conn
-	js          jetstream.JetStream
-	results     *results
+	// envB is a second connector with BENCH_CONNECTOR_ENV_B added to its
+	// environment, measured in the throughput rounds next to the first.
+	envB    *run
+	natsURL string
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	results *results
 }
 
 // run is one simulator + connector pair.
@@ -93,6 +96,9 @@ func BenchmarkSystem(b *testing.B) {
 	step("throughput/raw-vs-connector", func(b *testing.B) {
 		r := res.cached("rounds", func() map[string]float64 {
 			lanes = s.startRun("lanes", false)
+			if envB := os.Getenv("BENCH_CONNECTOR_ENV_B"); envB != "" {
+				s.envB = s.startRun("envb", false, strings.Fields(envB)...)
+			}
 			glue = s.startGlue("glue") // after the connector, which creates the streams
 			return s.throughputRounds(lanes, glue)
 		})

@@ -65,8 +65,9 @@ func (s *system) startGlue(session string) *run {
 	return rn
 }
 
-// versusRound is one round's issue-12 windows.
-type versusRound struct{ raw4096, glue, connMax tput }
+// versusRound is one round's issue-12 windows; connMaxB is the connector
+// with BENCH_CONNECTOR_ENV_B (an A/B of a setting), when given.
+type versusRound struct{ raw4096, glue, connMax, connMaxB tput }
 
 // versusWindows runs raw-4096, then the glue (offered glueOffer times what
 // raw stored) and the connector (overOffer times), alternating which of the
@@ -74,12 +75,18 @@ type versusRound struct{ raw4096, glue, connMax tput }
 func (s *system) versusWindows(conn, glue *run, i int) versusRound {
 	v := versusRound{raw4096: s.rawWindow(glueWindow, false)}
 	n := strconv.Itoa(i + 1)
+	if s.envB != nil && i%2 == 1 { // B first in every other round: no place favours it
+		v.connMaxB = s.connWindow(s.envB, "max-b-"+n, overOffer*v.raw4096.Stored)
+	}
 	if i%2 == 0 {
 		v.glue = s.connWindow(glue, "glue-"+n, glueOffer*v.raw4096.Stored)
 		v.connMax = s.connWindow(conn, "max-"+n, overOffer*v.raw4096.Stored)
 	} else {
 		v.connMax = s.connWindow(conn, "max-"+n, overOffer*v.raw4096.Stored)
 		v.glue = s.connWindow(glue, "glue-"+n, glueOffer*v.raw4096.Stored)
+	}
+	if s.envB != nil && i%2 == 0 {
+		v.connMaxB = s.connWindow(s.envB, "max-b-"+n, overOffer*v.raw4096.Stored)
 	}
 	return v
 }
@@ -123,6 +130,14 @@ func (r *results) versusMedians() map[string]float64 {
 	m["conn-max-received/s"] = med(func(v versusRound) float64 { return v.connMax.Received })
 	m["conn-max-dropped/s"] = med(func(v versusRound) float64 { return v.connMax.Dropped })
 	m["glue-failed"] = med(func(v versusRound) float64 { return v.glue.Errors })
+	if len(r.rounds) > 0 && r.rounds[0].versus.connMaxB.Offered > 0 {
+		b := func(v versusRound) tput { return v.connMaxB }
+		m["conn-b-msgs/s"] = med(func(v versusRound) float64 { return v.connMaxB.Stored })
+		m["conn-b-cpu-s/M"] = med(func(v versusRound) float64 { return v.connMaxB.CPUPerM })
+		m["conn-b-nats-cpu-s/M"] = med(func(v versusRound) float64 { return v.connMaxB.NATSCPUPerM })
+		m["conn-b-vs-raw4096"], m["conn-b-vs-conn"] = ratio(b, raw, stored), ratio(b, conn, stored)
+		m["conn-b-vs-raw4096-cpu"], m["conn-b-vs-conn-cpu"] = ratio(b, raw, cpu), ratio(b, conn, cpu)
+	}
 	return m
 }
 
@@ -309,8 +324,23 @@ func (s *system) printVersus(w *strings.Builder) resultLines {
 			{"raw4096_nats_cpu_s_per_m", "raw4096-nats-cpu-s/M"}, {"glue_nats_cpu_s_per_m", "glue-nats-cpu-s/M"}, {"connector_nats_cpu_s_per_m", "conn-max-nats-cpu-s/M"},
 			{"connector_vs_raw4096_cpu", "conn-vs-raw4096-cpu"}, {"glue_vs_raw4096_cpu", "glue-vs-raw4096-cpu"}, {"connector_vs_glue_cpu", "conn-vs-glue-cpu"},
 			{"glue_failed_publishes", "glue-failed"},
+			{"connector_b_stored_per_s", "conn-b-msgs/s"}, {"connector_b_cpu_s_per_m", "conn-b-cpu-s/M"}, {"connector_b_nats_cpu_s_per_m", "conn-b-nats-cpu-s/M"},
+			{"connector_b_vs_raw4096_stored", "conn-b-vs-raw4096"}, {"connector_b_vs_connector_stored", "conn-b-vs-conn"},
+			{"connector_b_vs_raw4096_cpu", "conn-b-vs-raw4096-cpu"}, {"connector_b_vs_connector_cpu", "conn-b-vs-conn-cpu"},
 		} {
-			out.add(k.name, m[k.key])
+			if v, ok := m[k.key]; ok {
+				out.add(k.name, v)
+			}
+		}
+		if _, ok := m["conn-b-msgs/s"]; ok {
+			fmt.Fprintf(w, "\nA/B, the connector with BENCH_CONNECTOR_ENV_B=%q in the same rounds (offered as the connector):\n\n| round | stored/s | dropped/s | CPU-s/M (+ nats) | ÷ connector stored | ÷ connector CPU | ÷ raw-4096 stored |\n|---|---|---|---|---|---|---|\n", os.Getenv("BENCH_CONNECTOR_ENV_B"))
+			for i, x := range r.rounds {
+				v := x.versus
+				fmt.Fprintf(w, "| %d | %.0f | %.0f | %.2f + %.2f | %.2f | %.2f | %.2f |\n", i+1, v.connMaxB.Stored, v.connMaxB.Dropped,
+					v.connMaxB.CPUPerM, v.connMaxB.NATSCPUPerM, v.connMaxB.Stored/v.connMax.Stored, v.connMaxB.CPUPerM/v.connMax.CPUPerM, v.connMaxB.Stored/v.raw4096.Stored)
+			}
+			fmt.Fprintf(w, "\nmedians: B ÷ connector stored %.2f, CPU %.2f; B ÷ raw-4096 stored %.2f, CPU %.2f\n",
+				m["conn-b-vs-conn"], m["conn-b-vs-conn-cpu"], m["conn-b-vs-raw4096"], m["conn-b-vs-raw4096-cpu"])
 		}
 		fmt.Fprintf(w, "\nmedians: raw-4096 %.0f/s, glue %.0f/s, connector %.0f/s (received %.0f/s, dropped %.0f/s); CPU-s/M publisher (+ nats): raw-4096 %.2f (+ %.2f), glue %.2f (+ %.2f), connector %.2f (+ %.2f)\n",
 			m["raw4096-msgs/s"], m["glue-msgs/s"], m["conn-max-msgs/s"], m["conn-max-received/s"], m["conn-max-dropped/s"],
