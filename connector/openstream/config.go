@@ -50,6 +50,7 @@ type Config struct {
 	Major        int    `envconfig:"OPENSTREAM_MAJOR" default:"1" desc:"protocol MAJOR version sent in HANDSHAKE"`
 
 	MaxLine       int           `envconfig:"OPENSTREAM_MAX_LINE" default:"65536" desc:"longest accepted NDJSON line in bytes; longer lines are published as malformed"`
+	ReadCoalesce  time.Duration `envconfig:"OPENSTREAM_READ_COALESCE" default:"3ms" desc:"after a read that emptied the socket, wait this long before the next, so that one read system call takes several lines of a fast MONITOR (adds at most this much latency to every line); 0 reads at once"`
 	DialTimeout   time.Duration `envconfig:"OPENSTREAM_DIAL_TIMEOUT" default:"5s" desc:"TCP connect timeout"`
 	TCPKeepAlive  time.Duration `envconfig:"OPENSTREAM_TCP_KEEPALIVE" default:"15s" desc:"TCP keep-alive probe interval"`
 	WriteTimeout  time.Duration `envconfig:"OPENSTREAM_WRITE_TIMEOUT" default:"5s" desc:"a write to the controller that takes longer ends the connection"`
@@ -121,6 +122,7 @@ func (c Config) Validate() error {
 	for _, k := range []check{
 		{"MAJOR", c.Major >= 0, ">= 0"},
 		{"MAX_LINE", c.MaxLine >= 1024 && c.MaxLine <= maxLineLimit, "between 1024 and 1032192 (a line is published as one NATS message: NATS's default max_payload is 1 MiB, less room for headers)"},
+		{"READ_COALESCE", c.ReadCoalesce >= 0 && c.ReadCoalesce <= 20*time.Millisecond, "between 0 and 20ms (it delays every line)"},
 		{"DIAL_TIMEOUT", c.DialTimeout > 0, "> 0"},
 		{"TCP_KEEPALIVE", c.TCPKeepAlive >= 0, ">= 0"},
 		{"WRITE_TIMEOUT", c.WriteTimeout > 0, "> 0"},

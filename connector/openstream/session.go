@@ -122,7 +122,7 @@ func newSession(c *conn, nc net.Conn, n int) *session {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &session{
 		c: c, nc: nc, id: fmt.Sprintf("%s#%d", c.id, n), opened: time.Now(),
-		lines:     ndjson.NewReader(nc, c.r.common.MaxLine),
+		lines:     ndjson.NewReader(socketReader(nc, c.r.common.ReadCoalesce), c.r.common.MaxLine),
 		ctx:       ctx,
 		cancel:    cancel,
 		ctrlQ:     make(chan outMsg, c.r.common.ControlQueue),
