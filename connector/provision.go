@@ -142,6 +142,11 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 		// where the server knows them; elsewhere the connector publishes it
 		// one message at a time (lowLaneBatchable).
 		cfg.AllowBatchPublish = batchable && spec.Lane == LaneLow
+		if streamUpToDate(ctx, js, cfg) {
+			// Nothing to change: no update for the cluster to replicate
+			// (replicas starting together would each propose one).
+			continue
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return nil, placementError(fmt.Errorf("create or update stream %s: %w", spec.Name, err), spec.Name, "", cfg.Replicas)
 		}
@@ -161,6 +166,20 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 		kvs[b.Name] = kv
 	}
 	return kvs, nil
+}
+
+// streamUpToDate reports whether the server already holds the stream with
+// every setting cfg makes (any error: not known to be, so provision it).
+func streamUpToDate(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) bool {
+	st, err := js.Stream(ctx, cfg.Name)
+	if err != nil {
+		return false
+	}
+	have := st.CachedInfo().Config
+	return have.Description == cfg.Description && slices.Equal(have.Subjects, cfg.Subjects) &&
+		have.Retention == cfg.Retention && have.Discard == cfg.Discard && have.MaxAge == cfg.MaxAge &&
+		have.MaxBytes == cfg.MaxBytes && have.Replicas == cfg.Replicas && have.Storage == cfg.Storage &&
+		have.Duplicates == cfg.Duplicates && have.AllowBatchPublish == cfg.AllowBatchPublish
 }
 
 // withServerSubjects adds to a shared stream's subjects those its copy on the

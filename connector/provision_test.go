@@ -33,3 +33,48 @@ func TestSharedAuditStreamKeepsOtherKindsSubjects(t *testing.T) {
 		}
 	}
 }
+
+// A restart (or a second replica) finds its streams as configured and sends
+// no update for the cluster to replicate; a changed setting is updated.
+func TestProvisionUpdatesOnlyWhatChanged(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{subjects.LaserSell()}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	updates, err := env.Conn.SubscribeSync("$JS.API.STREAM.UPDATE.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams := subjects.Streams(subjects.LaserSell())
+	if _, err := connector.Provision(ctx, env.JS, streams, connector.DefaultRetention, nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := updates.Pending(); n != 0 {
+		t.Fatalf("%d stream updates sent for streams already as configured", n)
+	}
+	longer := func(spec subjects.StreamSpec) connector.Retention {
+		r := connector.DefaultRetention(spec)
+		if spec.Name == subjects.StreamLaserSellExit {
+			r.MaxAge *= 2
+		}
+		return r
+	}
+	if _, err := connector.Provision(ctx, env.JS, streams, longer, nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	m, err := updates.NextMsg(2 * time.Second)
+	if err != nil {
+		t.Fatalf("no update for a changed max age: %v", err)
+	}
+	if m.Subject != "$JS.API.STREAM.UPDATE."+subjects.StreamLaserSellExit {
+		t.Fatalf("update of %s, want %s", m.Subject, subjects.StreamLaserSellExit)
+	}
+	if err := env.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := updates.Pending(); n != 0 {
+		t.Fatalf("%d more updates for one changed stream", n)
+	}
+}

@@ -215,8 +215,12 @@ func TestComposeClusterStackComesUp(t *testing.T) {
 		startConnectorProc(t, name, env)
 		statusAddrs = append(statusAddrs, env["CONNECTOR_HTTP_ADDR"])
 	}
+	// /readyz. Three replicas provisioning the same R3 streams on a fresh
+	// cluster took 41-57 s here: each new stream's leader came about 10 s
+	// after its create (not so in internal/natscluster, where a create takes
+	// 70 ms; not understood). Each replica retries with 10 s attempts.
 	for _, name := range stack.connectors {
-		r.probe(name, 60*time.Second) // /readyz
+		r.probe(name, 120*time.Second)
 	}
 	ready := time.Since(start)
 	env := r.compose.Services[stack.connectors[0]].Environment
