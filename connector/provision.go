@@ -153,13 +153,18 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 	}
 	kvs := make(map[string]jetstream.KeyValue, len(buckets))
 	for _, b := range buckets {
-		kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		cfg := jetstream.KeyValueConfig{
 			Bucket:      b.Name,
 			Description: b.Description,
 			History:     b.History,
 			Replicas:    max(replicas, 1),
 			Storage:     jetstream.FileStorage,
-		})
+		}
+		kv := bucketUpToDate(ctx, js, cfg)
+		var err error
+		if kv == nil {
+			kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+		}
 		if err != nil {
 			return nil, placementError(fmt.Errorf("create or update KV bucket %s: %w", b.Name, err), "", b.Name, max(replicas, 1))
 		}
@@ -180,6 +185,28 @@ func streamUpToDate(ctx context.Context, js jetstream.JetStream, cfg jetstream.S
 		have.Retention == cfg.Retention && have.Discard == cfg.Discard && have.MaxAge == cfg.MaxAge &&
 		have.MaxBytes == cfg.MaxBytes && have.Replicas == cfg.Replicas && have.Storage == cfg.Storage &&
 		have.Duplicates == cfg.Duplicates && have.AllowBatchPublish == cfg.AllowBatchPublish
+}
+
+// bucketUpToDate returns the bucket when the server already holds it with
+// every setting cfg makes, nil otherwise (or on any error).
+func bucketUpToDate(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) jetstream.KeyValue {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if err != nil {
+		return nil
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok {
+		return nil
+	}
+	have := bs.Config()
+	if have.Description != cfg.Description || have.History != cfg.History || have.Replicas != cfg.Replicas || have.Storage != cfg.Storage {
+		return nil
+	}
+	return kv
 }
 
 // withServerSubjects adds to a shared stream's subjects those its copy on the

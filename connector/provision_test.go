@@ -34,8 +34,9 @@ func TestSharedAuditStreamKeepsOtherKindsSubjects(t *testing.T) {
 	}
 }
 
-// A restart (or a second replica) finds its streams as configured and sends
-// no update for the cluster to replicate; a changed setting is updated.
+// A restart (or a second replica) finds its streams and buckets as
+// configured and sends no update for the cluster to replicate; a changed
+// setting is updated.
 func TestProvisionUpdatesOnlyWhatChanged(t *testing.T) {
 	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{subjects.LaserSell()}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -45,14 +46,18 @@ func TestProvisionUpdatesOnlyWhatChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	streams := subjects.Streams(subjects.LaserSell())
-	if _, err := connector.Provision(ctx, env.JS, streams, connector.DefaultRetention, nil, 1); err != nil {
+	buckets := subjects.Buckets(subjects.LaserSell())
+	if len(buckets) == 0 {
+		t.Fatal("no buckets to provision")
+	}
+	if _, err := connector.Provision(ctx, env.JS, streams, connector.DefaultRetention, buckets, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := env.Conn.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	if n, _, _ := updates.Pending(); n != 0 {
-		t.Fatalf("%d stream updates sent for streams already as configured", n)
+		t.Fatalf("%d stream updates sent for streams and buckets already as configured", n)
 	}
 	longer := func(spec subjects.StreamSpec) connector.Retention {
 		r := connector.DefaultRetention(spec)
