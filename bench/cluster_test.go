@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -154,9 +155,9 @@ func roleNATSNode() error {
 }
 
 func splitHostPort(addr string) (string, int, error) {
-	host, p, ok := strings.Cut(addr, ":")
-	if !ok {
-		return "", 0, fmt.Errorf("%q is not host:port", addr)
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
 	}
 	port, err := strconv.Atoi(p)
 	return host, port, err
@@ -215,10 +216,7 @@ func (s *system) checkReplicas(replicas int, streams ...string) {
 		if err != nil {
 			s.b.Fatalf("stream %s: %v", name, err)
 		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			s.b.Fatalf("stream %s: %v", name, err)
-		}
+		info := st.CachedInfo() // fetched by Stream just now
 		peers := 0
 		if info.Cluster != nil && info.Cluster.Leader != "" {
 			peers = 1

@@ -7,11 +7,11 @@ package connector
 // session: the server acknowledges every 500 / (open batches) messages at
 // most, and the publisher may not run more than two flow acks ahead, so 50
 // robots with a batch each stalled the one pump goroutine on 50 round trips
-// per pass (data p99 884 ms at N = 50, BENCHMARKS.md). Messages carry no per-message ack: the server
-// acknowledges every flow-th stored message (flow control), and the batch
-// ends with one commit acknowledgement. That removes most of the per-message
-// work of both the server and the connector (one ack parse and callback per
-// message with PublishMsgAsync).
+// per pass (data p99 884 ms at N = 50, BENCHMARKS.md). Messages carry no
+// per-message ack: the server acknowledges every flow-th stored message
+// (flow control), and the batch ends with one commit acknowledgement. That
+// removes most of the per-message work of both the server and the connector
+// (one ack parse and callback per message with PublishMsgAsync).
 //
 // Loss stays visible as with per-message publishing: Connector-Seq gaps for
 // consumers, connector_lane_dropped_total for operators. Batches run in
@@ -319,6 +319,8 @@ func (s *batchSender) commit(ctx context.Context, stream string, b *streamBatch)
 		// Nobody's send failed: charge the reason to the oldest event's lane.
 		if len(b.pending) > 0 {
 			s.end(ctx, b.pending[0].lane, b, fmt.Errorf("commit fast batch: %w", err))
+		} else if ctx.Err() == nil {
+			s.log.Warn().Err(err).Str("stream", stream).Msg("fast batch commit failed with every event already acknowledged; nothing lost")
 		}
 		return
 	}

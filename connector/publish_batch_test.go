@@ -215,7 +215,8 @@ func TestPerMessageWhenConfigured(t *testing.T) {
 // nats-server older than 2.14 (no fast batches): provisioning still works,
 // the low lane publishes one message at a time and says why. The server
 // binary comes from CONNECTOR_TEST_OLD_NATS_SERVER (.ci/run installs
-// nats-server v2.12.4 with go install and sets it to "required").
+// nats-server v2.12.4 with go install and sets it to the binary's path; a
+// wrong path fails the test).
 func TestOlderServerPublishesPerMessage(t *testing.T) {
 	bin := os.Getenv("CONNECTOR_TEST_OLD_NATS_SERVER")
 	if bin == "" {

@@ -53,7 +53,8 @@ type clusterRig struct {
 	js        jetstream.JetStream
 }
 
-// clusterSimConfig is the LaserSell simulator of the cluster tests: it opens
+// clusterSimConfig is the LaserSell simulator of the cluster tests (and of
+// the fleet tests that count exits across handovers): it opens
 // a position every 50 ms, up to two at a time, sends an exit signal every
 // 20 ms and pnlRate PnL updates per second.
 func clusterSimConfig(pnlRate float64) lssim.Config {
@@ -404,18 +405,7 @@ func (r *clusterRig) driveCommands(t *testing.T, every time.Duration, robot bool
 			case <-time.After(every):
 			}
 			c := cmds[i%len(cmds)]
-			outcome := "no reply"
-			if m, err := r.nc.Request(c.subject, []byte(c.body), 6*time.Second); err == nil {
-				var reply commandReply
-				switch {
-				case json.Unmarshal(m.Data, &reply) != nil:
-					outcome = "not JSON"
-				case reply.OK:
-					outcome = "ok"
-				case reply.Error != nil:
-					outcome = reply.Error.Code
-				}
-			}
+			outcome := replyOutcome(r.nc.Request(c.subject, []byte(c.body), 6*time.Second))
 			d.mu.Lock()
 			d.outcomes[c.name+" "+outcome]++
 			d.mu.Unlock()

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -76,6 +75,9 @@ func TestFleetPausedRobotOwnerWritesNothingAfterResume(t *testing.T) {
 	)
 	stop := make(chan struct{})
 	var driver sync.WaitGroup
+	// Stopped below, or at cleanup when the test ends early.
+	stopDriver := sync.OnceFunc(func() { close(stop); driver.Wait() })
+	t.Cleanup(stopDriver)
 	driver.Go(func() {
 		subject := subjects.Command(subjects.KindOpenStream, robotName, "control")
 		for {
@@ -85,26 +87,7 @@ func TestFleetPausedRobotOwnerWritesNothingAfterResume(t *testing.T) {
 			case <-time.After(20 * time.Millisecond):
 			}
 			sent := time.Now()
-			m, err := nc.Request(subject, []byte(`{"url":"/project/robot/motor_on","method":"POST"}`), 2*time.Second)
-			var k string
-			switch {
-			case errors.Is(err, nats.ErrNoResponders):
-				k = "no_responders"
-			case err != nil:
-				k = "error: " + err.Error()
-			default:
-				var r commandReply
-				switch {
-				case json.Unmarshal(m.Data, &r) != nil:
-					k = "not JSON"
-				case r.OK:
-					k = "ok"
-				case r.Error == nil:
-					k = "refused without an error"
-				default:
-					k = r.Error.Code
-				}
-			}
+			k := replyOutcome(nc.Request(subject, []byte(`{"url":"/project/robot/motor_on","method":"POST"}`), 2*time.Second))
 			mu.Lock()
 			requests = append(requests, request{sent, k})
 			mu.Unlock()
@@ -152,8 +135,7 @@ func TestFleetPausedRobotOwnerWritesNothingAfterResume(t *testing.T) {
 	// robot back (it is preferred) and then forwards them again, on new
 	// connections.
 	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	driver.Wait()
+	stopDriver()
 
 	stale := 0
 	for _, c := range robot.Received() {

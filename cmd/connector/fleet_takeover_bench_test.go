@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -33,13 +32,7 @@ func BenchmarkFleetTakeover(b *testing.B) {
 	ttl := mustDuration(b, envOr("BENCH_FLEET_TTL", "2s"))
 	const session, robotName = "fleet", "arm" // both prefer a among {a, b}
 	nsrv, _, js := startTestNATS(b)
-	lcfg := lssim.DefaultConfig()
-	lcfg.APIKey = "takeover-bench-key"
-	lcfg.AutoPositions = 2
-	lcfg.ExitEvery = 20 * time.Millisecond
-	lcfg.OpenEvery = 50 * time.Millisecond
-	lcfg.PnLRate = 100
-	lcfg.EnforceSessionLimit = false // a second session would be counted, not refused
+	lcfg := clusterSimConfig(100)
 	ls, lsURL, robot, robotAddr := startSims(b, lcfg)
 	httpAddrs := map[string]string{"a": freeLoopbackAddr(b), "b": freeLoopbackAddr(b)}
 	env := func(name string) map[string]string {

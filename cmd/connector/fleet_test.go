@@ -658,6 +658,9 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 	tally := &commandTally{outcomes: map[string]int{}}
 	stopCommands := make(chan struct{})
 	var commands sync.WaitGroup
+	// Stopped below, or at cleanup when the test ends early.
+	stopDriver := sync.OnceFunc(func() { close(stopCommands); commands.Wait() })
+	t.Cleanup(stopDriver)
 	commands.Go(func() {
 		subject := subjects.Command(subjects.KindLaserSell, session, "ping")
 		for {
@@ -666,22 +669,7 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 				return
 			case <-time.After(25 * time.Millisecond):
 			}
-			m, err := nc.Request(subject, []byte(`{}`), 2*time.Second)
-			switch {
-			case errors.Is(err, nats.ErrNoResponders):
-				tally.add("no_responders")
-			case err != nil:
-				tally.add("error: " + err.Error())
-			default:
-				var r commandReply
-				if json.Unmarshal(m.Data, &r) != nil {
-					tally.add("not JSON")
-				} else if r.OK {
-					tally.add("ok")
-				} else {
-					tally.add(r.Error.Code)
-				}
-			}
+			tally.add(replyOutcome(nc.Request(subject, []byte(`{}`), 2*time.Second)))
 		}
 	})
 
@@ -724,8 +712,7 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 		})
 		handovers += ls.Connections() - conns
 	}
-	close(stopCommands)
-	commands.Wait()
+	stopDriver()
 	for _, p := range procs {
 		if err := p.stop(20 * time.Second); err != nil {
 			t.Fatal(err)

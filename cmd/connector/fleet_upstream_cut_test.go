@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	"github.com/jetbridge/connector/internal/faultproxy"
 	"github.com/jetbridge/connector/subjects"
 )
@@ -20,12 +19,7 @@ import (
 func TestFleetOwnerCutFromUpstreamKeepsItsLease(t *testing.T) {
 	const session, ttl = "upcut", 2 * time.Second
 	nsrv, _, js := startTestNATS(t)
-	lcfg := lssim.DefaultConfig()
-	lcfg.APIKey = "upcut-test-key"
-	lcfg.AutoPositions = 2
-	lcfg.ExitEvery = 20 * time.Millisecond
-	lcfg.OpenEvery = 50 * time.Millisecond
-	lcfg.EnforceSessionLimit = false
+	lcfg := clusterSimConfig(0)
 	ls, lsURL, _, _ := startSims(t, lcfg)
 	hostPort, path, _ := strings.Cut(strings.TrimPrefix(lsURL, "ws://"), "/")
 	proxies := map[string]*faultproxy.Proxy{}

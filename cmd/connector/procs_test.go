@@ -225,6 +225,28 @@ type commandReply struct {
 	raw []byte
 }
 
+// replyOutcome names how a command request ended, for tallies: "ok", the
+// refusal's code, "no_responders", "error: <the request's error>", "not
+// JSON", or "refused without an error".
+func replyOutcome(m *nats.Msg, err error) string {
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return "no_responders"
+	case err != nil:
+		return "error: " + err.Error()
+	}
+	var r commandReply
+	switch {
+	case json.Unmarshal(m.Data, &r) != nil:
+		return "not JSON"
+	case r.OK:
+		return "ok"
+	case r.Error == nil:
+		return "refused without an error"
+	}
+	return r.Error.Code
+}
+
 // requestCommand sends a command, retrying while nobody serves the subject
 // yet (the child is still starting), and returns the decoded reply.
 func requestCommand(t testing.TB, nc *nats.Conn, subject, body string, timeout time.Duration) commandReply {
