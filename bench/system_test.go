@@ -96,8 +96,14 @@ func BenchmarkSystem(b *testing.B) {
 	step("throughput/raw-vs-connector", func(b *testing.B) {
 		r := res.cached("rounds", func() map[string]float64 {
 			lanes = s.startRun("lanes", false)
-			if envB := os.Getenv("BENCH_CONNECTOR_ENV_B"); envB != "" {
-				s.envB = s.startRun("envb", false, strings.Fields(envB)...)
+			// A/B inside the rounds: a second connector with other settings
+			// (BENCH_CONNECTOR_ENV_B), or another build (BENCH_CONNECTOR_BIN_B), or both.
+			envB, binB := os.Getenv("BENCH_CONNECTOR_ENV_B"), os.Getenv("BENCH_CONNECTOR_BIN_B")
+			if envB != "" || binB != "" {
+				if binB == "" {
+					binB = s.bin
+				}
+				s.envB = s.startRunOf(binB, "envb", false, strings.Fields(envB)...)
 			}
 			glue = s.startGlue("glue") // after the connector, which creates the streams
 			return s.throughputRounds(lanes, glue)

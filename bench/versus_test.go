@@ -333,7 +333,7 @@ func (s *system) printVersus(w *strings.Builder) resultLines {
 			}
 		}
 		if _, ok := m["conn-b-msgs/s"]; ok {
-			fmt.Fprintf(w, "\nA/B, the connector with BENCH_CONNECTOR_ENV_B=%q in the same rounds (offered as the connector):\n\n| round | stored/s | dropped/s | CPU-s/M (+ nats) | ÷ connector stored | ÷ connector CPU | ÷ raw-4096 stored |\n|---|---|---|---|---|---|---|\n", os.Getenv("BENCH_CONNECTOR_ENV_B"))
+			fmt.Fprintf(w, "\nA/B, the connector (BENCH_CONNECTOR_BIN_B=%q) with BENCH_CONNECTOR_ENV_B=%q in the same rounds (offered as the connector):\n\n| round | stored/s | dropped/s | CPU-s/M (+ nats) | ÷ connector stored | ÷ connector CPU | ÷ raw-4096 stored |\n|---|---|---|---|---|---|---|\n", os.Getenv("BENCH_CONNECTOR_BIN_B"), os.Getenv("BENCH_CONNECTOR_ENV_B"))
 			for i, x := range r.rounds {
 				v := x.versus
 				fmt.Fprintf(w, "| %d | %.0f | %.0f | %.2f + %.2f | %.2f | %.2f | %.2f |\n", i+1, v.connMaxB.Stored, v.connMaxB.Dropped,

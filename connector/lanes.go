@@ -137,36 +137,59 @@ type lowQueue struct {
 	wake   chan struct{} // capacity 1: "something was queued"
 	onDrop func()
 	seq    uint64 // numbered under mu, so Connector-Seq follows queue order
+
+	// onSupersede, when set, makes a full queue keep the latest event per
+	// subject (lane_latest.go); latest is its index while under pressure.
+	onSupersede func()
+	latest      map[string]int
 }
 
 // newLowQueue makes a queue that signals wake (capacity 1, possibly shared
-// with other queues) whenever something is queued or it is closed.
-func newLowQueue(capacity int, onDrop func(), wake chan struct{}) *lowQueue {
-	return &lowQueue{items: make([]queued, capacity), wake: wake, onDrop: onDrop}
+// with other queues) whenever something is queued or it is closed. With
+// onSupersede, a full queue replaces the queued event of the new one's
+// subject, if any, before it drops the oldest (lane_latest.go).
+func newLowQueue(capacity int, onDrop, onSupersede func(), wake chan struct{}) *lowQueue {
+	return &lowQueue{items: make([]queued, capacity), wake: wake, onDrop: onDrop, onSupersede: onSupersede}
 }
 
-// put never blocks: a full queue drops its oldest item (counted). It returns
-// false only when the queue is closed.
+// put never blocks: a full queue drops its oldest item (counted), or
+// supersedes the queued item of its subject (counted). It returns false
+// only when the queue is closed.
 func (q *lowQueue) put(it queued) bool {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return false
 	}
-	dropped := false
+	dropped, superseded := false, false
 	if q.n == len(q.items) {
-		q.items[q.head] = queued{}
-		q.head = (q.head + 1) % len(q.items)
-		q.n--
-		dropped = true
+		switch {
+		case q.onSupersede == nil:
+			q.items[q.head] = queued{}
+			q.head = (q.head + 1) % len(q.items)
+			q.n--
+			dropped = true
+		case q.supersedeLocked(it):
+			superseded = true
+		default:
+			q.dropSupersededLocked()
+			dropped = true
+		}
 	}
-	q.seq++
-	it.seq = q.seq
-	q.items[(q.head+q.n)%len(q.items)] = it
-	q.n++
+	if !superseded {
+		q.seq++
+		it.seq = q.seq
+		i := (q.head + q.n) % len(q.items)
+		q.items[i] = it
+		q.indexLocked(i)
+		q.n++
+	}
 	q.mu.Unlock()
-	if dropped && q.onDrop != nil {
+	switch {
+	case dropped && q.onDrop != nil:
 		q.onDrop()
+	case superseded:
+		q.onSupersede()
 	}
 	select {
 	case q.wake <- struct{}{}:
@@ -184,10 +207,12 @@ func (q *lowQueue) poll(buf []queued, max int) []queued {
 func (q *lowQueue) pollLocked(buf []queued, max int) []queued {
 	for q.n > 0 && len(buf) < max {
 		buf = append(buf, q.items[q.head])
+		q.unindexLocked(q.head)
 		q.items[q.head] = queued{}
 		q.head = (q.head + 1) % len(q.items)
 		q.n--
 	}
+	q.relaxLocked()
 	return buf
 }
 

@@ -17,6 +17,7 @@ type Metrics struct {
 	retries    *prometheus.CounterVec
 	failed     *prometheus.CounterVec
 	dropped    *prometheus.CounterVec
+	superseded *prometheus.CounterVec
 	depth      *laneDepths
 	commands   *prometheus.CounterVec
 	malformed  *prometheus.CounterVec
@@ -50,6 +51,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, lane),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "connector_lane_dropped_total", Help: "Low-lane events dropped: the oldest when the lane was full, or lost in flight when a publish failed (never retried).",
+		}, session),
+		superseded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "connector_lane_superseded_total", Help: "Low-lane events replaced, while the lane was full, by a newer one of the same subject (CONNECTOR_LOW_LANE_SHED=latest): never published, no Connector-Seq gap.",
 		}, session),
 		depth: &laneDepths{
 			desc:  prometheus.NewDesc("connector_lane_depth", "Events queued in a lane, waiting to be published (read from the queue at scrape time).", lane, nil),
@@ -91,7 +95,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed publish attempts by reason (no_responders, stream_missing, timeout, disconnected, stream_full, too_large, wrong_last_sequence, other); publish_errors.go says how each is handled.",
 		}, []string{"source", "session", "lane", "reason"}),
 	}
-	reg.MustRegister(m.events, m.published, m.retries, m.failed, m.dropped, m.depth,
+	reg.MustRegister(m.events, m.published, m.retries, m.failed, m.dropped, m.superseded, m.depth,
 		m.commands, m.malformed, m.reconnects, m.connected, m.rtt,
 		m.eventTypes, m.publishLatency, m.inflight, m.commandLatency, m.publishErrors)
 	return m

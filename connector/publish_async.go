@@ -184,6 +184,10 @@ func (a *asyncSender) awaitTurn(ctx context.Context) {
 
 // send hands one message of lane, read upstream at received, to nats.go,
 // waiting for its turn and while the window is full.
+// message implements lowSender: PublishMsgAsync keeps each message until
+// its ack (retries, and the flights are keyed by it), so each is new.
+func (a *asyncSender) message(lane *pumpLane, it queued) *nats.Msg { return lane.build(it) }
+
 func (a *asyncSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, received time.Time) {
 	m := &lane.metrics
 	a.awaitTurn(ctx)

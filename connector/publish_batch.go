@@ -34,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,6 +73,9 @@ type batchSender struct {
 	mode       *modeReport
 	log        zerolog.Logger
 	refusedLog zerolog.Logger
+	// reused is the message every low-lane event is built in (message):
+	// AddMsg has copied it into the connection's buffer when it returns.
+	reused nats.Msg
 }
 
 // streamBatch is one stream's open batch and the events sent in it and not
@@ -80,7 +84,10 @@ type streamBatch struct {
 	fp      jetstreamext.FastPublisher
 	pending []flight // batch sequences settled+1, settled+2, ...
 	settled uint64   // every batch sequence up to this one is accounted for
-	lastAdd time.Time
+	// adds counts the events added; idle notes when it last saw it move
+	// (addsSeen at seenAt), instead of a clock read per event.
+	adds, addsSeen uint64
+	seenAt         time.Time
 
 	mu        sync.Mutex
 	serverErr error  // the last error the server reported on the control channel
@@ -129,6 +136,32 @@ func startBatchSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 
 func (s *batchSender) waitBacklog(ctx context.Context) { s.fallback.waitBacklog(ctx) }
 
+// message implements lowSender: a lane's event in the reused message when it
+// goes into a batch, else (per message) in a new one.
+func (s *batchSender) message(lane *pumpLane, it queued) *nats.Msg {
+	if s.perMessage || lane.stream == "" || lane.fill == nil {
+		return lane.build(it)
+	}
+	if s.reused.Header == nil {
+		s.reused.Header = make(nats.Header, 2)
+	}
+	lane.fill(it, &s.reused)
+	return &s.reused
+}
+
+// owned is msg, or a copy of it when it is the reused message: for the
+// per-message fallback, which keeps its messages until their acks.
+func (s *batchSender) owned(msg *nats.Msg) *nats.Msg {
+	if msg != &s.reused {
+		return msg
+	}
+	hdr := make(nats.Header, len(msg.Header))
+	for k, vs := range msg.Header {
+		hdr[k] = slices.Clone(vs)
+	}
+	return &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: hdr}
+}
+
 // awaitTurn returns once the connection is up and the gate lets a batch
 // start or go on (after a failure: once its backoff is over; the next event
 // starts a new batch, whose first message waits for the server's answer,
@@ -156,7 +189,7 @@ func (s *batchSender) awaitTurn(ctx context.Context) {
 // of the lane's stream, starting one when none is open.
 func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, received time.Time) {
 	if s.perMessage || lane.stream == "" { // a kind that declares no low-lane stream: no batch to share
-		s.fallback.send(ctx, msg, lane, received)
+		s.fallback.send(ctx, s.owned(msg), lane, received)
 		return
 	}
 	m := &lane.metrics
@@ -180,7 +213,7 @@ func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, r
 	m.inflight.Inc()
 	b.pending = append(b.pending, flight{lane: lane, received: received})
 	ack, err := b.fp.AddMsg(msg)
-	b.lastAdd = time.Now()
+	b.adds++
 	if err != nil {
 		if len(b.pending) == 1 && b.settled == 0 && batchesRefused(err) {
 			// The stream refused to start the batch, so nothing of it was
@@ -188,7 +221,7 @@ func (s *batchSender) send(ctx context.Context, msg *nats.Msg, lane *pumpLane, r
 			delete(s.batches, lane.stream)
 			m.inflight.Dec()
 			s.fallBack(ctx, err)
-			s.fallback.send(ctx, msg, lane, received)
+			s.fallback.send(ctx, s.owned(msg), lane, received)
 			return
 		}
 		s.end(ctx, lane, b, err)
@@ -300,7 +333,10 @@ func (s *batchSender) idle(ctx context.Context) time.Duration {
 	var next time.Duration
 	now := time.Now()
 	for stream, b := range s.batches {
-		if wait := batchIdle - now.Sub(b.lastAdd); wait > 0 {
+		if b.adds != b.addsSeen || b.seenAt.IsZero() {
+			b.addsSeen, b.seenAt = b.adds, now // added to since the last look: idle from now
+		}
+		if wait := batchIdle - now.Sub(b.seenAt); wait > 0 {
 			if next == 0 || wait < next {
 				next = wait
 			}

@@ -90,6 +90,11 @@ func storedInOrder(t *testing.T, env *connectortest.Env, session string) int {
 		if err != nil {
 			t.Fatalf("%s header of %q: %v", subjects.HeaderSeq, body, err)
 		}
+		// Every event is built in one reused message (fast batches): its
+		// headers must be its own, exactly the two of the low lane.
+		if _, err := time.Parse(time.RFC3339Nano, m.Headers().Get(subjects.HeaderReceived)); err != nil || len(m.Headers()) != 2 {
+			t.Fatalf("headers of %q: %v (%v)", body, m.Headers(), err)
+		}
 		if n <= last || seq <= lastSeq {
 			t.Fatalf("stored out of order: event %d (Connector-Seq %d) after %d (%d)", n, seq, last, lastSeq)
 		}

@@ -56,9 +56,12 @@ type lowPump struct {
 type pumpLane struct {
 	// stream is the low-lane stream the lane's subjects go to: its fast
 	// batch is shared with the other lanes of that stream (publish_batch.go).
-	stream  string
-	queue   *lowQueue
-	build   func(queued) *nats.Msg
+	stream string
+	queue  *lowQueue
+	build  func(queued) *nats.Msg
+	// fill writes an event into a message the sender reuses (nil: the lane
+	// has none, and every event gets a new one from build).
+	fill    func(queued, *nats.Msg)
 	metrics laneMetrics
 	log     zerolog.Logger
 }
@@ -72,6 +75,9 @@ type leave struct {
 // lowSender is how the pump hands events to JetStream: one message at a time
 // with PublishMsgAsync (asyncSender) or in fast batches (batchSender).
 type lowSender interface {
+	// message is the message to send for it: a new one, or one the sender
+	// reuses for every event (it is done with it when send returns).
+	message(lane *pumpLane, it queued) *nats.Msg
 	waitBacklog(ctx context.Context)
 	awaitTurn(ctx context.Context)
 	send(ctx context.Context, msg *nats.Msg, lane *pumpLane, received time.Time)
@@ -221,7 +227,7 @@ func (p *lowPump) run(ctx context.Context) error {
 					break
 				}
 				received := buf[i].Received
-				msg := l.build(buf[i])
+				msg := sender.message(l, buf[i])
 				buf[i] = queued{}
 				p.yield.wait(ctx)
 				sender.send(ctx, msg, l, received)

@@ -44,7 +44,7 @@ func TestPumpRemoveLaneWhileOthersPublish(t *testing.T) {
 	for i := range lanes {
 		name := fmt.Sprintf("s%d", i)
 		m := metrics.lane("pump", name, LaneLow)
-		q := newLowQueue(capacity, m.dropped.Inc, pump.wake)
+		q := newLowQueue(capacity, m.dropped.Inc, nil, pump.wake)
 		l := &testLane{name: name, queue: q, metric: m,
 			lane: &pumpLane{queue: q, build: lowMessage, metrics: m, log: zerolog.Nop()}}
 		pump.add("pump."+name+".", l.lane)

@@ -83,6 +83,11 @@ type Options struct {
 	// the client and the server to move and store. JetStream's own
 	// timestamp still says when each message was stored.
 	LowLaneNoReceived bool
+	// LowLaneKeepLatest makes a full low lane replace the queued event of a
+	// new event's subject, when it has one, instead of dropping the oldest
+	// (lane_latest.go): every low-lane event is a full snapshot of its
+	// subject. The default drops the oldest, as DESIGN.md's contract says.
+	LowLaneKeepLatest bool
 	// SingleLane sends low-lane events through the high lane (one FIFO, never
 	// dropped). It exists to measure what the lanes buy; do not use it in production.
 	SingleLane bool

@@ -66,7 +66,7 @@ func TestConfigPrintsVariablesWithDefaults(t *testing.T) {
 		"LOG_FORMAT":            {"auto", "json, console"},
 		"LASERSELL_BACKOFF_MAX": {"2s", "largest reconnect delay"},
 		"OPENSTREAM_LOW_LANE":   {"8192", "oldest dropped when full"},
-		"GOGC":                  {"400", "a number (percent) or off"},
+		"GOGC":                  {"100", "a number (percent) or off"},
 	} {
 		if !strings.HasPrefix(lines[name], "  "+name+" ") || !strings.Contains(lines[name], "default "+wants[0]+" |") {
 			t.Errorf("config block of %s is %q, want its first line to give the default %s", name, lines[name], wants[0])

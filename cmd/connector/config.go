@@ -34,6 +34,7 @@ type Config struct {
 	PublishWindow        int           `envconfig:"CONNECTOR_PUBLISH_WINDOW" default:"4096" desc:"unacknowledged low-lane JetStream publishes: one window shared by the low lanes of all sessions when they publish one message at a time, per low-lane stream with fast batches (flow acks every half window at most); the high lane publishes one at a time"`
 	FastBatch            bool          `envconfig:"CONNECTOR_FAST_BATCH" default:"true" desc:"publish the low lanes in fast batches (one flow ack per many events) when the server allows them (nats-server 2.14+); false, or an older server, publishes one message at a time; /status shows which"`
 	LowLaneReceived      bool          `envconfig:"CONNECTOR_LOW_LANE_RECEIVED" default:"true" desc:"stamp low-lane telemetry (pnl, data) with Connector-Received; false leaves Connector-Seq alone (37 bytes less per message; JetStream's own timestamp says when it was stored)"`
+	LowLaneShed          string        `envconfig:"CONNECTOR_LOW_LANE_SHED" default:"oldest" desc:"what a full low lane gives up for a new event: oldest (the oldest queued event, a Connector-Seq gap) or latest (the queued event of the same subject, replaced in its place and counted in connector_lane_superseded_total; the oldest only when its subject has none queued)"`
 	AckTimeout           time.Duration `envconfig:"CONNECTOR_ACK_TIMEOUT" default:"5s" desc:"wait for one publish ack before retrying it"`
 	DrainTimeout         time.Duration `envconfig:"CONNECTOR_DRAIN_TIMEOUT" default:"10s" desc:"at shutdown, how long queued events may take to reach JetStream"`
 	CommandTimeout       time.Duration `envconfig:"CONNECTOR_COMMAND_TIMEOUT" default:"10s" desc:"upper bound for executing one command"`
@@ -194,6 +195,11 @@ func (c Config) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.EmbeddedConfig.Listen); err != nil {
 		return badConfig("CONNECTOR_NATS_LISTEN=%q is not host:port", c.EmbeddedConfig.Listen)
+	}
+	switch c.LowLaneShed {
+	case "oldest", "latest":
+	default:
+		return badConfig("CONNECTOR_LOW_LANE_SHED=%q must be oldest or latest", c.LowLaneShed)
 	}
 	if c.PublishWindow < 1 || c.PublishWindow > 65536 {
 		return badConfig("CONNECTOR_PUBLISH_WINDOW=%d must be 1..65536", c.PublishWindow)

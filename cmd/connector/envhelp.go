@@ -117,7 +117,7 @@ func printEnv(w io.Writer) error {
 	variable("STREAM_<NAME>_<SETTING>", "", "NAME is one of "+strings.Join(streams, ", ")+"; SETTING is one of "+
 		strings.Join(streamFields, ", ")+". A name that is neither is refused.")
 	b.WriteString("\nGo runtime:\n")
-	variable("GOGC", "400", "Go garbage-collector target: a number (percent) or off; read by the Go runtime, the connector sets 400 unless given")
+	variable("GOGC", "100", "Go garbage-collector target: a number (percent) or off; read by the Go runtime, whose default (100) measured best for the connector")
 	_, err = io.WriteString(w, b.String())
 	return err
 }

@@ -19,7 +19,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -29,12 +28,6 @@ import (
 )
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		// The connector allocates per event and has memory to spare: collecting
-		// less often buys throughput (BENCHMARKS.md). GOGC overrides (an
-		// invalid GOGC is refused by the configuration check).
-		debug.SetGCPercent(400)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := dispatch(ctx, os.Args[1:], os.Stdout)
 	stop()

@@ -75,8 +75,8 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 		HighConn: high, LowConn: low, Kinds: kinds, Retention: ret, KVReplicas: cfg.KVReplicas,
 		Window: cfg.PublishWindow, AckTimeout: cfg.AckTimeout, DrainTimeout: cfg.DrainTimeout,
 		CommandTimeout: cfg.CommandTimeout, Version: version, SingleLane: cfg.SingleLane, LowLanePerMessage: !cfg.FastBatch,
-		LowLaneNoReceived: !cfg.LowLaneReceived,
-		CommandMaxBytes:   cfg.CommandMaxBytes, CommandRate: cfg.CommandRate, CommandBurst: cfg.CommandBurst,
+		LowLaneNoReceived: !cfg.LowLaneReceived, LowLaneKeepLatest: cfg.LowLaneShed == "latest",
+		CommandMaxBytes: cfg.CommandMaxBytes, CommandRate: cfg.CommandRate, CommandBurst: cfg.CommandBurst,
 		QuietUnknownSessions: cfg.QuietUnknownSessions,
 		// Every replica has the same configuration: a configured session this
 		// process does not run is its owner's to answer (or nobody's during a

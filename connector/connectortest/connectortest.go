@@ -51,6 +51,7 @@ type Options struct {
 	QuietUnknownSessions bool
 	LowLanePerMessage    bool
 	LowLaneNoReceived    bool
+	LowLaneKeepLatest    bool
 }
 
 // Start starts an embedded server on a free loopback port and a runtime on it.
@@ -86,6 +87,7 @@ func Start(t testing.TB, opts Options) *Env {
 		CommandRate: opts.CommandRate, CommandBurst: opts.CommandBurst,
 		QuietUnknownSessions: opts.QuietUnknownSessions, LowLanePerMessage: opts.LowLanePerMessage,
 		LowLaneNoReceived: opts.LowLaneNoReceived,
+		LowLaneKeepLatest: opts.LowLaneKeepLatest,
 		Metrics:           connector.NewMetrics(env.Registry), Log: env.Log,
 	})
 	if err != nil {

@@ -54,7 +54,7 @@ type Config struct {
 	DeadlineTimeoutSec uint64   `split_words:"true" desc:"initial configure: request an exit signal for positions open this long, in seconds (0 disables)"`
 
 	HighLane int `split_words:"true" default:"1024" desc:"high-lane capacity (exits, positions, balances, errors); when full the upstream reader waits"`
-	LowLane  int `split_words:"true" default:"32768" desc:"low-lane capacity (pnl_update), about 300 ms of the connector's sustained maximum; when full the oldest update is dropped"`
+	LowLane  int `split_words:"true" default:"65536" desc:"low-lane capacity (pnl_update), about 500 ms of the connector's maximum on a quiet machine; when full the oldest update is dropped"`
 
 	PingInterval time.Duration `split_words:"true" default:"30s" desc:"interval of the application-level ping (RTT measurement, keep-alive)"`
 	ReadTimeout  time.Duration `split_words:"true" default:"60s" desc:"a connection that receives nothing (not even a pong) for this long is dead (detected within 9/8 of it)"`

@@ -78,7 +78,7 @@ func TestConfigFromEnvironment(t *testing.T) {
 	if usage.String() != want {
 		t.Fatalf("variables:\n%s\nwant:\n%s", usage.String(), want)
 	}
-	if !reflect.DeepEqual(DefaultConfig(), Config{URL: DefaultURL, Session: "default", HighLane: 1024, LowLane: 32768,
+	if !reflect.DeepEqual(DefaultConfig(), Config{URL: DefaultURL, Session: "default", HighLane: 1024, LowLane: 65536,
 		PingInterval: 30 * time.Second, ReadTimeout: time.Minute, WriteTimeout: 10 * time.Second, DialTimeout: 10 * time.Second,
 		BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second, HealthyAfter: 5 * time.Second, PingTimeout: 5 * time.Second,
 		ReconcileAfter: 5 * time.Second}) {

@@ -1,6 +1,7 @@
 package lasersell
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -423,9 +424,15 @@ func (s *Source) write(c *conn, f outFrame) error {
 // so it is re-armed only once it is an eighth of the read timeout old, a
 // little further out, and silence is detected after between ReadTimeout and
 // 9/8 of it.
+//
+// Each frame is read into one reused buffer and copied out at its exact size
+// (it becomes the event's payload): gorilla's ReadMessage allocates at least
+// 512 bytes per frame, twice a typical PnL update, and at 100k frames a
+// second the extra memory was GC and page-fault work (BENCHMARKS.md).
 func (s *Source) readLoop(ctx context.Context, c *conn) error {
 	slack := s.cfg.ReadTimeout / 8
 	var armed time.Time
+	var buf bytes.Buffer
 	for {
 		if now := time.Now(); now.Sub(armed) >= slack {
 			if err := c.ws.SetReadDeadline(now.Add(s.readDeadline())); err != nil {
@@ -433,15 +440,26 @@ func (s *Source) readLoop(ctx context.Context, c *conn) error {
 			}
 			armed = now
 		}
-		mt, data, err := c.ws.ReadMessage()
+		mt, r, err := c.ws.NextReader()
 		if err != nil {
 			return err
+		}
+		buf.Reset()
+		if _, err := buf.ReadFrom(r); err != nil {
+			return err
+		}
+		data := bytes.Clone(buf.Bytes())
+		if buf.Cap() > reusedFrameBuffer {
+			buf = bytes.Buffer{} // an unusually large frame: do not keep its buffer
 		}
 		if err := s.handleFrame(ctx, c, mt, data, time.Now()); err != nil {
 			return err
 		}
 	}
 }
+
+// reusedFrameBuffer is the largest read buffer readLoop keeps between frames.
+const reusedFrameBuffer = 64 << 10
 
 // readDeadline is how far out the read deadline is armed: the read timeout
 // plus the slack of readLoop's re-arming.
