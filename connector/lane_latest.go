@@ -84,7 +84,7 @@ func (q *lowQueue) unindexLocked(i int) {
 
 // relaxLocked lets the index go once the lane has drained to half.
 func (q *lowQueue) relaxLocked() {
-	if q.latest != nil && q.n <= len(q.items)/2 {
+	if q.latest != nil && q.n <= q.capacity/2 {
 		q.latest = nil
 	}
 }

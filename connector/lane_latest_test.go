@@ -1,6 +1,7 @@
 package connector
 
 import (
+	"bytes"
 	"strconv"
 	"testing"
 )
@@ -96,6 +97,9 @@ func checkLaneAgainstModel(t *testing.T, capacity int, keepLatest bool, ops []by
 					got.Subject, got.Payload, got.seq, want[i].subject, want[i].payload, want[i].seq)
 			}
 		}
+		if len(q.items) > capacity {
+			t.Fatalf("op %d: the ring grew to %d slots, beyond its capacity %d", k, len(q.items), capacity)
+		}
 		if keepLatest && q.n <= capacity/2 && q.latest != nil {
 			t.Fatalf("op %d: the subject index outlived the pressure (%d of %d queued)", k, q.n, capacity)
 		}
@@ -170,12 +174,15 @@ func TestLowQueueKeepsTheLatestPerSubject(t *testing.T) {
 
 // FuzzLowQueueAgainstModel: any sequence of puts and polls gives what the
 // reference model gives, in both shedding modes and at small capacities
-// (where slots are reused the most).
+// (where slots are reused the most), through the ring's growth (it starts at
+// lowQueueFirstSlots).
 func FuzzLowQueueAgainstModel(f *testing.F) {
 	f.Add(uint8(3), true, []byte{0, 1, 2, 0, 1, 2, 3, 0xC1, 4, 4, 4, 0xC6, 0, 0xFF})
 	f.Add(uint8(1), true, []byte{0, 0, 1, 0xC0, 1, 1})
 	f.Add(uint8(8), false, []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xC3, 0xC3, 0xC3})
+	// Growth with the ring wrapped: 16 slots, head moved, then a backlog.
+	f.Add(uint8(40), true, append(append(bytes.Repeat([]byte{1}, 12), 0xC6, 0xC6), bytes.Repeat([]byte{0, 1, 2, 3, 4, 5, 6}, 9)...))
 	f.Fuzz(func(t *testing.T, capacity uint8, keepLatest bool, ops []byte) {
-		checkLaneAgainstModel(t, int(capacity%16)+1, keepLatest, ops)
+		checkLaneAgainstModel(t, int(capacity%64)+1, keepLatest, ops)
 	})
 }

@@ -128,15 +128,23 @@ func (q *highQueue) depth() int { return len(q.ch) }
 
 // lowQueue is a bounded ring: when full, put overwrites the oldest item and
 // counts a drop, so a telemetry burst never blocks the upstream reader.
+//
+// The ring starts small and doubles up to its capacity as a backlog needs
+// it. A lane's capacity is sized for a stall (hundreds of milliseconds of the
+// highest rate) but is nearly empty the rest of the time: preallocated, 50
+// robots' lanes of 8192 were 52 MB of pointers that every GC cycle scanned,
+// and a heap goal twice that which each event's allocation walked through
+// (BENCHMARKS.md, issue 12).
 type lowQueue struct {
-	mu     sync.Mutex
-	items  []queued
-	head   int // index of the oldest item
-	n      int
-	closed bool
-	wake   chan struct{} // capacity 1: "something was queued"
-	onDrop func()
-	seq    uint64 // numbered under mu, so Connector-Seq follows queue order
+	mu       sync.Mutex
+	items    []queued // the ring: len(items) slots, grown up to capacity
+	capacity int
+	head     int // index of the oldest item
+	n        int
+	closed   bool
+	wake     chan struct{} // capacity 1: "something was queued"
+	onDrop   func()
+	seq      uint64 // numbered under mu, so Connector-Seq follows queue order
 
 	// onSupersede, when set, makes a full queue keep the latest event per
 	// subject (lane_latest.go); latest is its index while under pressure.
@@ -149,7 +157,21 @@ type lowQueue struct {
 // onSupersede, a full queue replaces the queued event of the new one's
 // subject, if any, before it drops the oldest (lane_latest.go).
 func newLowQueue(capacity int, onDrop, onSupersede func(), wake chan struct{}) *lowQueue {
-	return &lowQueue{items: make([]queued, capacity), wake: wake, onDrop: onDrop, onSupersede: onSupersede}
+	return &lowQueue{items: make([]queued, min(capacity, lowQueueFirstSlots)), capacity: capacity,
+		wake: wake, onDrop: onDrop, onSupersede: onSupersede}
+}
+
+// lowQueueFirstSlots is a new low lane's ring size before it grows.
+const lowQueueFirstSlots = 16
+
+// growLocked doubles the ring (at most to capacity), oldest item first.
+// The subject index only exists when the ring is at capacity, so there is
+// none to move.
+func (q *lowQueue) growLocked() {
+	items := make([]queued, min(2*len(q.items), q.capacity))
+	k := copy(items, q.items[q.head:q.head+min(q.n, len(q.items)-q.head)])
+	copy(items[k:], q.items[:q.n-k])
+	q.items, q.head, q.latest = items, 0, nil
 }
 
 // put never blocks: a full queue drops its oldest item (counted), or
@@ -162,6 +184,9 @@ func (q *lowQueue) put(it queued) bool {
 		return false
 	}
 	dropped, superseded := false, false
+	if q.n == len(q.items) && len(q.items) < q.capacity {
+		q.growLocked()
+	}
 	if q.n == len(q.items) {
 		switch {
 		case q.onSupersede == nil:
