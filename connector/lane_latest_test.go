@@ -61,12 +61,11 @@ func (m *modelLane) poll(n int) []modelItem {
 }
 
 // checkLaneAgainstModel plays ops on a lowQueue and on the model (the rules
-// of lane_latest.go, written the obvious way): each byte
-// below 0xC0 puts an event of one of a few subjects (so they repeat), each
-// other byte polls up to a few events, which must be the model's, in order,
-// with the model's Connector-Seq; the drop and supersession counts must be
-// the model's too.
-func checkLaneAgainstModel(t *testing.T, capacity int, keepLatest bool, ops []byte) {
+// of lane_latest.go, written the obvious way): each byte below 0xC0 puts an
+// event of one of the given number of subjects, each other byte polls up to
+// a few events, which must be the model's, in order, with the model's
+// Connector-Seq; the drop and supersession counts must be the model's too.
+func checkLaneAgainstModel(t *testing.T, capacity, subjects int, keepLatest bool, ops []byte) {
 	t.Helper()
 	var dropped, superseded int
 	var onSupersede func()
@@ -78,7 +77,7 @@ func checkLaneAgainstModel(t *testing.T, capacity int, keepLatest bool, ops []by
 	var buf []queued
 	for k, op := range ops {
 		if op < 0xC0 {
-			subject := "s." + strconv.Itoa(int(op%5))
+			subject := "s." + strconv.Itoa(int(op)%subjects)
 			payload := strconv.Itoa(k)
 			q.put(queued{Event: Event{Subject: subject, Payload: []byte(payload)}})
 			m.put(subject, payload)
@@ -168,24 +167,31 @@ func TestLowQueueKeepsTheLatestPerSubject(t *testing.T) {
 		t.Fatalf("superseded %d, dropped %d; want 1 and 2", superseded, dropped)
 	}
 	// Without onSupersede the same puts drop the oldest, as before.
-	checkLaneAgainstModel(t, 4, false, []byte{0, 1, 0, 1, 0, 2, 0xC9})
-	checkLaneAgainstModel(t, 4, true, []byte{0, 1, 0, 1, 0, 2, 0xC9})
+	checkLaneAgainstModel(t, 4, 5, false, []byte{0, 1, 0, 1, 0, 2, 0xC9})
+	checkLaneAgainstModel(t, 4, 5, true, []byte{0, 1, 0, 1, 0, 2, 0xC9})
 }
 
 // FuzzLowQueueAgainstModel: any sequence of puts and polls gives what the
-// reference model gives, in both shedding modes and at small capacities
-// (where slots are reused the most), through the ring's growth (it starts at
-// lowQueueFirstSlots).
+// reference model gives, in both shedding modes, through the ring's growth
+// (it starts at lowQueueFirstSlots), with more subjects than slots or fewer
+// (so that drops shift events across the wrap of a grown ring) and lanes
+// longer than the search for a superseded event (latestScan).
 func FuzzLowQueueAgainstModel(f *testing.F) {
-	f.Add(uint8(3), true, []byte{0, 1, 2, 0, 1, 2, 3, 0xC1, 4, 4, 4, 0xC6, 0, 0xFF})
-	f.Add(uint8(1), true, []byte{0, 0, 1, 0xC0, 1, 1})
-	f.Add(uint8(8), false, []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xC3, 0xC3, 0xC3})
+	f.Add(uint8(3), uint8(4), true, []byte{0, 1, 2, 0, 1, 2, 3, 0xC1, 4, 4, 4, 0xC6, 0, 0xFF})
+	f.Add(uint8(1), uint8(4), true, []byte{0, 0, 1, 0xC0, 1, 1})
+	f.Add(uint8(8), uint8(4), false, []byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xC3, 0xC3, 0xC3})
 	// Growth with the ring wrapped: 16 slots, head moved, then a backlog.
-	f.Add(uint8(40), true, append(append(bytes.Repeat([]byte{1}, 12), 0xC6, 0xC6), bytes.Repeat([]byte{0, 1, 2, 3, 4, 5, 6}, 9)...))
-	f.Fuzz(func(t *testing.T, capacity uint8, keepLatest bool, ops []byte) {
+	f.Add(uint8(40), uint8(4), true, append(append(bytes.Repeat([]byte{1}, 12), 0xC6, 0xC6), bytes.Repeat([]byte{0, 1, 2, 3, 4, 5, 6}, 9)...))
+	// A lane of 100 with 80 quiet subjects and a busy one: drops beyond latestScan.
+	busy := make([]byte, 0, 400)
+	for i := range 200 {
+		busy = append(busy, byte(i%80), 80)
+	}
+	f.Add(uint8(99), uint8(80), true, busy)
+	f.Fuzz(func(t *testing.T, capacity, subjects uint8, keepLatest bool, ops []byte) {
 		// The model scans its queue per put: keep each run short, so the
 		// fuzzing time goes to many sequences rather than a few huge ones.
-		ops = ops[:min(len(ops), 2048)]
-		checkLaneAgainstModel(t, int(capacity%64)+1, keepLatest, ops)
+		ops = ops[:min(len(ops), 1024)]
+		checkLaneAgainstModel(t, int(capacity%200)+1, int(subjects%97)+1, keepLatest, ops)
 	})
 }

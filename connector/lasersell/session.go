@@ -448,7 +448,12 @@ func (s *Source) readLoop(ctx context.Context, c *conn) error {
 		if _, err := buf.ReadFrom(r); err != nil {
 			return err
 		}
-		data := bytes.Clone(buf.Bytes())
+		// A frame over maxEventBytes is cut to its start by handleFrame,
+		// which copies that: only a frame published whole is copied whole.
+		data := buf.Bytes()
+		if len(data) <= maxEventBytes {
+			data = bytes.Clone(data)
+		}
 		if buf.Cap() > reusedFrameBuffer {
 			buf = bytes.Buffer{} // an unusually large frame: do not keep its buffer
 		}
