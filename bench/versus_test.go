@@ -9,8 +9,10 @@ package bench
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -147,6 +149,10 @@ type sustainResult struct {
 	Secs, Offered, Received, Stored, Drops float64
 	CPUPerM, Cores, OtherCores             float64
 	Slices, SlicesWithDrops                int
+	// RoleCores is the CPU of the NATS server, the connector and its
+	// simulator meanwhile, by role; the idle connectors and simulators of
+	// the earlier phases count in OtherCores.
+	RoleCores map[string]float64
 }
 
 func (x sustainResult) metrics() map[string]float64 {
@@ -200,6 +206,10 @@ func (s *system) sustain(rn *run, label string, rate float64) sustainResult {
 	x.Received, x.Stored = d.events/d.secs, d.stored/d.secs
 	x.CPUPerM = d.cpu[rn.conn.role] / d.stored * 1e6
 	x.Cores, x.OtherCores = d.cpu[rn.conn.role]/d.secs, d.other/d.secs
+	x.RoleCores = map[string]float64{}
+	for role, secs := range d.cpu {
+		x.RoleCores[role] = secs / d.secs
+	}
 	return x
 }
 
@@ -434,6 +444,12 @@ func (s *system) sustainResults(out *resultLines, prefix string, x sustainResult
 	out.add(prefix+"_low_lane_drops", x.Drops)
 	out.add(prefix+"_slices_with_drops", float64(x.SlicesWithDrops))
 	out.add(prefix+"_cpu_s_per_m", x.CPUPerM)
+	// What else used the machine meanwhile: the sustain case dropped only
+	// when the latency phase had run before it (BENCHMARKS.md, issue 12).
+	out.add(prefix+"_other_cores", x.OtherCores)
+	for _, role := range slices.Sorted(maps.Keys(x.RoleCores)) {
+		out.add(prefix+"_cores_"+role, x.RoleCores[role])
+	}
 }
 
 // printKnobs writes the knob rounds.
