@@ -180,11 +180,18 @@ func streamUpToDate(ctx context.Context, js jetstream.JetStream, cfg jetstream.S
 	if err != nil {
 		return false
 	}
-	have := st.CachedInfo().Config
-	return have.Description == cfg.Description && slices.Equal(have.Subjects, cfg.Subjects) &&
-		have.Retention == cfg.Retention && have.Discard == cfg.Discard && have.MaxAge == cfg.MaxAge &&
-		have.MaxBytes == cfg.MaxBytes && have.Replicas == cfg.Replicas && have.Storage == cfg.Storage &&
-		have.Duplicates == cfg.Duplicates && have.AllowBatchPublish == cfg.AllowBatchPublish
+	return sameManagedSettings(st.CachedInfo().Config, cfg)
+}
+
+// sameManagedSettings reports whether have agrees with want on every stream
+// setting provisioning makes: the fields StreamConfig fills, and
+// AllowBatchPublish. The server fills in the others. A setting added to
+// StreamConfig must be added here (TestSameManagedSettingsSeesEveryField).
+func sameManagedSettings(have, want jetstream.StreamConfig) bool {
+	return have.Name == want.Name && have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
+		have.Retention == want.Retention && have.Discard == want.Discard && have.MaxAge == want.MaxAge &&
+		have.MaxBytes == want.MaxBytes && have.Replicas == want.Replicas && have.Storage == want.Storage &&
+		have.Duplicates == want.Duplicates && have.AllowBatchPublish == want.AllowBatchPublish
 }
 
 // bucketUpToDate returns the bucket when the server already holds it with

@@ -130,6 +130,7 @@ func startBatchSender(ctx context.Context, conn *nats.Conn, window int, ackTimeo
 		conn: conn, js: js, gate: newSendGate(), fallback: fallback, mode: mode, log: log,
 		flow:       jetstreamext.FastPublishFlowControl{Flow: flow, MaxOutstandingAcks: 2, AckTimeout: ackTimeout},
 		batches:    map[string]*streamBatch{},
+		reused:     nats.Msg{Header: make(nats.Header, 2)},
 		refusedLog: log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
 	}, nil
 }
@@ -141,9 +142,6 @@ func (s *batchSender) waitBacklog(ctx context.Context) { s.fallback.waitBacklog(
 func (s *batchSender) message(lane *pumpLane, it queued) *nats.Msg {
 	if s.perMessage || lane.stream == "" || lane.fill == nil {
 		return lane.build(it)
-	}
-	if s.reused.Header == nil {
-		s.reused.Header = make(nats.Header, 2)
 	}
 	lane.fill(it, &s.reused)
 	return &s.reused
