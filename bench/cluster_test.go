@@ -196,7 +196,7 @@ func (s *system) clusterPhase(replicas int) clusterPhase {
 				if aggs[key] == nil {
 					aggs[key] = &latAgg{pnlRate: c.load * rawStored}
 				}
-				s.latencyWindow(rn, key, aggs[key])
+				s.latencyWindow(rn, nil, key, aggs[key])
 			}
 		}
 	}

@@ -122,14 +122,20 @@ func BenchmarkSystem(b *testing.B) {
 	})
 	// The single-lane connector starts before the probe, so the probe sees the
 	// same processes as the latency windows.
-	var single, lanesB *run
+	var single, lanesB, neighbour *run
 	step("probe-sustained-rate", func(b *testing.B) {
 		r := res.cached("probe", func() map[string]float64 {
 			single = s.startRun("single", true)
-			if binB := os.Getenv("BENCH_CONNECTOR_BIN_B"); binB != "" {
-				// A/B: another build of the connector in the same
-				// interleaved latency windows, at the same rates.
-				lanesB = s.startRunOf(binB, "lanesb", false)
+			// The flooder of the neighbour-flood case (idle otherwise).
+			neighbour = s.startRun("neighbour", false)
+			neighbour.conn.role, neighbour.sim.role = "neighbour-connector", "neighbour-sim"
+			if binB, envB := os.Getenv("BENCH_CONNECTOR_BIN_B"), os.Getenv("BENCH_CONNECTOR_ENV_B"); binB != "" || envB != "" {
+				// A/B: another build of the connector, or other settings,
+				// in the same interleaved latency windows, at the same rates.
+				if binB == "" {
+					binB = s.bin
+				}
+				lanesB = s.startRunOf(binB, "lanesb", false, strings.Fields(os.Getenv("BENCH_CONNECTOR_ENV_B"))...)
 			}
 			return s.probeSustained(lanes)
 		})
@@ -141,7 +147,7 @@ func BenchmarkSystem(b *testing.B) {
 	// Receipts are pooled per case.
 	step("latency/run", func(b *testing.B) {
 		res.cached("latency", func() map[string]float64 {
-			s.latencyRounds(map[string]*run{"lanes": lanes, "single-lane": single, "glue": glue, "lanes-b": lanesB})
+			s.latencyRounds(map[string]*run{"lanes": lanes, "single-lane": single, "glue": glue, "lanes-b": lanesB}, neighbour)
 			return nil
 		})
 	})
@@ -151,7 +157,7 @@ func BenchmarkSystem(b *testing.B) {
 			report(b, r, "p50-µs", "p99-µs", "max-µs", "exits", "lost", "reordered", "dups", "drops", "pnl-stored/s", "other-cores")
 		})
 	}
-	for _, rn := range []*run{single, glue, lanesB} {
+	for _, rn := range []*run{single, glue, lanesB, neighbour} {
 		if rn != nil {
 			rn.stop()
 		}
@@ -763,8 +769,13 @@ var (
 	latencyCases = []struct {
 		name string
 		mult float64
-	}{{"idle", 0}, {"flood", 1}, {"overload", 2}, {"half-flood", 0.5}}
-	latencyKeys = []string{"lanes/idle", "lanes/flood", "lanes/overload", "lanes/half-flood",
+	}{{"idle", 0}, {"flood", 1}, {"overload", 2}, {"half-flood", 0.5}, {"neighbour-flood", 1}}
+	// neighbour-flood: the same flood, sent by a second connector of the
+	// same build with its own simulator, while the measured connector
+	// carries the exits alone. Its p99 next to flood's tells how much of the
+	// flood's tail the measured connector adds, and how much is the machine
+	// and the server under that load.
+	latencyKeys = []string{"lanes/idle", "lanes/flood", "lanes/overload", "lanes/half-flood", "lanes/neighbour-flood",
 		"single-lane/idle", "single-lane/flood", "single-lane/overload",
 		"glue/idle", "glue/flood", "glue/overload",
 		"lanes-b/idle", "lanes-b/flood", "lanes-b/overload", "lanes-b/half-flood"}
@@ -805,8 +816,11 @@ func (a *latAgg) metrics() map[string]float64 {
 }
 
 // latencyRounds runs latRounds rounds of every case of every mode.
-func (s *system) latencyRounds(runs map[string]*run) {
+func (s *system) latencyRounds(runs map[string]*run, neighbour *run) {
 	aggs := map[string]*latAgg{}
+	// BENCH_LAT_MODES="lanes lanes-b" runs only those modes (an A/B of the
+	// exit latency in half the time).
+	only := strings.Fields(os.Getenv("BENCH_LAT_MODES"))
 	for r := range latRounds {
 		// Each round starts with another mode, and never with the
 		// connector's own (lanes): the first window follows the probe's
@@ -814,7 +828,7 @@ func (s *system) latencyRounds(runs map[string]*run) {
 		// in three A/B runs; the cause was not confirmed.)
 		for k := range latencyModes {
 			mode := latencyModes[(r+1+k)%len(latencyModes)]
-			if runs[mode] == nil {
+			if runs[mode] == nil || (only != nil && !slices.Contains(only, mode)) {
 				continue
 			}
 			for _, c := range latencyCases {
@@ -827,7 +841,13 @@ func (s *system) latencyRounds(runs map[string]*run) {
 					a = &latAgg{pnlRate: c.mult * s.results.sustained}
 					aggs[key] = a
 				}
-				s.latencyWindow(runs[mode], key, a)
+				var flooder *run
+				if c.name == "neighbour-flood" {
+					if flooder = neighbour; flooder == nil {
+						continue
+					}
+				}
+				s.latencyWindow(runs[mode], flooder, key, a)
 			}
 		}
 	}
@@ -843,7 +863,10 @@ func (s *system) latencyRounds(runs map[string]*run) {
 // pools the latency from the simulator's socket write (sim_sent_ns) to the
 // JetStream consumer's callback, split at the connector's receive stamp and
 // at the core NATS delivery.
-func (s *system) latencyWindow(rn *run, key string, agg *latAgg) {
+//
+// With a flooder, the PnL flood comes from it and rn carries the exits alone;
+// the drops and the stored rate are then the flooder's.
+func (s *system) latencyWindow(rn, flooder *run, key string, agg *latAgg) {
 	b := s.b
 	subject := "lasersell." + rn.session + ".exit.>"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -888,10 +911,14 @@ func (s *system) latencyWindow(rn *run, key string, agg *latAgg) {
 	defer func() { _ = sub.Unsubscribe() }()
 
 	s.purge("LASERSELL_PNL")
-	rn.setPnL(b, agg.pnlRate)
+	pnl, extra := rn, []*child(nil)
+	if flooder != nil {
+		pnl, extra = flooder, []*child{rn.conn, rn.sim}
+	}
+	pnl.setPnL(b, agg.pnlRate)
 	time.Sleep(latWarmup)
 	st0 := rn.simStats(b)
-	a := s.sample("LASERSELL_PNL", rn)
+	a := s.sample("LASERSELL_PNL", pnl, extra...)
 	if _, err := httpGet(rn.simControl + "/bench/exits/start?every=" + exitEvery.String()); err != nil {
 		b.Fatal(err)
 	}
@@ -900,8 +927,8 @@ func (s *system) latencyWindow(rn *run, key string, agg *latAgg) {
 	if err := getJSON(rn.simControl+"/bench/exits/stop", &rep); err != nil {
 		b.Fatal(err)
 	}
-	z := s.sample("LASERSELL_PNL", rn)
-	rn.setPnL(b, 0)
+	z := s.sample("LASERSELL_PNL", pnl, extra...)
+	pnl.setPnL(b, 0)
 	d := diff(a, z)
 
 	// Every exit the driver had sent must be written by the simulator and then
@@ -1035,7 +1062,7 @@ func (s *system) printSummary() {
 		}
 		fmt.Fprintf(&w, "\n## Exit-signal latency, %s (an exit every %s; %d windows of %s per case, interleaved with the other cases)\n\n", mode, exitEvery, latRounds, latWindow)
 		fmt.Fprintf(&w, "| case | PnL offered/s | PnL stored/s | low-lane drops | exits sent / received | lost | reordered | dups | p50 µs | p99 µs | max µs | p99 from triggered_at_ms | machine busy, cores (other load) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, c := range []string{"idle", "flood", "overload", "half-flood"} {
+		for _, c := range []string{"idle", "flood", "overload", "half-flood", "neighbour-flood"} {
 			x := r.latency[mode+"/"+c]
 			if x == nil {
 				continue
@@ -1047,7 +1074,7 @@ func (s *system) printSummary() {
 		if mode != "glue" { // the glue stamps nothing: no split
 			fmt.Fprintf(&w, "\nwhere the time goes (p50 / p99, µs): sim write -> connector read stamp | -> core NATS delivery | -> JetStream consumer\n\n")
 		}
-		for _, c := range []string{"idle", "flood", "overload", "half-flood"} {
+		for _, c := range []string{"idle", "flood", "overload", "half-flood", "neighbour-flood"} {
 			if x := r.latency[mode+"/"+c]; x != nil && mode != "glue" {
 				fmt.Fprintf(&w, "- %s: %.0f / %.0f | %.0f / %.0f | %.0f / %.0f\n", c, x["read-p50-µs"], x["read-p99-µs"],
 					x["pub-p50-µs"], x["pub-p99-µs"], x["js-p50-µs"], x["js-p99-µs"])
@@ -1056,8 +1083,11 @@ func (s *system) printSummary() {
 		idle, flood, over := r.latency[mode+"/idle"], r.latency[mode+"/flood"], r.latency[mode+"/overload"]
 		if idle != nil && flood != nil && over != nil {
 			fmt.Fprintf(&w, "\np99 flood / p99 idle = %.2f (target <= 2: %s)\n", flood["p99-µs"]/idle["p99-µs"], passFail(flood["p99-µs"] <= 2*idle["p99-µs"]))
+			if nf := r.latency[mode+"/neighbour-flood"]; nf != nil {
+				fmt.Fprintf(&w, "p99 with the same flood from a neighbour connector / p99 idle = %.2f (this connector carrying the exits alone: the part of the flood's tail that is the machine and the server)\n", nf["p99-µs"]/idle["p99-µs"])
+			}
 			bad := 0.0
-			for _, c := range []string{"idle", "flood", "overload", "half-flood"} {
+			for _, c := range []string{"idle", "flood", "overload", "half-flood", "neighbour-flood"} {
 				if x := r.latency[mode+"/"+c]; x != nil {
 					bad += x["lost"] + x["reordered"] + x["dups"] + (x["sent"] - x["exits"])
 				}

@@ -193,9 +193,14 @@ func (s *system) sustain(rn *run, label string, rate float64) sustainResult {
 	for end := a.at.Add(window); time.Now().Before(end); {
 		time.Sleep(min(sustainSlice, time.Until(end)))
 		cur := s.sample("LASERSELL_PNL", rn)
-		if diff(prev, cur).dropped > 0 {
+		sd := diff(prev, cur)
+		if sd.dropped > 0 {
 			x.SlicesWithDrops++
 		}
+		// One note per slice: a burst of drops next to a dip of the stored
+		// rate tells a stall from a steady shortfall.
+		s.results.note("sustain %s slice %d: stored %.0f/s, received %.0f/s, dropped %.0f, connector %.2f cores, other %.2f cores",
+			label, x.Slices+1, sd.stored/sd.secs, sd.events/sd.secs, sd.dropped, sd.cpu[rn.conn.role]/sd.secs, sd.other/sd.secs)
 		x.Slices++
 		prev = cur
 	}
@@ -420,7 +425,7 @@ func (s *system) latencyResults(out *resultLines) {
 		if idle == nil {
 			continue
 		}
-		for _, c := range []string{"flood", "overload", "half-flood"} {
+		for _, c := range []string{"flood", "overload", "half-flood", "neighbour-flood"} {
 			if x := r.latency[mode+"/"+c]; x != nil {
 				out.ratio("exit_p99_"+c+"_vs_idle_"+mode, x["p99-µs"], idle["p99-µs"])
 			}
