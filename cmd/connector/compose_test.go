@@ -171,7 +171,7 @@ func checkComposeFile(t *testing.T, file string, extra func(t *testing.T, name s
 	if err != nil {
 		t.Fatal(err)
 	}
-	known := map[string]bool{"GOGC": true}
+	known := map[string]bool{"GOGC": true, "GOMAXPROCS": true}
 	for _, v := range vars {
 		known[v[0]] = true
 	}

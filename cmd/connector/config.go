@@ -238,6 +238,9 @@ func (c Config) validate() error {
 	if err := validGOGC(os.Getenv("GOGC")); err != nil {
 		return err
 	}
+	if err := validGOMAXPROCS(os.Getenv("GOMAXPROCS")); err != nil {
+		return err
+	}
 	if (c.NATSConfig.Cert == "") != (c.NATSConfig.Key == "") {
 		return badConfig("NATS_CERT and NATS_KEY must be set together")
 	}
@@ -299,6 +302,19 @@ func validGOGC(v string) error {
 	}
 	if _, err := strconv.Atoi(v); err != nil {
 		return badConfig("GOGC=%q must be a number (percent, for example 400) or off", v)
+	}
+	return nil
+}
+
+// validGOMAXPROCS checks GOMAXPROCS, which the Go runtime silently ignores
+// when it is not a positive number; set, it also turns the processor
+// controller off (internal/procscale), so a typo must not pass.
+func validGOMAXPROCS(v string) error {
+	if v == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(v); err != nil || n < 1 {
+		return badConfig("GOMAXPROCS=%q must be a positive number of processors; unset, the connector sizes them to its load", v)
 	}
 	return nil
 }

@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -183,6 +186,13 @@ func TestOperatorSurface(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	// The processor controller runs (internal/procscale): its count is
+	// between 1 and Go's default, whatever the load of the moment.
+	if m := regexp.MustCompile(`(?m)^connector_gomaxprocs (\d+)$`).FindStringSubmatch(metrics); m == nil {
+		t.Errorf("/metrics lacks connector_gomaxprocs")
+	} else if n, _ := strconv.Atoi(m[1]); n < 1 || n > runtime.NumCPU() {
+		t.Errorf("connector_gomaxprocs %d, want 1..%d", n, runtime.NumCPU())
 	}
 
 	// Status in NATS: the KV entry and the status subject's stream.

@@ -56,7 +56,7 @@ func TestMain(m *testing.M) {
 
 // connectorVarPrefixes are the prefixes of every variable the connector
 // reads; the developer's own settings must not leak into a child.
-var connectorVarPrefixes = []string{"LASERSELL_", "OPENSTREAM_", "NATS_", "CONNECTOR_", "STREAM_", "LOG_", "GOGC="}
+var connectorVarPrefixes = []string{"LASERSELL_", "OPENSTREAM_", "NATS_", "CONNECTOR_", "STREAM_", "LOG_", "GOGC=", "GOMAXPROCS="}
 
 // lockedBuffer collects a child's stdout and stderr.
 type lockedBuffer struct {

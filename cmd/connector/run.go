@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/jetbridge/connector/connector"
+	"github.com/jetbridge/connector/internal/procscale"
 	"github.com/jetbridge/connector/subjects"
 )
 
@@ -66,6 +67,19 @@ func serve(ctx context.Context, cfg Config, ret func(subjects.StreamSpec) connec
 	kinds := subjectKinds(sel.kinds)
 	replica := cfg.replicaName()
 	log = log.With().Str("replica", replica).Logger()
+	// The Go scheduler's processors follow the CPU the process uses
+	// (internal/procscale), unless GOMAXPROCS is set.
+	procs := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "connector_gomaxprocs",
+		Help: "Go scheduler processors (GOMAXPROCS) now: between 1 and the cores or CPU limit, following the CPU the connector uses, unless GOMAXPROCS is set.",
+	})
+	reg.MustRegister(procs)
+	procsLog := log // the goroutine's own copy of the logger
+	procsCtx, stopProcs := context.WithCancel(ctx)
+	var procsDone sync.WaitGroup
+	procsDone.Go(func() { procscale.Run(procsCtx, procscale.Options{Gauge: procs, Log: procsLog}) })
+	defer procsDone.Wait()
+	defer stopProcs()
 	configured := map[string]bool{}
 	for _, s := range sel.sessions {
 		configured[s.Key()] = true

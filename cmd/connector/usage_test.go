@@ -120,6 +120,8 @@ func TestConfigCheckRefusesBadSettings(t *testing.T) {
 		{"NATS_PASSWORD", "hunter2", "NATS_PASSWORD is set without NATS_USER"},
 		{"GOGC", "abc", `GOGC="abc" must be a number`},
 		{"GOGC", "400%", `GOGC="400%" must be a number`},
+		{"GOMAXPROCS", "0", `GOMAXPROCS="0" must be a positive number`},
+		{"GOMAXPROCS", "two", `GOMAXPROCS="two" must be a positive number`},
 	} {
 		t.Run(tc.env+"="+tc.value, func(t *testing.T) {
 			t.Setenv(tc.env, tc.value)
