@@ -22,7 +22,12 @@ type FleetOptions struct {
 	// TTL is the lease lifetime (CONNECTOR_LEASE_TTL); the leases bucket
 	// must have it as its age limit (LeaseBucket).
 	TTL time.Duration
-	// Renew is how often a held lease is renewed (default TTL/4).
+	// Renew is how often a held lease is renewed (default TTL/10). With
+	// the default margin an owner rides out a leases-bucket election of up
+	// to TTL - Margin - 1.25 x Renew (5/8 of the TTL: 9.4 s at 15 s; one
+	// retry interval of Renew/4 after the election): nats-server's election
+	// timeouts are 4-9 s. At TTL/4 that was 7.0 s, and one leader kill in a
+	// few ended in a self-fence and a restart of the session.
 	Renew time.Duration
 	// Margin is how long before its lease could expire an owner stops its
 	// session if no renewal got through (default TTL/4): the time a stop
@@ -89,7 +94,7 @@ func NewFleet(rt *Runtime, kv jetstream.KeyValue, sessions []Session, opts Fleet
 		return nil, err
 	}
 	if opts.Renew <= 0 {
-		opts.Renew = opts.TTL / 4
+		opts.Renew = opts.TTL / 10
 	}
 	if opts.Margin <= 0 {
 		opts.Margin = opts.TTL / 4

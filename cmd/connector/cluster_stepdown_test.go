@@ -40,7 +40,7 @@ func TestClusterStepDownsKeepHighLanesAndLeases(t *testing.T) {
 			t.Fatal(err)
 		}
 		elected := time.Since(start)
-		// Lease renewals come every TTL/4 (3.75 s by default): the slowest.
+		// Lease renewals come every TTL/10 (1.5 s by default): the slowest.
 		waitUntil(t, 15*time.Second, asset+" taking writes through its new leader", func() error {
 			if n := lastSeq(r.js, asset); n <= seq {
 				return fmt.Errorf("last seq %d", n)

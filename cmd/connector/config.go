@@ -44,7 +44,7 @@ type Config struct {
 	CommandBurst         int           `envconfig:"CONNECTOR_COMMAND_BURST" default:"1000" desc:"commands a session accepts back to back before the rate applies"`
 	QuietUnknownSessions bool          `envconfig:"CONNECTOR_QUIET_UNKNOWN_SESSIONS" default:"false" desc:"do not answer commands for sessions this process does not serve (several connector processes on one NATS account)"`
 	Replica              string        `envconfig:"CONNECTOR_REPLICA" desc:"this process's name in a fleet, unique among live replicas (default: <host name>-<pid>); a restart under the same name adopts its leases at once"`
-	LeaseTTL             time.Duration `envconfig:"CONNECTOR_LEASE_TTL" default:"15s" desc:"a session's lease lifetime in CONNECTOR_LEASES: a dead owner's sessions move after at most this long; must outlast a JetStream leader election (4-9 s measured), same on every replica"`
+	LeaseTTL             time.Duration `envconfig:"CONNECTOR_LEASE_TTL" default:"15s" desc:"a session's lease lifetime in CONNECTOR_LEASES: a dead owner's sessions move after at most this long; must outlast a JetStream leader election (4-9 s measured): renewed every tenth of it, an owner rides out an election of the leases bucket of up to 5/8 of it (9.4 s at 15s); same on every replica"`
 	SingleLane           bool          `envconfig:"CONNECTOR_SINGLE_LANE" default:"false" desc:"measurement only: one FIFO for every event, no priority, nothing dropped"`
 }
 

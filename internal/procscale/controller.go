@@ -16,7 +16,8 @@ const DefaultInterval = time.Second
 // Options configure Run. The zero value is usable.
 type Options struct {
 	// Max is the most processors the controller sets (default: Go's own
-	// GOMAXPROCS at start, the cores or the container's CPU limit).
+	// GOMAXPROCS at start, the cores or the container's CPU limit; setting
+	// the count stops the runtime from following a limit changed later).
 	Max int
 	// Interval between measurements (default DefaultInterval).
 	Interval time.Duration
@@ -71,7 +72,7 @@ func Run(ctx context.Context, opts Options) {
 	if opts.Gauge != nil {
 		opts.Gauge.Set(float64(n))
 	}
-	opts.Log.Info().Int("from", n).Int("max", opts.Max).Dur("interval", opts.Interval).
+	opts.Log.Info().Int("from", n).Int("max", opts.Max).Int64("interval_ms", opts.Interval.Milliseconds()).
 		Msg("processor count follows the CPU the connector uses (set GOMAXPROCS to fix it)")
 	defer set(initial)
 	t := time.NewTicker(opts.Interval)
