@@ -85,7 +85,7 @@ func TestClusterConnectedNodeDiesNothingHighLaneLost(t *testing.T) {
 	}
 	exits, perSession := r.checkHighLanes(t, clusterHighStreams...)
 	r.checkAllExits(t, exits)
-	t.Logf("MEASURED R3 cluster, the node of the connector's high-lane connection (n%d; low lane on n%d; leading %v) killed during exits every 20 ms and 500 PnL/s: "+
+	logMeasured(t, "R3 cluster, the node of the connector's high-lane connection (n%d; low lane on n%d; leading %v) killed during exits every 20 ms and 500 PnL/s: "+
 		"both connections on surviving nodes after %v, next exit stored after %v; exits sent %d, stored %d, duplicates 0, out of order 0; "+
 		"high-lane messages per session %v, no Connector-Seq gap; leases %v kept",
 		victim, lowNodes[0], led, moved.Round(time.Millisecond), resumed.Round(time.Millisecond), r.ls.Stats().ExitSignalsSent, len(exits), perSession, before)

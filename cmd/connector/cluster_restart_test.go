@@ -103,7 +103,7 @@ func TestClusterWholeRestartKeepsDesiredStateAndLeases(t *testing.T) {
 	}
 	exits := r.readClusterStream(t, subjects.StreamLaserSellExit)
 	r.checkAllExits(t, exits)
-	t.Logf("MEASURED R3 cluster, all three nodes killed at once and restarted on their stores under a fleet of 2 (lease TTL %v), exits every 20 ms: "+
+	logMeasured(t, "R3 cluster, all three nodes killed at once and restarted on their stores under a fleet of 2 (lease TTL %v), exits every 20 ms: "+
 		"cluster formed again %v after the kill, next exit stored after %v, both replicas ready and every session owned after %v; "+
 		"desired state (%d keys) unchanged, leases %v kept; exits sent %d, stored %d, duplicates 0, out of order 0",
 		ttl, formed.Round(time.Millisecond), resumed.Round(time.Millisecond), ready.Round(time.Millisecond),

@@ -94,7 +94,7 @@ func TestClusterStepDownsKeepHighLanesAndLeases(t *testing.T) {
 			t.Errorf("%d %s replies during the step-downs", n, cmd)
 		}
 	}
-	t.Logf("MEASURED R3 cluster, step-downs during exits every 20 ms, 500 PnL/s, robot data every 20 ms and a command every 100 ms: %s; "+
+	logMeasured(t, "R3 cluster, step-downs during exits every 20 ms, 500 PnL/s, robot data every 20 ms and a command every 100 ms: %s; "+
 		"exits sent %d, stored %d, duplicates 0, out of order 0; high-lane messages per session %v, no Connector-Seq gap; commands %v; leases %v kept",
 		strings.Join(report, "; "), r.ls.Stats().ExitSignalsSent, len(exits), perSession, outcomes, before)
 }

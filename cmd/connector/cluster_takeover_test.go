@@ -99,7 +99,7 @@ func TestClusterReplicaKilledWhileNodeDownIsTakenOver(t *testing.T) {
 	if stored := uint64(len(exits)); stored > sent || sent-stored > 50 {
 		t.Errorf("%d exits stored, %d sent: more than a second of exits lost with the killed owner", stored, sent)
 	}
-	t.Logf("MEASURED R3 cluster, n%d (leader of KV_%s) killed: every asset led elsewhere and both replicas reconnected after %v, no lease moved; "+
+	logMeasured(t, "R3 cluster, n%d (leader of KV_%s) killed: every asset led elsewhere and both replicas reconnected after %v, no lease moved; "+
 		"then the owner a SIGKILLed (lease TTL %v): b's configure at the upstream %v after the kill, first exit stored by b %v after the kill; leases %v -> %v; "+
 		"exits sent %d, stored %d (%d in flight in the killed process), duplicates 0, out of order 0",
 		victim, subjects.BucketLeases, elected.Round(time.Millisecond), ttl, takeover.Round(time.Millisecond), resumed.Round(time.Millisecond),

@@ -80,7 +80,7 @@ func TestClusterStreamLeaderKillKeepsExitsOnce(t *testing.T) {
 	checkLeaseKept(t, p, 1)
 	exits, _ := r.checkHighLanes(t, laserSellHighStreams...)
 	r.checkAllExits(t, exits)
-	t.Logf("MEASURED R3 cluster, leader n%d of %s killed during exits every 20 ms and 2,000 PnL/s: next exit stored %v after the kill; "+
+	logMeasured(t, "R3 cluster, leader n%d of %s killed during exits every 20 ms and 2,000 PnL/s: next exit stored %v after the kill; "+
 		"then leader n%d of KV_%s killed: new leader after %v, no lease change; exits sent %d, stored %d, duplicates 0, out of order 0; lease epoch %d kept; backlog cleared %v after the flood ended",
 		leader, subjects.StreamLaserSellExit, resumed.Round(time.Millisecond), leasesLeader, subjects.BucketLeases, leasesElected.Round(time.Millisecond),
 		sent, len(exits), before.Sessions[0].Epoch, caughtUp.Round(time.Millisecond))

@@ -381,11 +381,11 @@ func TestCrashRestoresDesiredStateWithoutDuplicates(t *testing.T) {
 		at, _ := seen.get(class)
 		return at.Sub(restart)
 	}
-	t.Logf("MEASURED connector SIGKILL: %d exit signals stored (%d before the kill), duplicates 0 by natural identity; "+
+	logMeasured(t, "connector SIGKILL: %d exit signals stored (%d before the kill), duplicates 0 by natural identity; "+
 		"%d exit signals the simulator had written to the killed process were lost in flight; "+
 		"%d open positions of the commanded wallets each stored once; %d position_opened stored before the kill were re-published after the restart and absorbed by Nats-Msg-Id dedup",
 		len(exits), len(run1Exits), lostInFlight, restoredPositions, absorbed)
-	t.Logf("MEASURED restart (exec of the child) to: first status %s, configure at the upstream %s, hello_ok %s, first exit signal %s; "+
+	logMeasured(t, "restart (exec of the child) to: first status %s, configure at the upstream %s, hello_ok %s, first exit signal %s; "+
 		"MONITOR joints at the robot %s, pose %s, first MONITOR data %s",
 		since("status"), cf.At.Sub(restart), since("hello_ok"), since("exit"),
 		monitorAt[jointsURL].Sub(restart), monitorAt[poseURL].Sub(restart), since("data"))

@@ -97,7 +97,7 @@ func TestDemoReplicasTakeOver(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("MEASURED demo -replicas 2 (lease TTL 2s): %s SIGKILLed, lasersell.demo owned by the other after %v",
+	logMeasured(t, "demo -replicas 2 (lease TTL 2s): %s SIGKILLed, lasersell.demo owned by the other after %v",
 		owner, time.Since(killed).Round(time.Millisecond))
 	waitUntil(t, 20*time.Second, "the killed replica restarted by the demo", func() error {
 		e, err := members.Get(context.Background(), owner)

@@ -190,7 +190,7 @@ func TestFleetPausedRobotOwnerWritesNothingAfterResume(t *testing.T) {
 			t.Errorf("a CONTROL request got %q (%d times)", k, n)
 		}
 	}
-	t.Logf("MEASURED paused robot owner (SIGSTOP %v, lease TTL %v, keepalive due every 100 ms, CONTROL every 20 ms): "+
+	logMeasured(t, "paused robot owner (SIGSTOP %v, lease TTL %v, keepalive due every 100 ms, CONTROL every 20 ms): "+
 		"standby's MONITOR %v after the pause began; lines the resumed owner wrote on its old connections: %d; "+
 		"CONTROL requests sent while b ran the robot and a was paused: %d, answered ok %d; all outcomes %v",
 		(3 * ttl).Round(time.Millisecond), ttl, takeover.Round(time.Millisecond), stale, served, ok, outcomes)

@@ -352,7 +352,7 @@ func TestFleetProcessesOneOwnerAndTakeover(t *testing.T) {
 	exits := readStream(t, js, subjects.StreamLaserSellExit)
 	checkExitsOnceInOrder(t, exits)
 	sent := ls.Stats().ExitSignalsSent
-	t.Logf("MEASURED fleet of 2 processes, lease TTL %v: SIGTERM to the new owner's configure at the upstream %v (the old owner exited after %v); "+
+	logMeasured(t, "fleet of 2 processes, lease TTL %v: SIGTERM to the new owner's configure at the upstream %v (the old owner exited after %v); "+
 		"the preferred replica's restart to its configure after the handback %v (settle TTL/3); SIGKILL to the new owner's configure %v; "+
 		"peak concurrent upstream sessions: LaserSell %d, robot connections %d; exit signals sent %d, stored %d, duplicates 0",
 		ttl, graceful.Round(time.Millisecond), exited.Round(time.Millisecond), rebalanced.Round(time.Millisecond), crashed.Round(time.Millisecond),
@@ -449,7 +449,7 @@ func TestFleetPausedOwnerWritesNothingAfterResume(t *testing.T) {
 	if !bytes.Contains(a.output(), []byte("self-fencing")) && !bytes.Contains(a.output(), []byte(`"reason_code":"fenced"`)) {
 		t.Errorf("a's log never says it fenced itself")
 	}
-	t.Logf("MEASURED paused owner (SIGSTOP %v, lease TTL %v): standby's new upstream session %v after the pause began; "+
+	logMeasured(t, "paused owner (SIGSTOP %v, lease TTL %v): standby's new upstream session %v after the pause began; "+
 		"frames the resumed owner wrote on its old connection: %d",
 		(3 * ttl).Round(time.Millisecond), ttl, takeover.Round(time.Millisecond), stale)
 }
@@ -586,7 +586,7 @@ func TestFleetOwnerCutFromNATSFencesBeforeTakeover(t *testing.T) {
 		t.Errorf("%d exits stored after a later one of their position, only %d of them late by their epoch", reordered, late)
 	}
 	sent := ls.Stats().ExitSignalsSent
-	t.Logf("MEASURED owner cut from NATS (TTL %v): its upstream session closed %v after the cut (self-fencing), the standby's opened %v after it; "+
+	logMeasured(t, "owner cut from NATS (TTL %v): its upstream session closed %v after the cut (self-fencing), the standby's opened %v after it; "+
 		"peak concurrent upstream sessions %d; exits sent %d, stored %d, duplicates 0, stored after a later exit of their position %d, "+
 		"stored after one of a higher Connector-Epoch %d, out of order once ordered by epoch 0 "+
 		"(what the cut-off owner received before fencing waits in its lanes for NATS, up to CONNECTOR_DRAIN_TIMEOUT=2s)",
@@ -750,7 +750,7 @@ func TestFleetTwentyHandoversLoseNothing(t *testing.T) {
 		}
 	}
 	slices.Sort(takeovers)
-	t.Logf("MEASURED %d graceful handovers in %d cycles (TTL %v): SIGTERM to the new owner's configure p50 %v, max %v over %d; exits sent %d, stored %d, duplicates 0, out of order 0; commands every 25 ms: %v",
+	logMeasured(t, "%d graceful handovers in %d cycles (TTL %v): SIGTERM to the new owner's configure p50 %v, max %v over %d; exits sent %d, stored %d, duplicates 0, out of order 0; commands every 25 ms: %v",
 		handovers, cycles, ttl, takeovers[len(takeovers)/2].Round(time.Millisecond), takeovers[len(takeovers)-1].Round(time.Millisecond), len(takeovers),
 		sent, len(exits), outcomes)
 }

@@ -135,7 +135,7 @@ func TestFleetOwnerCutFromUpstreamKeepsItsLease(t *testing.T) {
 	if out := string(procs[owner].output()); !strings.Contains(out, "reconnecting") {
 		t.Errorf("the owner never logged reconnecting")
 	}
-	t.Logf("MEASURED owner %s cut from the upstream for %v (lease TTL %v): lease kept (epoch %d), 0 upstream sessions or dials by the standby, "+
+	logMeasured(t, "owner %s cut from the upstream for %v (lease TTL %v): lease kept (epoch %d), 0 upstream sessions or dials by the standby, "+
 		"%d connection attempts refused by the owner's path; session back %v after the heal; exits sent %d, all stored once and in order",
 		owner, healed.Sub(cut).Round(time.Millisecond), ttl, before.Epoch, attempts, back.Round(time.Millisecond), len(exits))
 }

@@ -361,3 +361,15 @@ func httpBody(url string) ([]byte, error) {
 	defer resp.Body.Close()
 	return io.ReadAll(resp.Body)
 }
+
+// logMeasured logs a test's MEASURED line. Its wording states what the test
+// asserted ("duplicates 0", "no lease moved"), so it is a result only when
+// every assertion held: after a failure the figures are logged as such.
+func logMeasured(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if t.Failed() {
+		t.Logf("not a measurement (the test failed; the wording below states what it asserts): "+format, args...)
+		return
+	}
+	t.Logf("MEASURED "+format, args...)
+}
