@@ -630,6 +630,7 @@ func (s *system) rawWindow(window int, headers bool) tput {
 	}
 	raw := startRole(s.b, s.top.Cleanup, s.dir, "raw-publisher", "raw", env, nil, nil)
 	time.Sleep(tputWarmup)
+	s.perfNATS("raw-" + strconv.Itoa(window))
 	a := s.sample(rawStream.Name, nil, raw)
 	time.Sleep(tputWindow)
 	z := s.sample(rawStream.Name, nil, raw)
@@ -691,20 +692,37 @@ func (s *system) connWindow(rn *run, label string, offered float64) tput {
 
 // perf records a CPU profile of the connector binary for the throughput
 // window when BENCH_PERF is set (perf(1) must be installed; the profile itself
-// costs CPU, so figures from such a run are not reported).
+// costs CPU, so figures from such a run are not reported). BENCH_PERF=nats
+// profiles the NATS server instead, in the connector's windows and in the
+// raw publisher's (perfNATS), to compare what each costs the server.
 func (s *system) perf(rn *run, label string) {
-	if os.Getenv("BENCH_PERF") == "" {
-		return
+	switch os.Getenv("BENCH_PERF") {
+	case "":
+	case "nats":
+		s.perfNATS("connector-" + label)
+	default:
+		s.perfProcess(rn.conn, "connector-"+label)
 	}
-	out := filepath.Join(s.dir, "connector-"+label+".perf.data")
-	cmd := exec.Command("perf", "record", "-F", "499", "-g", "-o", out, "-p", strconv.Itoa(rn.conn.cmd.Process.Pid),
+}
+
+// perfNATS profiles the NATS server for a throughput window, with
+// BENCH_PERF=nats.
+func (s *system) perfNATS(label string) {
+	if os.Getenv("BENCH_PERF") == "nats" && s.nats != nil {
+		s.perfProcess(s.nats, "nats-during-"+label)
+	}
+}
+
+func (s *system) perfProcess(c *child, label string) {
+	out := filepath.Join(s.dir, label+"-"+strconv.FormatInt(time.Now().UnixMilli(), 10)+".perf.data")
+	cmd := exec.Command("perf", "record", "-F", "499", "-g", "-o", out, "-p", strconv.Itoa(c.cmd.Process.Pid),
 		"--", "sleep", strconv.Itoa(int(tputWindow/time.Second)))
 	if err := cmd.Start(); err != nil {
 		s.results.note("perf: %v", err)
 		return
 	}
 	go func() { _ = cmd.Wait() }()
-	s.results.note("perf profile of the connector (%s): %s", label, out)
+	s.results.note("perf profile (%s): %s", label, out)
 }
 
 // probeSustained looks for the highest PnL rate (starting at 80 % of the
