@@ -79,10 +79,15 @@ func TestClusterWholeRestartKeepsDesiredStateAndLeases(t *testing.T) {
 		return nil
 	})
 	ready := time.Since(killed)
-	after, err := r.kvEntries(subjects.BucketDesired)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The desired-state bucket may still be electing its leader or catching
+	// up after the restart (one read timed out at 5 s in CI): read until it
+	// answers, then compare.
+	var after map[string]kvEntry
+	waitUntil(t, 30*time.Second, "the desired-state bucket readable after the whole restart", func() error {
+		var err error
+		after, err = r.kvEntries(subjects.BucketDesired)
+		return err
+	})
 	if !maps.Equal(after, desired) {
 		t.Errorf("desired state before the whole restart:\n%v\nafter:\n%v", desired, after)
 	}

@@ -52,12 +52,24 @@ func newComposeRun(t *testing.T, file string) *composeRun {
 	t.Helper()
 	compose := readComposeFile(t, file)
 	hosts := composeHosts{}
+	// Every service gets its own port: a port freed a moment ago can be
+	// handed out again (a connector's HTTP address once came out the same
+	// as a robot's, and it never became ready).
+	taken := map[string]bool{}
+	port := func() string {
+		for {
+			if a := freePort(t); !taken[a] {
+				taken[a] = true
+				return a
+			}
+		}
+	}
 	for name, svc := range compose.Services {
-		for _, port := range append(containerPorts(t, svc.Ports), svc.Expose...) {
-			hosts[name+":"+port] = freePort(t)
+		for _, p := range append(containerPorts(t, svc.Ports), svc.Expose...) {
+			hosts[name+":"+p] = port()
 		}
 		if name == "robot2" { // not published on the host, reachable inside the network
-			hosts["robot2:49000"] = freePort(t)
+			hosts["robot2:49000"] = port()
 		}
 	}
 	return &composeRun{t: t, compose: compose, hosts: hosts, ctx: t.Context()}
