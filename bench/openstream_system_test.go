@@ -469,14 +469,11 @@ func (s *system) osPerf(rig *osRig, label string) {
 	if os.Getenv("BENCH_PERF") == "" {
 		return
 	}
-	out := filepath.Join(s.dir, "connector-os-"+label+".perf.data")
-	cmd := exec.Command("perf", "record", "-F", "499", "-g", "-o", out, "-p", strconv.Itoa(rig.conn.cmd.Process.Pid),
-		"--", "sleep", strconv.Itoa(int(osWindow/time.Second)))
-	if err := cmd.Start(); err != nil {
+	out, err := s.perfProcess(rig.conn, "connector-os-"+label, osWindow)
+	if err != nil {
 		s.b.Logf("perf: %v", err)
 		return
 	}
-	go func() { _ = cmd.Wait() }()
 	s.b.Logf("perf profile of the connector (%s): %s", label, out)
 }
 

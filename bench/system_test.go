@@ -701,7 +701,7 @@ func (s *system) perf(rn *run, label string) {
 	case "nats":
 		s.perfNATS("connector-" + label)
 	default:
-		s.perfProcess(rn.conn, "connector-"+label)
+		s.notePerf(s.perfProcess(rn.conn, "connector-"+label, tputWindow))
 	}
 }
 
@@ -709,20 +709,29 @@ func (s *system) perf(rn *run, label string) {
 // BENCH_PERF=nats.
 func (s *system) perfNATS(label string) {
 	if os.Getenv("BENCH_PERF") == "nats" && s.nats != nil {
-		s.perfProcess(s.nats, "nats-during-"+label)
+		s.notePerf(s.perfProcess(s.nats, "nats-during-"+label, tputWindow))
 	}
 }
 
-func (s *system) perfProcess(c *child, label string) {
-	out := filepath.Join(s.dir, label+"-"+strconv.FormatInt(time.Now().UnixMilli(), 10)+".perf.data")
-	cmd := exec.Command("perf", "record", "-F", "499", "-g", "-o", out, "-p", strconv.Itoa(c.cmd.Process.Pid),
-		"--", "sleep", strconv.Itoa(int(tputWindow/time.Second)))
-	if err := cmd.Start(); err != nil {
+func (s *system) notePerf(out string, err error) {
+	if err != nil {
 		s.results.note("perf: %v", err)
 		return
 	}
+	s.results.note("perf profile: %s", out)
+}
+
+// perfProcess records a CPU profile of c for window with perf(1), in the
+// background (perf stops by itself), and returns the profile's path.
+func (s *system) perfProcess(c *child, label string, window time.Duration) (string, error) {
+	out := filepath.Join(s.dir, label+"-"+strconv.FormatInt(time.Now().UnixMilli(), 10)+".perf.data")
+	cmd := exec.Command("perf", "record", "-F", "499", "-g", "-o", out, "-p", strconv.Itoa(c.cmd.Process.Pid),
+		"--", "sleep", strconv.Itoa(int(window/time.Second)))
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
 	go func() { _ = cmd.Wait() }()
-	s.results.note("perf profile (%s): %s", label, out)
+	return out, nil
 }
 
 // probeSustained looks for the highest PnL rate (starting at 80 % of the

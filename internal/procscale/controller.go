@@ -31,9 +31,9 @@ type Options struct {
 	set func(int)
 }
 
-// Fixed reports whether the operator set GOMAXPROCS: the controller then
+// fixed reports whether the operator set GOMAXPROCS: the controller then
 // leaves the runtime alone.
-func Fixed() bool { return os.Getenv("GOMAXPROCS") != "" }
+func fixed() bool { return os.Getenv("GOMAXPROCS") != "" }
 
 // Run starts at one processor and adjusts the count every interval until ctx
 // ends, then restores the count it found. It returns at once, changing
@@ -57,7 +57,7 @@ func Run(ctx context.Context, opts Options) {
 	if opts.Gauge != nil {
 		opts.Gauge.Set(float64(initial))
 	}
-	if Fixed() {
+	if fixed() {
 		opts.Log.Info().Int("gomaxprocs", initial).Msg("GOMAXPROCS is set: the processor count stays fixed")
 		return
 	}
