@@ -30,12 +30,14 @@ const (
 	// ReasonReadTimeout: nothing at all arrived for the source's read
 	// timeout: a half-open connection or a hung upstream.
 	ReasonReadTimeout = "read_timeout"
-	// ReasonClosedByPeer: the upstream closed or reset the connection.
+	// ReasonClosedByPeer: the upstream closed or reset the connection, seen
+	// by a read or by a write that found it reset (WriteEndReason).
 	ReasonClosedByPeer = "closed_by_peer"
 	// ReasonProtocol: the upstream broke its protocol (an oversized or
 	// invalid frame, an unexpected error), so the connection cannot go on.
 	ReasonProtocol = "protocol"
-	// ReasonWrite: a write failed, timed out, or found its queue full.
+	// ReasonWrite: a write timed out, found its queue full, or failed for
+	// another reason than the upstream's reset (WriteEndReason).
 	ReasonWrite = "write"
 	// ReasonStopped: the connection was ended on purpose (shutdown, or a
 	// session handed over to another replica).

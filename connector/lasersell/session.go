@@ -348,7 +348,7 @@ func (s *Source) writeLoop(ctx context.Context, c *conn) {
 			}
 			if err != nil {
 				if ctx.Err() == nil { // else the socket was closed under us
-					c.failWith(connector.ReasonWrite, "write failed: "+err.Error())
+					c.failWith(connector.WriteEndReason(err), "write failed: "+err.Error())
 				}
 				return
 			}
@@ -361,7 +361,7 @@ func (s *Source) writeLoop(ctx context.Context, c *conn) {
 			}
 			if err := s.write(c, pingOut(nil)); err != nil {
 				if ctx.Err() == nil {
-					c.failWith(connector.ReasonWrite, "write failed: "+err.Error())
+					c.failWith(connector.WriteEndReason(err), "write failed: "+err.Error())
 				}
 				return
 			}

@@ -495,9 +495,9 @@ func (s *session) prune(now time.Time, age time.Duration) {
 // documented in RELIABILITY.md and must not change. The core codes mean here:
 // dial (TCP connect failed), handshake_timeout (no handshake_ack nor error
 // within OPENSTREAM_ACK_TIMEOUT), closed_by_peer (EOF or reset from the
-// controller), protocol (stop_failed, handshake_required, an unexpected
-// HANDSHAKE error), write (a write failed or timed out), stopped (ended on
-// purpose).
+// controller, whether a read or a write saw it first), protocol (stop_failed,
+// handshake_required, an unexpected HANDSHAKE error), write (a write timed out
+// or failed otherwise), stopped (ended on purpose).
 const (
 	// reasonHandshakeRejected: the controller refused the HANDSHAKE
 	// (retried on the slower refusal schedule). Also the protocol's error code.

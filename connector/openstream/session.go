@@ -358,7 +358,7 @@ func (s *session) write() {
 			}
 		}
 		if err != nil {
-			s.end(connector.ReasonWrite, "write: "+err.Error())
+			s.end(connector.WriteEndReason(err), "write: "+err.Error())
 			return
 		}
 	}
