@@ -190,7 +190,7 @@ func roleOpenStreamRaw() error {
 	if len(payloads) == 0 {
 		return errors.New("no payloads")
 	}
-	nc, js, acked, failed, err := rawPublisher(window, osRawStream)
+	nc, js, acked, failed, err := rawPublisher(window, osRawStream, subjects.StreamOpenStreamData)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -75,7 +76,7 @@ func roleRaw() error {
 	if err != nil {
 		return fmt.Errorf("BENCH_WINDOW: %w", err)
 	}
-	nc, js, acked, failed, err := rawPublisher(window, rawStream)
+	nc, js, acked, failed, err := rawPublisher(window, rawStream, subjects.StreamLaserSellPnL)
 	if err != nil {
 		return err
 	}
@@ -329,8 +330,8 @@ func (d *exitDriver) stopDriver() driverReport {
 
 // rawPublisher connects the plain nats.go baseline: one JetStream context with
 // at most window unacknowledged async publishes, acks and failures counted,
-// publishing into a stream configured like the connector's (spec).
-func rawPublisher(window int, spec subjects.StreamSpec) (*nats.Conn, jetstream.JetStream, *atomic.Int64, *atomic.Int64, error) {
+// publishing into spec, a stream configured like the connector's stream like.
+func rawPublisher(window int, spec subjects.StreamSpec, like string) (*nats.Conn, jetstream.JetStream, *atomic.Int64, *atomic.Int64, error) {
 	nc, err := nats.Connect(os.Getenv("BENCH_NATS_URL"))
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -346,6 +347,11 @@ func rawPublisher(window int, spec subjects.StreamSpec) (*nats.Conn, jetstream.J
 		ret := connector.DefaultRetention(spec)
 		if r := os.Getenv("BENCH_REPLICAS"); r != "" {
 			ret.Replicas, err = strconv.Atoi(r)
+		}
+		// The persist mode of the connector's stream (its process reads the
+		// same environment): both write to the same kind of stream.
+		if pm := os.Getenv("STREAM_" + like + "_PERSIST_MODE"); pm != "" {
+			ret.Persist = strings.ToLower(pm)
 		}
 		if err == nil {
 			_, err = js.CreateOrUpdateStream(ctx, connector.StreamConfig(spec, ret))

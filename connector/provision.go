@@ -24,12 +24,14 @@ type Retention struct {
 	// longest upstream outage after which re-emitted facts should still be
 	// recognised as copies.
 	Duplicates time.Duration
+	// Persist is PersistDefault or PersistAsync (provision_persist.go).
+	Persist string
 }
 
 // DefaultRetention is the retention a stream gets when configuration is silent:
 // high-lane history is kept for weeks, telemetry for a day; both capped in bytes.
 func DefaultRetention(spec subjects.StreamSpec) Retention {
-	r := Retention{MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicates: 2 * time.Minute}
+	r := Retention{MaxAge: 30 * 24 * time.Hour, MaxBytes: 1 << 30, Replicas: 1, Storage: "file", Duplicates: 2 * time.Minute, Persist: PersistDefault}
 	if spec.Lane == LaneLow {
 		r.MaxAge = 24 * time.Hour
 	}
@@ -54,6 +56,8 @@ func (r Retention) Validate() error {
 		return fmt.Errorf("duplicates window %s is negative", r.Duplicates)
 	case r.MaxAge > 0 && r.Duplicates > r.MaxAge:
 		return fmt.Errorf("duplicates window %s exceeds max age %s", r.Duplicates, r.MaxAge)
+	case r.Persist != PersistDefault && r.Persist != PersistAsync:
+		return fmt.Errorf("persist mode %q must be %s or %s", r.Persist, PersistDefault, PersistAsync)
 	}
 	return nil
 }
@@ -75,6 +79,7 @@ func StreamConfig(spec subjects.StreamSpec, r Retention) jetstream.StreamConfig 
 		Replicas:    r.Replicas,
 		Storage:     storage,
 		Duplicates:  r.Duplicates,
+		PersistMode: persistMode(r),
 	}
 }
 
@@ -83,14 +88,13 @@ func StreamConfig(spec subjects.StreamSpec, r Retention) jetstream.StreamConfig 
 // mentions it at all.
 const fastBatchAPILevel = 4
 
-// allowsFastBatch reports whether the server's JetStream API knows fast
-// batch publishing.
-func allowsFastBatch(ctx context.Context, js jetstream.JetStream) (bool, error) {
+// apiLevel is the server's JetStream API level: which stream settings it knows.
+func apiLevel(ctx context.Context, js jetstream.JetStream) (int, error) {
 	info, err := js.AccountInfo(ctx)
 	if err != nil {
-		return false, fmt.Errorf("JetStream account info: %w", err)
+		return 0, fmt.Errorf("JetStream account info: %w", err)
 	}
-	return info.API.Level >= fastBatchAPILevel, nil
+	return info.API.Level, nil
 }
 
 // lowLaneBatchable reports whether every low-lane stream of kinds, as the
@@ -125,7 +129,7 @@ func lowLaneBatchable(ctx context.Context, js jetstream.JetStream, kinds []subje
 func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.StreamSpec,
 	retention func(subjects.StreamSpec) Retention, buckets []subjects.BucketSpec, replicas int,
 ) (map[string]jetstream.KeyValue, error) {
-	batchable, err := allowsFastBatch(ctx, js)
+	level, err := apiLevel(ctx, js)
 	if err != nil {
 		return nil, err
 	}
@@ -141,8 +145,16 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 		// Telemetry may be published in fast batches (publish_batch.go)
 		// where the server knows them; elsewhere the connector publishes it
 		// one message at a time (lowLaneBatchable).
-		cfg.AllowBatchPublish = batchable && spec.Lane == LaneLow
-		if streamUpToDate(ctx, js, cfg) {
+		cfg.AllowBatchPublish = level >= fastBatchAPILevel && spec.Lane == LaneLow
+		have, err := js.Stream(ctx, cfg.Name)
+		if err == nil {
+			// Fixed when the stream was made: the server refuses to change it
+			// (persistMismatches reports the difference).
+			cfg.PersistMode = have.CachedInfo().Config.PersistMode
+		} else if level < asyncPersistAPILevel {
+			cfg.PersistMode = jetstream.DefaultPersistMode // a server before 2.12 has one mode
+		}
+		if err == nil && sameManagedSettings(have.CachedInfo().Config, cfg) {
 			// Nothing to change: no update for the cluster to replicate
 			// (replicas starting together would each propose one).
 			continue
@@ -173,16 +185,6 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 	return kvs, nil
 }
 
-// streamUpToDate reports whether the server already holds the stream with
-// every setting cfg makes (any error: not known to be, so provision it).
-func streamUpToDate(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) bool {
-	st, err := js.Stream(ctx, cfg.Name)
-	if err != nil {
-		return false
-	}
-	return sameManagedSettings(st.CachedInfo().Config, cfg)
-}
-
 // sameManagedSettings reports whether have agrees with want on every stream
 // setting provisioning makes: the fields StreamConfig fills, and
 // AllowBatchPublish. The server fills in the others. A setting added to
@@ -191,7 +193,8 @@ func sameManagedSettings(have, want jetstream.StreamConfig) bool {
 	return have.Name == want.Name && have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
 		have.Retention == want.Retention && have.Discard == want.Discard && have.MaxAge == want.MaxAge &&
 		have.MaxBytes == want.MaxBytes && have.Replicas == want.Replicas && have.Storage == want.Storage &&
-		have.Duplicates == want.Duplicates && have.AllowBatchPublish == want.AllowBatchPublish
+		have.Duplicates == want.Duplicates && have.AllowBatchPublish == want.AllowBatchPublish &&
+		have.PersistMode == want.PersistMode
 }
 
 // bucketUpToDate returns the bucket when the server already holds it with

@@ -38,7 +38,7 @@ func TestSameManagedSettingsSeesEveryField(t *testing.T) {
 	if checked < 9 {
 		t.Fatalf("only %d fields set: the configuration under test is not what provisioning makes", checked)
 	}
-	// The two StreamConfig sets to their zero values, changed the other way.
+	// The three StreamConfig sets to their zero values here, changed the other way.
 	other := want
 	other.Retention = jetstream.InterestPolicy
 	if sameManagedSettings(other, want) {
@@ -48,5 +48,10 @@ func TestSameManagedSettingsSeesEveryField(t *testing.T) {
 	other.Discard = jetstream.DiscardNew
 	if sameManagedSettings(other, want) {
 		t.Error("a stream whose Discard differs counts as up to date")
+	}
+	other = want
+	other.PersistMode = jetstream.AsyncPersistMode
+	if sameManagedSettings(other, want) {
+		t.Error("a stream whose PersistMode differs counts as up to date")
 	}
 }

@@ -196,9 +196,20 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	buckets, err := Provision(ctx, highJS, subjects.Streams(opts.Kinds...), opts.Retention, subjects.Buckets(opts.Kinds...), opts.KVReplicas)
+	streams := subjects.Streams(opts.Kinds...)
+	buckets, err := Provision(ctx, highJS, streams, opts.Retention, subjects.Buckets(opts.Kinds...), opts.KVReplicas)
 	if err != nil {
 		return nil, err
+	}
+	async, differ, err := persistReport(ctx, highJS, streams, opts.Retention)
+	if err != nil {
+		return nil, err
+	}
+	if len(async) > 0 {
+		opts.Log.Info().Strs("streams", async).Msg("streams acknowledge before their file write (persist mode async): a nats-server crash loses their last milliseconds")
+	}
+	for _, m := range differ {
+		opts.Log.Warn().Str("stream", m.Stream).Str("persist_mode", PersistName(m.Have)).Str("configured", PersistName(m.Want)).Msg(m.String())
 	}
 	pubCtx, stop := context.WithCancel(context.Background())
 	r := &Runtime{

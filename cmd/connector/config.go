@@ -71,11 +71,12 @@ type EmbeddedConfig struct {
 // split_words rather than name tags: with a prefix, a name tag would make
 // envconfig fall back to the bare name (MAX_AGE...) when the prefixed one is unset.
 type streamEnv struct {
-	MaxAge     time.Duration `split_words:"true"`
-	MaxBytes   int64         `split_words:"true"`
-	Replicas   int           `split_words:"true"`
-	Storage    string        `split_words:"true"`
-	Duplicates time.Duration `split_words:"true"`
+	MaxAge      time.Duration `split_words:"true"`
+	MaxBytes    int64         `split_words:"true"`
+	Replicas    int           `split_words:"true"`
+	Storage     string        `split_words:"true"`
+	Duplicates  time.Duration `split_words:"true"`
+	PersistMode string        `split_words:"true"`
 }
 
 // configError is bad configuration or command-line usage: the process exits
@@ -320,7 +321,7 @@ func validGOMAXPROCS(v string) error {
 }
 
 // streamFields are the FIELD parts of STREAM_<NAME>_<FIELD>.
-var streamFields = []string{"MAX_AGE", "MAX_BYTES", "REPLICAS", "STORAGE", "DUPLICATES"}
+var streamFields = []string{"MAX_AGE", "MAX_BYTES", "REPLICAS", "STORAGE", "DUPLICATES", "PERSIST_MODE"}
 
 // checkStreamVars refuses STREAM_* variables that name no stream or no
 // field: envconfig would ignore a misspelt one, and the stream would silently
@@ -410,12 +411,13 @@ func retention(kinds []connector.Kind) (func(subjects.StreamSpec) connector.Rete
 	byName := map[string]connector.Retention{}
 	for _, spec := range subjects.Streams(subjectKinds(kinds)...) {
 		d := connector.DefaultRetention(spec)
-		env := streamEnv{MaxAge: d.MaxAge, MaxBytes: d.MaxBytes, Replicas: d.Replicas, Storage: d.Storage, Duplicates: d.Duplicates}
+		env := streamEnv{MaxAge: d.MaxAge, MaxBytes: d.MaxBytes, Replicas: d.Replicas, Storage: d.Storage, Duplicates: d.Duplicates, PersistMode: d.Persist}
 		prefix := "STREAM_" + spec.Name
 		if err := loadEnv(prefix, &env); err != nil {
 			return nil, err
 		}
-		r := connector.Retention{MaxAge: env.MaxAge, MaxBytes: env.MaxBytes, Replicas: env.Replicas, Storage: strings.ToLower(env.Storage), Duplicates: env.Duplicates}
+		r := connector.Retention{MaxAge: env.MaxAge, MaxBytes: env.MaxBytes, Replicas: env.Replicas, Storage: strings.ToLower(env.Storage),
+			Duplicates: env.Duplicates, Persist: strings.ToLower(env.PersistMode)}
 		if err := r.Validate(); err != nil {
 			return nil, badConfig("%s_*: %v", prefix, err)
 		}

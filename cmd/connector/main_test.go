@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
+	"github.com/jetbridge/connector/connector"
 	lssim "github.com/jetbridge/connector/connector/lasersell/sim"
 	ossim "github.com/jetbridge/connector/connector/openstream/sim"
 	"github.com/jetbridge/connector/embednats"
@@ -25,6 +26,7 @@ func TestBadConfigurationNamesTheVariable(t *testing.T) {
 		{"CONNECTOR_ACK_TIMEOUT", "soon", "CONNECTOR_ACK_TIMEOUT"},
 		{"LOG_LEVEL", "loud", "LOG_LEVEL"},
 		{"STREAM_LASERSELL_PNL_STORAGE", "tape", "STREAM_LASERSELL_PNL"},
+		{"STREAM_OPENSTREAM_DATA_PERSIST_MODE", "sometimes", "STREAM_OPENSTREAM_DATA"},
 		{"STREAM_LASERSELL_EXIT_MAX_AGE", "forever", "STREAM_LASERSELL_EXIT_MAX_AGE"},
 		{"LASERSELL_TARGET_PROFIT_PCT", "lots", "LASERSELL_TARGET_PROFIT_PCT"},
 		{"OPENSTREAM_ROBOTS", "arm1=", "OPENSTREAM_ROBOTS"},
@@ -205,5 +207,24 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	if !stopped {
 		t.Fatal("graceful shutdown did not send STOP session to the robot")
+	}
+}
+
+// STREAM_<NAME>_PERSIST_MODE reaches the stream's retention (in any case);
+// unset, every stream keeps nats-server's default mode.
+func TestStreamPersistModeIsRead(t *testing.T) {
+	t.Setenv("STREAM_LASERSELL_PNL_PERSIST_MODE", "Async")
+	streams, err := retention(builtinKinds())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, spec := range subjects.Streams(subjectKinds(builtinKinds())...) {
+		want := connector.PersistDefault
+		if spec.Name == subjects.StreamLaserSellPnL {
+			want = connector.PersistAsync
+		}
+		if got := streams(spec).Persist; got != want {
+			t.Errorf("stream %s: persist mode %q, want %q", spec.Name, got, want)
+		}
 	}
 }
