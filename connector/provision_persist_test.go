@@ -3,7 +3,6 @@ package connector_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -89,7 +88,7 @@ func TestProvisionKeepsAnExistingStreamsPersistMode(t *testing.T) {
 		}
 		return r
 	}
-	var log lockedLog
+	var log connectortest.Buffer
 	rt, err := connector.New(ctx, connector.Options{
 		HighConn: env.Conn, LowConn: env.Conn, Kinds: []subjects.Kind{subjects.LaserSell()},
 		Retention: async, Metrics: connector.NewMetrics(prometheus.NewRegistry()), Log: zerolog.New(&log),
@@ -111,24 +110,6 @@ func TestProvisionKeepsAnExistingStreamsPersistMode(t *testing.T) {
 	if !strings.Contains(log.String(), warning) {
 		t.Fatalf("no warning %q at start; log:\n%s", warning, log.String())
 	}
-}
-
-// lockedLog collects log lines written from any goroutine.
-type lockedLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestRetentionRefusesAnUnknownPersistMode(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,30 +17,12 @@ import (
 	"github.com/jetbridge/connector/connector/connectortest"
 )
 
-// syncBuffer is a bytes.Buffer safe for the demo goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startTestDemo runs `connector demo args...` in the background until the
 // test ends (it must then stop within 30 s, without an error) and returns
 // what it writes to stdout.
-func startTestDemo(t *testing.T, args ...string) *syncBuffer {
+func startTestDemo(t *testing.T, args ...string) *connectortest.Buffer {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &connectortest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- runDemo(ctx, args, out) }()

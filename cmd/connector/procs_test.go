@@ -16,13 +16,14 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/jetbridge/connector/connector/connectortest"
 )
 
 // childModeEnv makes TestMain run the connector's own main() instead of the
@@ -58,30 +59,12 @@ func TestMain(m *testing.M) {
 // reads; the developer's own settings must not leak into a child.
 var connectorVarPrefixes = []string{"LASERSELL_", "OPENSTREAM_", "NATS_", "CONNECTOR_", "STREAM_", "LOG_", "GOGC=", "GOMAXPROCS="}
 
-// lockedBuffer collects a child's stdout and stderr.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
-
 // connectorProc is one `connector run` child process.
 type connectorProc struct {
 	t       testing.TB
 	name    string
 	cmd     *exec.Cmd
-	out     *lockedBuffer // stdout and stderr, interleaved
+	out     *connectortest.Buffer // stdout and stderr, interleaved
 	started time.Time
 	exited  chan struct{}
 	waitErr error
@@ -110,7 +93,7 @@ func startConnectorProc(t testing.TB, name string, env map[string]string) *conne
 	}
 	environ = append(environ, childModeEnv+"=run")
 
-	p := &connectorProc{t: t, name: name, out: &lockedBuffer{}, exited: make(chan struct{})}
+	p := &connectorProc{t: t, name: name, out: &connectortest.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0])
 	p.cmd.Env = environ
 	p.cmd.Stdout = p.out

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jetbridge/connector/connector/connectortest"
 )
 
 // With stdout not a terminal (a file, a pipe, here a buffer) the demo writes
@@ -17,7 +19,7 @@ func TestDemoWithoutTerminalIsPlainAndBounded(t *testing.T) {
 	t.Setenv("CONNECTOR_NATS_LISTEN", freePort(t))
 	t.Setenv("CONNECTOR_HTTP_ADDR", freePort(t))
 
-	var out syncBuffer
+	var out connectortest.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -16,7 +16,6 @@ import (
 	"io"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,24 +29,6 @@ import (
 	"github.com/jetbridge/connector/subjects"
 )
 
-// syncBuffer collects log output written from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // faultRig is a source connected to a simulator through a fault proxy, on a
 // runtime whose logs (every level) are also captured in logs. A rig of
 // startLoggedRig has neither simulator nor proxy.
@@ -55,7 +36,7 @@ type faultRig struct {
 	*rig
 	sim   *sim.Server
 	proxy *faultproxy.Proxy
-	logs  *syncBuffer
+	logs  *connectortest.Buffer
 }
 
 // startFaultRig starts the simulator, the proxy in front of it and the
@@ -88,7 +69,7 @@ func startLoggedRig(t *testing.T, cfg Config) *faultRig {
 	t.Helper()
 	env := connectortest.Start(t, connectortest.Options{CommandTimeout: 5 * time.Second})
 	// A runtime of our own, to capture every log line the source writes.
-	logs := &syncBuffer{}
+	logs := &connectortest.Buffer{}
 	out := io.MultiWriter(zerolog.ConsoleWriter{Out: logs, NoColor: true}, zerolog.ConsoleWriter{Out: tWriter{t}, NoColor: true})
 	replaceRuntime(t, env, zerolog.New(out).Level(zerolog.TraceLevel).With().Timestamp().Logger())
 	return &faultRig{rig: startRig(t, env, cfg), logs: logs}
