@@ -46,15 +46,31 @@ func persistMode(r Retention) jetstream.PersistModeType {
 
 // PersistMismatch is a stream whose persist mode on the server is not the
 // configured one: it was made under another setting (or by a server before
-// 2.12), and the server cannot change it on an existing stream.
+// 2.12), and the server cannot change it on an existing stream; or the
+// server is older than 2.12 and has one mode only.
 type PersistMismatch struct {
 	Stream     string
 	Have, Want jetstream.PersistModeType
+	// Unsupported: the server predates persist modes (JetStream API level 2).
+	Unsupported bool
 }
 
 func (m PersistMismatch) String() string {
+	if m.Unsupported {
+		return fmt.Sprintf("stream %s keeps persist mode %s (configured %s): this nats-server predates persist modes (2.12)",
+			m.Stream, PersistName(m.Have), PersistName(m.Want))
+	}
 	return fmt.Sprintf("stream %s keeps persist mode %s (configured %s): the server fixes it when the stream is made; delete the stream (and its history) to apply it",
 		m.Stream, PersistName(m.Have), PersistName(m.Want))
+}
+
+// persistMismatch compares a stream's persist mode on a server of API level
+// level with the configured one.
+func persistMismatch(stream string, have, want jetstream.PersistModeType, level int) (PersistMismatch, bool) {
+	if have == want {
+		return PersistMismatch{}, false
+	}
+	return PersistMismatch{Stream: stream, Have: have, Want: want, Unsupported: level < asyncPersistAPILevel}, true
 }
 
 // PersistName is a persist mode in the words of the configuration
@@ -67,8 +83,7 @@ func PersistName(m jetstream.PersistModeType) string {
 }
 
 // persistReport reads back, after Provision, which of streams write in the
-// background and which differ from their configuration. A server before
-// 2.12 knows one mode: nothing differs there.
+// background and which differ from their configuration.
 func persistReport(ctx context.Context, js jetstream.JetStream, streams []subjects.StreamSpec, retention func(subjects.StreamSpec) Retention) (async []string, differ []PersistMismatch, err error) {
 	level, err := apiLevel(ctx, js)
 	if err != nil {
@@ -86,8 +101,8 @@ func persistReport(ctx context.Context, js jetstream.JetStream, streams []subjec
 		if have == jetstream.AsyncPersistMode {
 			async = append(async, spec.Name)
 		}
-		if want := persistMode(retention(spec)); have != want && level >= asyncPersistAPILevel {
-			differ = append(differ, PersistMismatch{Stream: spec.Name, Have: have, Want: want})
+		if m, ok := persistMismatch(spec.Name, have, persistMode(retention(spec)), level); ok {
+			differ = append(differ, m)
 		}
 	}
 	return async, differ, nil
