@@ -149,7 +149,7 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 		have, err := js.Stream(ctx, cfg.Name)
 		if err == nil {
 			// Fixed when the stream was made: the server refuses to change it
-			// (persistMismatches reports the difference).
+			// (persistReport reports a difference).
 			cfg.PersistMode = have.CachedInfo().Config.PersistMode
 		} else if level < asyncPersistAPILevel {
 			cfg.PersistMode = jetstream.DefaultPersistMode // a server before 2.12 has one mode
