@@ -41,6 +41,20 @@ func DefaultRetention(spec subjects.StreamSpec) Retention {
 	return r
 }
 
+// ValidateFor reports a retention that the server would refuse, or that
+// spec's lane must not have: persist mode async, which loses acknowledged
+// messages when the server dies, is for low-lane streams only (the high
+// lanes' events must survive anything the server acknowledged).
+func (r Retention) ValidateFor(spec subjects.StreamSpec) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	if r.Persist == PersistAsync && spec.Lane != LaneLow {
+		return fmt.Errorf("persist mode async is for the low-lane streams only (%s carries events that must survive a server crash)", spec.Name)
+	}
+	return nil
+}
+
 // Validate reports a retention that the server would refuse, naming the field.
 func (r Retention) Validate() error {
 	switch {
@@ -141,7 +155,11 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 			}
 			spec = merged
 		}
-		cfg := StreamConfig(spec, retention(spec))
+		r := retention(spec)
+		if err := r.ValidateFor(spec); err != nil {
+			return nil, fmt.Errorf("stream %s: %w", spec.Name, err)
+		}
+		cfg := StreamConfig(spec, r)
 		// Telemetry may be published in fast batches (publish_batch.go)
 		// where the server knows them; elsewhere the connector publishes it
 		// one message at a time (lowLaneBatchable).

@@ -120,3 +120,21 @@ func TestRetentionRefusesAnUnknownPersistMode(t *testing.T) {
 		t.Fatalf("Validate: %v", err)
 	}
 }
+
+// Exit signals and the other high-lane events must survive anything the
+// server acknowledged: provisioning refuses async for their streams, before
+// it creates anything.
+func TestProvisionRefusesAsyncForAHighLaneStream(t *testing.T) {
+	env := connectortest.Start(t, connectortest.Options{Kinds: []subjects.Kind{subjects.LaserSell()}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	spec := persistSpec("PERSIST_HIGH")
+	spec.Lane = subjects.LaneHigh
+	_, err := connector.Provision(ctx, env.JS, []subjects.StreamSpec{spec}, withPersist(connector.PersistAsync, "file"), nil, 1)
+	if err == nil || !strings.Contains(err.Error(), "persist mode async is for the low-lane streams only") {
+		t.Fatalf("Provision of a high-lane stream in async: %v", err)
+	}
+	if _, err := env.JS.Stream(ctx, spec.Name); err == nil {
+		t.Fatal("the refused stream was created")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,7 +109,9 @@ type Runtime struct {
 	// steps aside while an exit is on its way (priority.go).
 	priority *priorityYield
 	buckets  map[string]jetstream.KeyValue
-	runID    string
+	// asyncStreams are the streams in persist mode async, as found at start.
+	asyncStreams []string
+	runID        string
 	// incarnations numbers the hosts this runtime built: a session started
 	// again gets new synthetic Nats-Msg-Ids (its Connector-Seq starts over),
 	// so JetStream never takes its events for the previous run's.
@@ -213,7 +216,7 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	}
 	pubCtx, stop := context.WithCancel(context.Background())
 	r := &Runtime{
-		opts: opts, highJS: highJS, buckets: buckets,
+		opts: opts, highJS: highJS, buckets: buckets, asyncStreams: async,
 		sessions: map[string]*running{}, kinds: map[string]func(){}, failed: make(chan error, 1), closing: make(chan struct{}),
 		runID: nuid.Next(), highWindow: 1, pubCtx: pubCtx, stopPublishing: stop, pumpDone: make(chan struct{}),
 		serving: make(chan struct{}),
@@ -274,6 +277,10 @@ func (r *Runtime) lowStream(kind string) string {
 // LowLanePublishing says how the low lanes publish (LowLaneFastBatch or
 // LowLanePerMessage) and, for the latter, why.
 func (r *Runtime) LowLanePublishing() (mode, why string) { return r.pump.mode.get() }
+
+// AsyncPersistStreams names the streams that were in persist mode async on
+// the server at start (STREAM_<NAME>_PERSIST_MODE).
+func (r *Runtime) AsyncPersistStreams() []string { return slices.Clone(r.asyncStreams) }
 
 // JetStream returns the runtime's JetStream context (high-lane connection).
 func (r *Runtime) JetStream() jetstream.JetStream { return r.highJS }

@@ -418,7 +418,7 @@ func retention(kinds []connector.Kind) (func(subjects.StreamSpec) connector.Rete
 		}
 		r := connector.Retention{MaxAge: env.MaxAge, MaxBytes: env.MaxBytes, Replicas: env.Replicas, Storage: strings.ToLower(env.Storage),
 			Duplicates: env.Duplicates, Persist: strings.ToLower(env.PersistMode)}
-		if err := r.Validate(); err != nil {
+		if err := r.ValidateFor(spec); err != nil {
 			return nil, badConfig("%s_*: %v", prefix, err)
 		}
 		byName[spec.Name] = r

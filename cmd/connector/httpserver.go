@@ -57,10 +57,11 @@ func startHTTP(addr string, deps httpDeps, log zerolog.Logger) (stop func(), err
 }
 
 // lowLaneView is /status's low_lane: the publishing mode and, when it is not
-// fast_batch, why.
+// fast_batch, why; and the low-lane streams that acknowledge before writing.
 type lowLaneView struct {
-	Publishing string `json:"publishing"`
-	Why        string `json:"why,omitempty"`
+	Publishing   string   `json:"publishing"`
+	Why          string   `json:"why,omitempty"`
+	PersistAsync []string `json:"persist_async,omitempty"`
 }
 
 func newHTTPHandler(deps httpDeps) http.Handler {
@@ -82,7 +83,7 @@ func newHTTPHandler(deps httpDeps) http.Handler {
 			Sessions []connector.SessionSnapshot `json:"sessions"`
 			// Leases are every configured session's owner, this replica's or another's.
 			Leases []connector.LeaseView `json:"leases,omitempty"`
-		}{deps.replica, lowLaneView{mode, why}, deps.rt.Sessions(), leases})
+		}{deps.replica, lowLaneView{mode, why, deps.rt.AsyncPersistStreams()}, deps.rt.Sessions(), leases})
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(deps.reg, promhttp.HandlerOpts{Registry: deps.reg}))

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,7 +25,10 @@ import (
 
 // statusBody is the /status document.
 type statusBody struct {
-	LowLane  struct{ Publishing, Why string } `json:"low_lane"`
+	LowLane struct {
+		Publishing, Why string
+		PersistAsync    []string `json:"persist_async"`
+	} `json:"low_lane"`
 	Sessions []struct {
 		Source, Session string
 		Connected       bool
@@ -94,6 +98,7 @@ func TestOperatorSurface(t *testing.T) {
 		"LASERSELL_URL": lsURL, "LASERSELL_API_KEY": "ops-key", "LASERSELL_SESSION": "ops",
 		"LASERSELL_WALLETS": "OpsWallet1", "LASERSELL_TARGET_PROFIT_PCT": "5", "LASERSELL_BACKOFF_MAX": "200ms",
 		"OPENSTREAM_ROBOTS": "arm=" + robotAddr, "OPENSTREAM_MONITORS": "arm/joints=/project/robot/joints/joint_states@10ms",
+		"STREAM_OPENSTREAM_DATA_PERSIST_MODE": "async",
 	} {
 		t.Setenv(k, v)
 	}
@@ -160,6 +165,9 @@ func TestOperatorSurface(t *testing.T) {
 	})
 	if st.LowLane.Publishing != connector.LowLaneFastBatch {
 		t.Fatalf("/status low_lane %+v, want fast batches on the embedded server", st.LowLane)
+	}
+	if !slices.Equal(st.LowLane.PersistAsync, []string{subjects.StreamOpenStreamData}) {
+		t.Fatalf("/status low_lane %+v, want %s alone in persist mode async (STREAM_OPENSTREAM_DATA_PERSIST_MODE)", st.LowLane, subjects.StreamOpenStreamData)
 	}
 	lsSess, arm := st.Sessions[0], st.Sessions[1]
 	if lsSess.Source != "lasersell" || lsSess.Session != "ops" || !lsSess.Connected || lsSess.State != "connected" ||
