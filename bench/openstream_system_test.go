@@ -400,13 +400,10 @@ func (s *system) osScaleStep(n int) osScale {
 	}
 	slices.SortFunc(rounds, func(a, b osScale) int { return cmp.Compare(a.cpuRatio(), b.cpuRatio()) })
 	x := rounds[len(rounds)/2]
-	x.Rounds = nil
+	x.Rounds, x.DroppedRun = nil, 0
 	for _, r := range rounds {
 		x.Rounds = append(x.Rounds, osRoundFigures{Ratio: r.cpuRatio(), Conn: r.CPUPerM, Raw: r.Raw.CPUPerM, P99: r.P99, Drops: r.DroppedRun})
 		x.Pass = x.Pass && r.Pass
-	}
-	x.DroppedRun = 0
-	for _, r := range rounds {
 		x.DroppedRun += r.DroppedRun
 	}
 	return x

@@ -139,7 +139,7 @@ func BenchmarkSystem(b *testing.B) {
 				if binB == "" {
 					binB = s.bin
 				}
-				lanesB = s.startRunOf(binB, "lanesb", false, strings.Fields(os.Getenv("BENCH_CONNECTOR_ENV_B"))...)
+				lanesB = s.startRunOf(binB, "lanesb", false, strings.Fields(envB)...)
 			}
 			return s.probeSustained(lanes)
 		})
@@ -814,6 +814,15 @@ var (
 	latencyModes = []string{"lanes", "single-lane", "glue", "lanes-b"}
 )
 
+// latencyCaseNames are the latency cases' names, in the order of latencyCases.
+func latencyCaseNames() []string {
+	names := make([]string, len(latencyCases))
+	for i, c := range latencyCases {
+		names[i] = c.name
+	}
+	return names
+}
+
 // latAgg pools the windows of one latency case.
 type latAgg struct {
 	pnlRate                             float64
@@ -1093,7 +1102,7 @@ func (s *system) printSummary() {
 		}
 		fmt.Fprintf(&w, "\n## Exit-signal latency, %s (an exit every %s; %d windows of %s per case, interleaved with the other cases)\n\n", mode, exitEvery, latRounds, latWindow)
 		fmt.Fprintf(&w, "| case | PnL offered/s | PnL stored/s | low-lane drops | exits sent / received | lost | reordered | dups | p50 µs | p99 µs | max µs | p99 from triggered_at_ms | machine busy, cores (other load) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, c := range []string{"idle", "flood", "overload", "half-flood", "neighbour-flood"} {
+		for _, c := range latencyCaseNames() {
 			x := r.latency[mode+"/"+c]
 			if x == nil {
 				continue
@@ -1105,7 +1114,7 @@ func (s *system) printSummary() {
 		if mode != "glue" { // the glue stamps nothing: no split
 			fmt.Fprintf(&w, "\nwhere the time goes (p50 / p99, µs): sim write -> connector read stamp | -> core NATS delivery | -> JetStream consumer\n\n")
 		}
-		for _, c := range []string{"idle", "flood", "overload", "half-flood", "neighbour-flood"} {
+		for _, c := range latencyCaseNames() {
 			if x := r.latency[mode+"/"+c]; x != nil && mode != "glue" {
 				fmt.Fprintf(&w, "- %s: %.0f / %.0f | %.0f / %.0f | %.0f / %.0f\n", c, x["read-p50-µs"], x["read-p99-µs"],
 					x["pub-p50-µs"], x["pub-p99-µs"], x["js-p50-µs"], x["js-p99-µs"])
@@ -1118,7 +1127,7 @@ func (s *system) printSummary() {
 				fmt.Fprintf(&w, "p99 with the same flood from a neighbour connector / p99 idle = %.2f (this connector carrying the exits alone: the part of the flood's tail that is the machine and the server)\n", nf["p99-µs"]/idle["p99-µs"])
 			}
 			bad := 0.0
-			for _, c := range []string{"idle", "flood", "overload", "half-flood", "neighbour-flood"} {
+			for _, c := range latencyCaseNames() {
 				if x := r.latency[mode+"/"+c]; x != nil {
 					bad += x["lost"] + x["reordered"] + x["dups"] + (x["sent"] - x["exits"])
 				}

@@ -425,8 +425,8 @@ func (s *system) latencyResults(out *resultLines) {
 		if idle == nil {
 			continue
 		}
-		for _, c := range []string{"flood", "overload", "half-flood", "neighbour-flood"} {
-			if x := r.latency[mode+"/"+c]; x != nil {
+		for _, c := range latencyCaseNames() {
+			if x := r.latency[mode+"/"+c]; x != nil && c != "idle" {
 				out.ratio("exit_p99_"+c+"_vs_idle_"+mode, x["p99-µs"], idle["p99-µs"])
 			}
 		}

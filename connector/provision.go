@@ -138,47 +138,66 @@ func lowLaneBatchable(ctx context.Context, js jetstream.JetStream, kinds []subje
 	return true, ""
 }
 
+// Provisioned is what Provision made or found.
+type Provisioned struct {
+	Buckets map[string]jetstream.KeyValue
+	// AsyncPersist names the streams in persist mode async on the server.
+	AsyncPersist []string
+	// PersistMismatches are the streams whose persist mode on the server
+	// is not the configured one (provision_persist.go).
+	PersistMismatches []PersistMismatch
+}
+
 // Provision creates or updates every stream and KV bucket. It is idempotent: run
 // at every start, it converges existing streams on the configured retention.
 func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.StreamSpec,
 	retention func(subjects.StreamSpec) Retention, buckets []subjects.BucketSpec, replicas int,
-) (map[string]jetstream.KeyValue, error) {
+) (*Provisioned, error) {
 	level, err := apiLevel(ctx, js)
 	if err != nil {
 		return nil, err
 	}
+	p := &Provisioned{}
 	for _, spec := range streams {
-		if spec.Shared {
-			merged, err := withServerSubjects(ctx, js, spec)
-			if err != nil {
-				return nil, err
-			}
-			spec = merged
-		}
 		r := retention(spec)
 		if err := r.ValidateFor(spec); err != nil {
 			return nil, fmt.Errorf("stream %s: %w", spec.Name, err)
+		}
+		st, err := js.Stream(ctx, spec.Name)
+		found := err == nil
+		if !found && spec.Shared && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			// Provisioning it blind could take away subjects other kinds put there.
+			return nil, fmt.Errorf("read stream %s: %w", spec.Name, err)
+		}
+		// Any other error: not known to be up to date, so provision it.
+		if found && spec.Shared {
+			spec.Subjects = withSubjects(spec.Subjects, st.CachedInfo().Config.Subjects)
 		}
 		cfg := StreamConfig(spec, r)
 		// Telemetry may be published in fast batches (publish_batch.go)
 		// where the server knows them; elsewhere the connector publishes it
 		// one message at a time (lowLaneBatchable).
 		cfg.AllowBatchPublish = level >= fastBatchAPILevel && spec.Lane == LaneLow
-		have, err := js.Stream(ctx, cfg.Name)
-		if err == nil {
+		if found {
 			// Fixed when the stream was made: the server refuses to change it
-			// (persistReport reports a difference).
-			cfg.PersistMode = have.CachedInfo().Config.PersistMode
+			// (PersistMismatches reports a difference).
+			cfg.PersistMode = st.CachedInfo().Config.PersistMode
 		} else if level < asyncPersistAPILevel {
 			cfg.PersistMode = jetstream.DefaultPersistMode // a server before 2.12 has one mode
 		}
-		if err == nil && sameManagedSettings(have.CachedInfo().Config, cfg) {
-			// Nothing to change: no update for the cluster to replicate
-			// (replicas starting together would each propose one).
-			continue
+		// Nothing to change: no update for the cluster to replicate
+		// (replicas starting together would each propose one).
+		if !found || !sameManagedSettings(st.CachedInfo().Config, cfg) {
+			if st, err = js.CreateOrUpdateStream(ctx, cfg); err != nil {
+				return nil, placementError(fmt.Errorf("create or update stream %s: %w", spec.Name, err), spec.Name, "", cfg.Replicas)
+			}
 		}
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return nil, placementError(fmt.Errorf("create or update stream %s: %w", spec.Name, err), spec.Name, "", cfg.Replicas)
+		mode := st.CachedInfo().Config.PersistMode
+		if mode == jetstream.AsyncPersistMode {
+			p.AsyncPersist = append(p.AsyncPersist, spec.Name)
+		}
+		if m, ok := persistMismatch(spec.Name, mode, persistMode(r), level); ok {
+			p.PersistMismatches = append(p.PersistMismatches, m)
 		}
 	}
 	kvs := make(map[string]jetstream.KeyValue, len(buckets))
@@ -200,7 +219,8 @@ func Provision(ctx context.Context, js jetstream.JetStream, streams []subjects.S
 		}
 		kvs[b.Name] = kv
 	}
-	return kvs, nil
+	p.Buckets = kvs
+	return p, nil
 }
 
 // sameManagedSettings reports whether have agrees with want on every stream
@@ -237,25 +257,17 @@ func bucketUpToDate(ctx context.Context, js jetstream.JetStream, cfg jetstream.K
 	return kv
 }
 
-// withServerSubjects adds to a shared stream's subjects those its copy on the
+// withSubjects adds to a shared stream's subjects those its copy on the
 // server captures already (put there by processes with other kinds), so
 // provisioning never takes them away.
-func withServerSubjects(ctx context.Context, js jetstream.JetStream, spec subjects.StreamSpec) (subjects.StreamSpec, error) {
-	st, err := js.Stream(ctx, spec.Name)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return spec, nil
-	}
-	if err != nil {
-		return spec, fmt.Errorf("read stream %s: %w", spec.Name, err)
-	}
-	merged := slices.Clone(spec.Subjects)
-	for _, subj := range st.CachedInfo().Config.Subjects {
+func withSubjects(mine, onServer []string) []string {
+	merged := slices.Clone(mine)
+	for _, subj := range onServer {
 		if !slices.Contains(merged, subj) {
 			merged = append(merged, subj)
 		}
 	}
-	spec.Subjects = merged
-	return spec, nil
+	return merged
 }
 
 // ReplicasError is a stream or bucket the server cannot hold with its

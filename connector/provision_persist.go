@@ -1,13 +1,9 @@
 package connector
 
 import (
-	"context"
-	"errors"
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/jetbridge/connector/subjects"
 )
 
 // Persist modes of a stream (STREAM_<NAME>_PERSIST_MODE), nats-server's
@@ -80,30 +76,4 @@ func PersistName(m jetstream.PersistModeType) string {
 		return PersistAsync
 	}
 	return PersistDefault
-}
-
-// persistReport reads back, after Provision, which of streams write in the
-// background and which differ from their configuration.
-func persistReport(ctx context.Context, js jetstream.JetStream, streams []subjects.StreamSpec, retention func(subjects.StreamSpec) Retention) (async []string, differ []PersistMismatch, err error) {
-	level, err := apiLevel(ctx, js)
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, spec := range streams {
-		st, err := js.Stream(ctx, spec.Name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("read stream %s: %w", spec.Name, err)
-		}
-		have := st.CachedInfo().Config.PersistMode
-		if have == jetstream.AsyncPersistMode {
-			async = append(async, spec.Name)
-		}
-		if m, ok := persistMismatch(spec.Name, have, persistMode(retention(spec)), level); ok {
-			differ = append(differ, m)
-		}
-	}
-	return async, differ, nil
 }

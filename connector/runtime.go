@@ -199,24 +199,19 @@ func New(ctx context.Context, opts Options) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("jetstream context: %w", err)
 	}
-	streams := subjects.Streams(opts.Kinds...)
-	buckets, err := Provision(ctx, highJS, streams, opts.Retention, subjects.Buckets(opts.Kinds...), opts.KVReplicas)
+	prov, err := Provision(ctx, highJS, subjects.Streams(opts.Kinds...), opts.Retention, subjects.Buckets(opts.Kinds...), opts.KVReplicas)
 	if err != nil {
 		return nil, err
 	}
-	async, differ, err := persistReport(ctx, highJS, streams, opts.Retention)
-	if err != nil {
-		return nil, err
+	if len(prov.AsyncPersist) > 0 {
+		opts.Log.Info().Strs("streams", prov.AsyncPersist).Msg("streams acknowledge before their file write (persist mode async): a nats-server crash loses their last milliseconds")
 	}
-	if len(async) > 0 {
-		opts.Log.Info().Strs("streams", async).Msg("streams acknowledge before their file write (persist mode async): a nats-server crash loses their last milliseconds")
-	}
-	for _, m := range differ {
+	for _, m := range prov.PersistMismatches {
 		opts.Log.Warn().Str("stream", m.Stream).Str("persist_mode", PersistName(m.Have)).Str("configured", PersistName(m.Want)).Msg(m.String())
 	}
 	pubCtx, stop := context.WithCancel(context.Background())
 	r := &Runtime{
-		opts: opts, highJS: highJS, buckets: buckets, asyncStreams: async,
+		opts: opts, highJS: highJS, buckets: prov.Buckets, asyncStreams: prov.AsyncPersist,
 		sessions: map[string]*running{}, kinds: map[string]func(){}, failed: make(chan error, 1), closing: make(chan struct{}),
 		runID: nuid.Next(), highWindow: 1, pubCtx: pubCtx, stopPublishing: stop, pumpDone: make(chan struct{}),
 		serving: make(chan struct{}),

@@ -54,9 +54,12 @@ func Run(ctx context.Context, opts Options) {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
 	}
-	if opts.Gauge != nil {
-		opts.Gauge.Set(float64(initial))
+	show := func(n int) {
+		if opts.Gauge != nil {
+			opts.Gauge.Set(float64(n))
+		}
 	}
+	show(initial)
 	if fixed() {
 		opts.Log.Info().Int("gomaxprocs", initial).Msg("GOMAXPROCS is set: the processor count stays fixed")
 		return
@@ -69,9 +72,7 @@ func Run(ctx context.Context, opts Options) {
 	p := &plan{max: opts.Max}
 	n := 1
 	set(n)
-	if opts.Gauge != nil {
-		opts.Gauge.Set(float64(n))
-	}
+	show(n)
 	opts.Log.Info().Int("from", n).Int("max", opts.Max).Int64("interval_ms", opts.Interval.Milliseconds()).
 		Msg("processor count follows the CPU the connector uses (set GOMAXPROCS to fix it)")
 	defer set(initial)
@@ -96,9 +97,7 @@ func Run(ctx context.Context, opts Options) {
 			opts.Log.Debug().Int("from", n).Int("to", next).Float64("cores_used", used).Msg("processor count changed")
 			n = next
 			set(n)
-			if opts.Gauge != nil {
-				opts.Gauge.Set(float64(n))
-			}
+			show(n)
 		}
 	}
 }
